@@ -1,0 +1,91 @@
+"""Typed records that cross module boundaries.
+
+The allocation policies, the rollout engines, the rewards and the learner talk
+to each other only through these dataclasses. They are plain Python (no torch)
+so that ``pilotcommit.allocation`` stays importable and testable without a
+model; token ids and log-probs are lists, converted to tensors by the learner.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class RolloutKind(str, Enum):
+    """Why a rollout was generated: a pilot, a commit, or uniform (GRPO / DAPO)."""
+
+    PILOT = "pilot"
+    COMMIT = "commit"
+    UNIFORM = "uniform"
+
+
+@dataclass(frozen=True)
+class RolloutRequest:
+    """Ask the engine for ``count`` samples of one prompt."""
+
+    prompt_id: str
+    count: int
+    kind: RolloutKind
+
+
+@dataclass
+class Rollout:
+    """One sampled completion, with what the learner needs to train on it.
+
+    ``reward`` is filled by the reward function after generation; the
+    allocation policies read only ``prompt_id``, ``kind`` and ``reward``.
+    """
+
+    prompt_id: str
+    kind: RolloutKind
+    prompt_token_ids: list[int]
+    completion_token_ids: list[int]
+    # log-probability of each completion token under the sampling policy (len == completion)
+    sampler_logprobs: list[float]
+    text: str
+    finish_reason: str  # "stop" (EOS) or "length"
+    reward: float = float("nan")
+    # training step of the policy that sampled it (for staleness diagnostics)
+    policy_step: int = 0
+
+    @property
+    def num_completion_tokens(self) -> int:
+        return len(self.completion_token_ids)
+
+
+@dataclass(frozen=True)
+class RequestResult:
+    """The rollouts the engine produced for one request (``len == request.count``)."""
+
+    request: RolloutRequest
+    rollouts: list[Rollout]
+
+
+@dataclass
+class Group:
+    """All rollouts of one prompt that are trained on together (one advantage normalisation)."""
+
+    group_id: int
+    prompt_id: str
+    rollouts: list[Rollout]
+    # steps since the oldest rollout of the group was sampled (0 for fresh groups)
+    staleness: int = 0
+
+    @property
+    def rewards(self) -> list[float]:
+        return [r.reward for r in self.rollouts]
+
+
+@dataclass
+class TrainBatch:
+    """A complete training batch: ``train_batch_size`` groups of ``n`` rollouts each."""
+
+    step: int
+    groups: list[Group]
+    # per-step allocation metrics (names of DESIGN.md: rollouts/*, alloc/*)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def rollouts(self) -> list[Rollout]:
+        return [r for g in self.groups for r in g.rollouts]
