@@ -1,15 +1,26 @@
 """The one configuration schema of the project (pydantic), validated at load time.
 
 YAML files under ``conf/`` only supply values; every field, its bounds and its
-meaning live here. An impossible combination fails when the file is loaded,
+meaning live here. An experiment file (``conf/experiment/*.yaml``) may name the
+files of other groups instead of inlining them: ``model: tiny-arith`` reads
+``conf/model/tiny-arith.yaml``; ``model: {base: tiny-arith, hidden_size: 64}``
+reads it and overrides a field; ``methods: [grpo, dapo]`` reads
+``conf/method/grpo.yaml`` and ``conf/method/dapo.yaml``. Command-line overrides
+(``learner.lr=1e-4``) apply last. An impossible combination fails when the file is loaded,
 with a message naming the field, before any data is read or any model is built.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
+import os
+from pathlib import Path
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class StrictModel(BaseModel):
@@ -155,3 +166,424 @@ class LearnerConfig(StrictModel):
         "float32", description="Autocast dtype of the learner's forward pass."
     )
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward.")
+
+
+# --------------------------------------------------------------------------- data
+
+
+class ArithLevelConfig(StrictModel):
+    """One difficulty level of the synthetic arithmetic task."""
+
+    level: int = Field(ge=0, description="Level number (also the `level` column).")
+    templates: list[str] = Field(
+        min_length=1,
+        description="Problem templates: `d` is one digit of an operand, `±` is + or -, "
+        "`+ - *` are literal operators, e.g. `dd*d±dd`.",
+    )
+    n_train: int = Field(ge=0, description="Training problems of this level.")
+    n_test: int = Field(ge=0, description="Held-out problems of this level.")
+
+
+class ArithDataConfig(StrictModel):
+    """The embedded synthetic task: seeded integer arithmetic in graded levels."""
+
+    kind: Literal["synthetic_arith"] = "synthetic_arith"
+    seed: int = Field(0, description="Seed of the problem generator (splits are a function of it).")
+    levels: list[ArithLevelConfig] | None = Field(
+        None, description="Levels to generate (None: the default mix in pilotcommit.data.synthetic)."
+    )
+    reward: Literal["arith_exact"] = Field("arith_exact", description="Reward function name.")
+
+    def to_spec(self):
+        """The generator's own spec (a frozen dataclass) for these settings."""
+        from pilotcommit.data.synthetic import DEFAULT_LEVELS, ArithLevel, ArithSpec
+
+        if self.levels is None:
+            levels = DEFAULT_LEVELS
+        else:
+            levels = tuple(
+                ArithLevel(lv.level, tuple(lv.templates), lv.n_train, lv.n_test) for lv in self.levels
+            )
+        return ArithSpec(levels=levels, seed=self.seed)
+
+    @model_validator(mode="after")
+    def _check_levels(self) -> "ArithDataConfig":
+        if self.levels is not None:
+            from pilotcommit.data.synthetic import parse_template
+
+            for i, lv in enumerate(self.levels):
+                for template in lv.templates:
+                    try:
+                        parse_template(template)
+                    except ValueError as err:
+                        raise ValueError(f"levels[{i}].templates: {err}") from None
+            numbers = [lv.level for lv in self.levels]
+            if len(set(numbers)) != len(numbers):
+                raise ValueError(f"levels: duplicate level numbers {numbers}")
+        return self
+
+
+DataConfig = Annotated[Union[ArithDataConfig], Field(discriminator="kind")]
+
+
+# --------------------------------------------------------------------------- model
+
+
+class WarmStartConfig(StrictModel):
+    """Supervised warm start of the tiny model (cross-entropy on answer tokens)."""
+
+    steps: int = Field(600, ge=1, description="Optimizer steps (the budget; never wall time).")
+    batch_size: int = Field(256, ge=1, description="Problems per optimizer step.")
+    lr: float = Field(2e-3, gt=0.0, description="Peak AdamW learning rate.")
+    weight_decay: float = Field(0.01, ge=0.0, description="AdamW weight decay.")
+    warmup_steps: int = Field(30, ge=0, description="Linear warm-up steps.")
+    final_lr_fraction: float = Field(0.1, ge=0.0, le=1.0, description="Cosine floor / peak lr.")
+    grad_clip: float = Field(1.0, gt=0.0, description="Max global gradient norm.")
+    level_weights: dict[int, float] | None = Field(
+        None, description="Sampling weight per level (None: uniform over levels; absent: 0)."
+    )
+    seed: int = Field(0, description="Seeds the initialisation and the batch sampling.")
+
+
+class TinyModelConfig(StrictModel):
+    """A tiny random-initialised Qwen2 with a character tokenizer, warm-started locally."""
+
+    kind: Literal["tiny"] = "tiny"
+    hidden_size: int = Field(128, ge=8, description="Hidden size.")
+    num_layers: int = Field(3, ge=1, description="Transformer layers.")
+    num_heads: int = Field(4, ge=1, description="Attention heads.")
+    num_kv_heads: int = Field(4, ge=1, description="Key/value heads (GQA when < num_heads).")
+    intermediate_size: int = Field(512, ge=8, description="MLP hidden size.")
+    max_positions: int = Field(64, ge=8, description="Maximum sequence length.")
+    tie_embeddings: bool = Field(True, description="Share input and output embeddings.")
+    warm_start: WarmStartConfig = Field(
+        default_factory=lambda: WarmStartConfig(), description="Supervised warm start recipe."
+    )
+
+    @model_validator(mode="after")
+    def _check_heads(self) -> "TinyModelConfig":
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})"
+            )
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_heads ({self.num_heads}) must be divisible by num_kv_heads ({self.num_kv_heads})"
+            )
+        return self
+
+    @property
+    def label(self) -> str:
+        return f"tiny-h{self.hidden_size}-l{self.num_layers}"
+
+
+class PretrainedModelConfig(StrictModel):
+    """A causal LM loaded with transformers (hub name or local directory)."""
+
+    kind: Literal["pretrained"] = "pretrained"
+    name_or_path: str = Field(description="Hub name (e.g. Qwen/Qwen3-8B-Base) or local directory.")
+    label: str = Field(description="Short model name for tags and sweep cells, e.g. qwen3-8b.")
+    revision: str | None = Field(None, description="Hub revision (commit) for reproducibility.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("bfloat16", description="Weights dtype.")
+    gradient_checkpointing: bool = Field(True, description="Recompute activations in backward.")
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] = Field(
+        "sdpa", description="Attention kernel."
+    )
+    max_prompt_length: int = Field(2048, ge=1, description="Prompts longer than this are dropped.")
+    prompt_template: Literal["boxed_cot", "raw"] = Field(
+        "boxed_cot", description="boxed_cot: chat template + the paper's instruction."
+    )
+
+
+ModelConfig = Annotated[Union[TinyModelConfig, PretrainedModelConfig], Field(discriminator="kind")]
+
+
+# --------------------------------------------------------------------------- rollout, eval, budget
+
+
+class OverlongPenalty(StrictModel):
+    """DAPO's soft overlong penalty: reward += min(-(L - start) / length, 0) beyond `start`."""
+
+    start: int = Field(ge=1, description="Response length (tokens) where the penalty starts.")
+    length: int = Field(ge=1, description="Tokens over which the penalty reaches -1.")
+
+
+class VLLMSettings(StrictModel):
+    """Settings of the colocated vLLM engine (ignored by the transformers engine)."""
+
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per vLLM engine.")
+    gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0, description="KV-cache share.")
+    enable_sleep_mode: bool = Field(True, description="Free GPU memory between rollouts.")
+    max_num_seqs: int = Field(256, ge=1, description="Concurrent sequences.")
+
+
+class RolloutConfig(StrictModel):
+    """How rollouts are sampled for training."""
+
+    engine: Literal["transformers", "vllm"] = Field("transformers", description="Rollout engine.")
+    temperature: float = Field(1.0, ge=0.0, description="Sampling temperature (paper: 1.0).")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass (paper: 1.0).")
+    max_new_tokens: int = Field(8, ge=1, description="Maximum response tokens.")
+    max_rollouts_per_batch: int = Field(
+        2048, ge=1, description="Rollouts per forward batch in the transformers engine."
+    )
+    overlong_penalty: OverlongPenalty | None = Field(None, description="Soft overlong penalty.")
+    vllm: VLLMSettings = Field(default_factory=VLLMSettings, description="vLLM engine settings.")
+
+
+class EvalConfig(StrictModel):
+    """Periodic evaluation on the held-out set / benchmarks."""
+
+    every_steps: int = Field(5, ge=1, description="Evaluate before training and every k steps.")
+    samples_per_prompt: int = Field(16, ge=1, description="mean@k: samples per held-out prompt.")
+    temperature: float = Field(1.0, ge=0.0, description="Sampling temperature for mean@k.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus mass for mean@k (paper: 0.7).")
+    greedy: bool = Field(True, description="Also report greedy accuracy.")
+    max_prompts: int | None = Field(None, ge=1, description="Cap on held-out prompts (None: all).")
+    seed: int = Field(
+        1234, description="Evaluation sampling seed: the same at every evaluation, so differences "
+        "between checkpoints are not sampling noise."
+    )
+    prompt_stats_every_evals: int = Field(
+        1, ge=1, description="Log per-prompt pass-rate / variance histograms every k evaluations."
+    )
+
+
+class BudgetConfig(StrictModel):
+    """When a training run stops: whichever limit is reached first."""
+
+    max_rollouts: int | None = Field(None, ge=1, description="Cumulative sampled rollouts.")
+    max_steps: int | None = Field(None, ge=1, description="Training steps.")
+
+    @model_validator(mode="after")
+    def _need_one(self) -> "BudgetConfig":
+        if self.max_rollouts is None and self.max_steps is None:
+            raise ValueError("set max_rollouts or max_steps (or both): a run must stop")
+        return self
+
+
+class CheckpointConfig(StrictModel):
+    """Checkpoints for resuming a run after a crash."""
+
+    every_steps: int = Field(10, ge=1, description="Save every k training steps and at the end.")
+    resume: bool = Field(True, description="Resume from the last checkpoint of the same run.")
+
+
+class TargetConfig(StrictModel):
+    """The target accuracy of a comparison (ALGORITHMS.md, 'Evaluation and the headline metric')."""
+
+    metric: str = Field("eval/average_accuracy", description="Evaluation metric compared.")
+    reference_method: str = Field(
+        "grpo", description="Target = best value of the metric this method's runs reach "
+        "(averaged over seeds at each evaluation)."
+    )
+    accuracy: float | None = Field(
+        None, ge=0.0, le=1.0, description="A fixed target instead of the reference's best."
+    )
+    fraction_of_reference: float = Field(
+        1.0, gt=0.0, le=1.0, description="Target = this fraction of the reference's best gain "
+        "over the initial accuracy (1.0: the best itself)."
+    )
+
+
+class TrackingConfig(StrictModel):
+    """MLflow tracking."""
+
+    experiment_name: str | None = Field(None, description="MLflow experiment (None: config name).")
+    tracking_uri: str | None = Field(
+        None, description="MLflow URI (None: $MLFLOW_TRACKING_URI, else a local SQLite store)."
+    )
+
+
+# --------------------------------------------------------------------------- experiment
+
+
+class ExperimentConfig(StrictModel):
+    """One experiment: data, model, the methods compared, and how each run is trained."""
+
+    name: str = Field(min_length=1, description="Experiment name (MLflow experiment, run dirs).")
+    seeds: list[int] = Field([0], min_length=1, description="Seeds of the comparison.")
+    data: DataConfig
+    model: ModelConfig
+    methods: dict[str, MethodConfig] = Field(
+        min_length=1, description="Methods compared, keyed by run label (usually the method name)."
+    )
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    budget: BudgetConfig
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    target: TargetConfig = Field(default_factory=TargetConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    torch_threads: int | None = Field(
+        None, ge=1, description="torch.set_num_threads for CPU runs (None: torch's default)."
+    )
+
+    @model_validator(mode="after")
+    def _check_methods(self) -> "ExperimentConfig":
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds: duplicates in {self.seeds}")
+        shapes = {
+            label: (m.train_batch_size, m.group_size) for label, m in self.methods.items()
+        }
+        if len(set(shapes.values())) > 1:
+            raise ValueError(
+                "methods: every method must train on the same number of groups of the same size "
+                "per step for a fair comparison (train_batch_size, group size): "
+                + ", ".join(f"{k}={v}" for k, v in shapes.items())
+            )
+        if self.target.accuracy is None and self.target.reference_method not in self.methods:
+            raise ValueError(
+                f"target.reference_method: {self.target.reference_method!r} is not one of the "
+                f"methods {sorted(self.methods)}; add it or set target.accuracy"
+            )
+        return self
+
+    @property
+    def model_label(self) -> str:
+        return self.model.label
+
+
+# --------------------------------------------------------------------------- loading
+
+# Sections of an experiment file that may name a file of conf/<group>/ instead of inlining it.
+_GROUP_DIRS = {"data": "data", "model": "model"}
+_METHOD_DIR = "method"
+_BASE_KEY = "base"
+
+
+class ConfigError(ValueError):
+    """A configuration file is missing, unreadable or invalid; the message names file and field."""
+
+
+def default_conf_dir() -> Path:
+    """``$PILOTCOMMIT_CONF_DIR``, else the repository's ``conf/`` next to the package."""
+    env = os.environ.get("PILOTCOMMIT_CONF_DIR")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "conf"
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())  # safe_load: a config cannot construct objects
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML: {err}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _resolve_ref(value: object, group_dir: Path, where: str) -> object:
+    """``"name"`` -> contents of ``group_dir/name.yaml``; ``{base: name, ...}`` -> merged."""
+    if isinstance(value, str):
+        return _read_yaml(_ref_path(group_dir, value, where))
+    if isinstance(value, dict) and _BASE_KEY in value:
+        overrides = {k: v for k, v in value.items() if k != _BASE_KEY}
+        base = _read_yaml(_ref_path(group_dir, value[_BASE_KEY], where))
+        return _deep_merge(base, overrides)
+    return value
+
+
+def _ref_path(group_dir: Path, name: object, where: str) -> Path:
+    if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+        raise ConfigError(f"{where}: {name!r} is not a config name under {group_dir}")
+    path = group_dir / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in group_dir.glob("*.yaml"))
+        raise ConfigError(f"{where}: no config {name!r} in {group_dir} (known: {known})")
+    return path
+
+
+def resolve_references(raw: dict, conf_dir: Path, origin: str) -> dict:
+    """Replace names of files under ``conf_dir`` by their contents (see module docstring)."""
+    resolved = dict(raw)
+    for key, group in _GROUP_DIRS.items():
+        if key in resolved:
+            resolved[key] = _resolve_ref(resolved[key], conf_dir / group, f"{origin}: {key}")
+    methods = resolved.get("methods")
+    if isinstance(methods, list):  # [grpo, dapo] -> {grpo: grpo, dapo: dapo}
+        if not all(isinstance(m, str) for m in methods):
+            raise ConfigError(f"{origin}: methods: a list must hold config names only")
+        methods = {m: m for m in methods}
+    if isinstance(methods, dict):
+        resolved["methods"] = {
+            label: _resolve_ref(value, conf_dir / _METHOD_DIR, f"{origin}: methods.{label}")
+            for label, value in methods.items()
+        }
+    return resolved
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """``["learner.lr=1e-4", "seeds=[0,1]"]``: dotted keys, values parsed as YAML."""
+    result = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. learner.lr=1e-4")
+        node = result
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(text)
+    return result
+
+
+def _format_validation_error(err: ValidationError, origin: str) -> str:
+    lines = [f"{origin}: invalid configuration ({err.error_count()} error(s))"]
+    for e in err.errors():
+        location = ".".join(str(x) for x in e["loc"]) or "<top level>"
+        lines.append(f"  {location}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def validate_experiment(raw: dict, origin: str = "<config>") -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, origin)) from None
+
+
+def load_experiment_config(
+    path: str | Path, overrides: list[str] | None = None, conf_dir: str | Path | None = None
+) -> ExperimentConfig:
+    """Load, resolve references, apply overrides and validate an experiment file.
+
+    ``conf_dir`` defaults to the ``conf/`` folder above the file when the file lives in
+    ``conf/experiment/``, else :func:`default_conf_dir`.
+    """
+    path = Path(path)
+    if conf_dir is None:
+        conf_dir = path.resolve().parent.parent if path.resolve().parent.name == "experiment" else default_conf_dir()
+    raw = _read_yaml(path)
+    raw = resolve_references(raw, Path(conf_dir), str(path))
+    raw = apply_overrides(raw, list(overrides or []))
+    return validate_experiment(raw, str(path))
+
+
+def config_hash(config: BaseModel) -> str:
+    """Stable short hash of a resolved config (canonical JSON of all values)."""
+    canonical = json.dumps(config.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def demo_config_path() -> Path:
+    """The embedded default (``conf/experiment/demo.yaml``)."""
+    return default_conf_dir() / "experiment" / "demo.yaml"

@@ -10,38 +10,13 @@ It deliberately does not train (``warm_start``) or load hub checkpoints.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from transformers import PreTrainedTokenizerBase, Qwen2Config, Qwen2ForCausalLM
 
-
-@dataclass(frozen=True)
-class TinyModelSpec:
-    """Sizes of the tiny model (defaults: 0.79 M parameters with a 21-token vocabulary)."""
-
-    hidden_size: int = 128
-    num_layers: int = 3
-    num_heads: int = 4
-    num_kv_heads: int = 4
-    intermediate_size: int = 512
-    max_positions: int = 64
-    tie_embeddings: bool = True
-
-    def __post_init__(self) -> None:
-        if self.hidden_size % self.num_heads:
-            raise ValueError(
-                f"TinyModelSpec: hidden_size {self.hidden_size} is not divisible by "
-                f"num_heads {self.num_heads}"
-            )
-        if self.num_heads % self.num_kv_heads:
-            raise ValueError(
-                f"TinyModelSpec: num_heads {self.num_heads} is not divisible by "
-                f"num_kv_heads {self.num_kv_heads}"
-            )
+from pilotcommit.config import TinyModelConfig
 
 
-def tiny_qwen2_config(spec: TinyModelSpec, tokenizer: PreTrainedTokenizerBase) -> Qwen2Config:
+def tiny_qwen2_config(spec: TinyModelConfig, tokenizer: PreTrainedTokenizerBase) -> Qwen2Config:
     """The ``Qwen2Config`` for ``spec`` with the tokenizer's vocabulary and special ids."""
     return Qwen2Config(
         vocab_size=len(tokenizer),
@@ -60,7 +35,7 @@ def tiny_qwen2_config(spec: TinyModelSpec, tokenizer: PreTrainedTokenizerBase) -
 
 
 def build_tiny_model(
-    spec: TinyModelSpec, tokenizer: PreTrainedTokenizerBase, seed: int
+    spec: TinyModelConfig, tokenizer: PreTrainedTokenizerBase, seed: int
 ) -> Qwen2ForCausalLM:
     """A freshly initialised model; the same ``seed`` gives the same weights."""
     config = tiny_qwen2_config(spec, tokenizer)

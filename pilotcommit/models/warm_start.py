@@ -27,32 +27,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from pilotcommit.models.tiny import TinyModelSpec, build_tiny_model, count_parameters
-
-
-class WarmStartConfig(BaseModel):
-    """Recipe of the supervised warm start (defaults: the embedded demo's policy)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    steps: int = Field(600, ge=1, description="Optimizer steps (the budget; not wall time).")
-    batch_size: int = Field(256, ge=1, description="Problems per optimizer step.")
-    lr: float = Field(2e-3, gt=0.0, description="Peak AdamW learning rate.")
-    weight_decay: float = Field(0.01, ge=0.0, description="AdamW weight decay.")
-    warmup_steps: int = Field(30, ge=0, description="Linear warm-up steps before the peak lr.")
-    final_lr_fraction: float = Field(
-        0.1, ge=0.0, le=1.0, description="Cosine decay ends at this fraction of the peak lr."
-    )
-    grad_clip: float = Field(1.0, gt=0.0, description="Max global gradient norm.")
-    level_weights: dict[int, float] | None = Field(
-        None,
-        description="Sampling weight of each level in the warm-start batches (None: uniform "
-        "over levels). Levels absent from the mapping are not trained on.",
-    )
-    seed: int = Field(0, description="Seeds the model initialisation and the batch sampling.")
+from pilotcommit.config import TinyModelConfig, WarmStartConfig
+from pilotcommit.models.tiny import build_tiny_model, count_parameters
 
 
 @dataclass(frozen=True)
@@ -200,7 +178,7 @@ def run_warm_start(
     out_dir: str | Path,
     tokenizer: PreTrainedTokenizerBase,
     config: WarmStartConfig = WarmStartConfig(),
-    model_spec: TinyModelSpec = TinyModelSpec(),
+    model_spec: TinyModelConfig = TinyModelConfig(),
 ) -> WarmStartResult:
     """Build the tiny model, warm-start it on ``train_df`` and save model + tokenizer to ``out_dir``."""
     model = build_tiny_model(model_spec, tokenizer, seed=config.seed)
@@ -211,7 +189,7 @@ def run_warm_start(
     tokenizer.save_pretrained(out)
     record = {
         "config": config.model_dump(mode="json"),
-        "model_spec": model_spec.__dict__,
+        "model_spec": model_spec.model_dump(mode="json"),
         "num_parameters": count_parameters(model),
         "loss_curve": losses,
     }

@@ -1,0 +1,228 @@
+"""The policy-gradient update shared by GRPO, DAPO and Pilot-Commit.
+
+:class:`Learner` holds the state of learning (the model, AdamW, the warm-up
+schedule) and turns one :class:`~pilotcommit.types.TrainBatch` into optimizer
+steps. It does not know which allocation policy built the batch: it sees
+groups and their rewards only.
+
+What one training step does (ALGORITHMS.md, "Shared learner"):
+
+1. Pack every rollout as ``prompt + completion`` (right-padded) with a mask
+   over the completion tokens.
+2. Advantages: one scalar per rollout from its group's rewards.
+3. Old log-probs are recomputed with the current weights just before the
+   update (so the first ratio is exactly 1); the sampler's own log-probs are
+   only a diagnostic.
+4. The batch is split into ``optimizer_steps_per_batch`` equal mini-batches
+   (default 1) in a seeded order; each mini-batch is one AdamW step after
+   gradient accumulation over micro-batches, with the token-mean normaliser of
+   the whole mini-batch so accumulation equals the full-batch gradient.
+
+Deliberate departure from the reference code: the number of optimizer steps
+per training step is the same for every method (the reference scales the
+mini-batch by ``n_commit``, giving Pilot-Commit 6 steps versus GRPO's 4).
+
+Rollouts whose advantage is exactly zero (groups with equal rewards) carry no
+gradient; they still count in the token-mean denominator, as in the paper, but
+their forward and backward passes are skipped: that is the same gradient for
+less compute.
+
+Not here: rollout generation, rewards, sharding across processes (see
+``pilotcommit.learner.distributed``), checkpoint files (``pilotcommit.checkpoint``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from pilotcommit.config import LearnerConfig
+from pilotcommit.learner.advantages import group_advantages
+from pilotcommit.learner.loss import policy_loss, token_logprobs
+from pilotcommit.types import TrainBatch
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss or the gradient norm of a training step was NaN or infinite."""
+
+
+@dataclass
+class PackedBatch:
+    """Rollouts packed as right-padded ``prompt + completion`` sequences."""
+
+    input_ids_BT: Tensor
+    attention_mask_BT: Tensor
+    # completion_mask_BT[b, t] = 1 where token t+1 of row b is a completion token: aligned with
+    # the logits at position t, which predict token t+1
+    completion_mask_BT: Tensor
+    advantages_B: Tensor
+    sampler_logp_BT: Tensor  # sampler log-probs at the same positions as completion_mask_BT
+
+    @property
+    def num_completion_tokens(self) -> int:
+        return int(self.completion_mask_BT.sum())
+
+
+def pack_batch(batch: TrainBatch, pad_id: int, config: LearnerConfig) -> PackedBatch:
+    rollouts = batch.rollouts
+    if not rollouts:
+        raise ValueError(f"training step {batch.step}: empty batch")
+    rewards_N = torch.tensor([r.reward for r in rollouts], dtype=torch.float32)
+    group_ids_N = torch.tensor([g.group_id for g in batch.groups for _ in g.rollouts])
+    advantages_N = group_advantages(
+        rewards_N, group_ids_N, std_normalize=config.advantage_std_normalize, eps=config.advantage_eps
+    )
+    width = max(len(r.prompt_token_ids) + len(r.completion_token_ids) for r in rollouts)
+    n = len(rollouts)
+    input_ids_BT = torch.full((n, width), pad_id, dtype=torch.long)
+    attention_mask_BT = torch.zeros((n, width), dtype=torch.long)
+    completion_mask_BT = torch.zeros((n, width - 1), dtype=torch.float32)
+    sampler_logp_BT = torch.zeros((n, width - 1), dtype=torch.float32)
+    for row, r in enumerate(rollouts):
+        prompt_len, comp_len = len(r.prompt_token_ids), len(r.completion_token_ids)
+        if comp_len == 0:
+            continue
+        input_ids_BT[row, : prompt_len + comp_len] = torch.tensor(
+            r.prompt_token_ids + r.completion_token_ids
+        )
+        attention_mask_BT[row, : prompt_len + comp_len] = 1
+        completion_mask_BT[row, prompt_len - 1 : prompt_len - 1 + comp_len] = 1.0
+        sampler_logp_BT[row, prompt_len - 1 : prompt_len - 1 + comp_len] = torch.tensor(
+            r.sampler_logprobs, dtype=torch.float32
+        )
+    return PackedBatch(input_ids_BT, attention_mask_BT, completion_mask_BT, advantages_N, sampler_logp_BT)
+
+
+def warmup_constant_lr(step: int, warmup_steps: int) -> float:
+    """Multiplier of the peak lr at optimizer step ``step``: linear warm-up, then constant."""
+    if warmup_steps <= 0:
+        return 1.0
+    return min(1.0, (step + 1) / warmup_steps)
+
+
+class Learner:
+    """AdamW policy-gradient learner over a causal LM (a ``transformers`` model)."""
+
+    def __init__(self, model: torch.nn.Module, config: LearnerConfig, *, pad_id: int) -> None:
+        self.model = model
+        self.config = config
+        self.pad_id = pad_id
+        self.optimizer = torch.optim.AdamW(
+            [p for p in model.parameters() if p.requires_grad],
+            lr=config.lr,
+            betas=config.betas,
+            weight_decay=config.weight_decay,
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: warmup_constant_lr(s, config.warmup_steps)
+        )
+        self.device = next(model.parameters()).device
+        if config.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
+            model.gradient_checkpointing_enable()
+
+    # ------------------------------------------------------------------ pieces
+    def _autocast(self):
+        if self.config.dtype == "bfloat16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return torch.autocast(device_type=self.device.type, enabled=False)
+
+    def _logprobs(self, input_ids_BT: Tensor, attention_mask_BT: Tensor) -> Tensor:
+        with self._autocast():
+            logits_BTV = self.model(input_ids=input_ids_BT, attention_mask=attention_mask_BT).logits
+        return token_logprobs(logits_BTV[:, :-1], input_ids_BT[:, 1:])  # [B, T-1]
+
+    def _rows_to_device(self, packed: PackedBatch, rows: Tensor):
+        def take(x: Tensor) -> Tensor:
+            return x[rows].to(self.device)
+
+        # trim right padding shared by the selected rows
+        width = int(packed.attention_mask_BT[rows].sum(dim=1).max())
+        ids, att = take(packed.input_ids_BT)[:, :width], take(packed.attention_mask_BT)[:, :width]
+        mask = take(packed.completion_mask_BT)[:, : width - 1]
+        return ids, att, mask
+
+    @torch.no_grad()
+    def _old_logprobs(self, packed: PackedBatch, rows_per_micro: list[Tensor]) -> dict[int, Tensor]:
+        old: dict[int, Tensor] = {}
+        for i, rows in enumerate(rows_per_micro):
+            ids, att, _ = self._rows_to_device(packed, rows)
+            old[i] = self._logprobs(ids, att).float()
+        return old
+
+    # ------------------------------------------------------------------ the update
+    def update(self, batch: TrainBatch, *, seed: int) -> dict[str, float]:
+        """One training step on ``batch``; returns the ``loss/*``, ``grad/*`` and ``learner/*`` metrics."""
+        config = self.config
+        packed = pack_batch(batch, self.pad_id, config)
+        n = packed.input_ids_BT.shape[0]
+        generator = torch.Generator().manual_seed(seed)
+        order_N = torch.randperm(n, generator=generator)
+        minibatches = [m for m in order_N.chunk(config.optimizer_steps_per_batch) if len(m)]
+        self.model.train()
+        totals = {"loss": 0.0, "clip": 0.0, "kl": 0.0, "ratio": 0.0, "tokens": 0.0}
+        grad_norms = []
+        trained_rows = 0
+        for mini_rows in minibatches:
+            token_count = float(packed.completion_mask_BT[mini_rows].sum())
+            seq_count = float((packed.completion_mask_BT[mini_rows].sum(dim=1) > 0).sum())
+            normalizer = token_count if config.loss_aggregation == "token_mean" else seq_count
+            # rows with zero advantage have zero gradient: skip their compute, keep them in the
+            # normaliser (the loss is the token mean over the whole mini-batch, as in the paper)
+            active = mini_rows[packed.advantages_B[mini_rows] != 0]
+            micro = list(active.split(config.micro_batch_size)) if len(active) else []
+            old = self._old_logprobs(packed, micro)
+            self.optimizer.zero_grad(set_to_none=True)
+            for i, rows in enumerate(micro):
+                ids, att, mask = self._rows_to_device(packed, rows)
+                logp_BT = self._logprobs(ids, att).float()
+                out = policy_loss(
+                    logp_BT,
+                    old[i],
+                    packed.advantages_B[rows].to(self.device),
+                    mask,
+                    eps_low=config.eps_low,
+                    eps_high=config.eps_high,
+                    aggregation=config.loss_aggregation,
+                    normalizer=max(normalizer, 1.0),
+                )
+                if not torch.isfinite(out.loss):
+                    raise NonFiniteLossError(f"training step {batch.step}: loss is {float(out.loss)}")
+                out.loss.backward()
+                tokens = float(out.num_tokens)
+                totals["loss"] += float(out.loss.detach())
+                totals["clip"] += float(out.clip_fraction) * tokens
+                totals["kl"] += float(out.approx_kl) * tokens
+                totals["ratio"] += float(out.ratio_mean) * tokens
+                totals["tokens"] += tokens
+                trained_rows += len(rows)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+            if not torch.isfinite(grad_norm):
+                self.optimizer.zero_grad(set_to_none=True)
+                raise NonFiniteLossError(f"training step {batch.step}: gradient norm is {float(grad_norm)}")
+            grad_norms.append(float(grad_norm))
+            self.optimizer.step()
+        self.scheduler.step()
+        self.model.eval()
+        tokens = max(totals["tokens"], 1.0)
+        return {
+            "loss/policy": totals["loss"] / max(len(minibatches), 1),
+            "loss/clip_fraction": totals["clip"] / tokens,
+            "loss/approx_kl": totals["kl"] / tokens,
+            "loss/ratio_mean": totals["ratio"] / tokens if totals["tokens"] else 1.0,
+            "grad/norm": float(max(grad_norms)) if grad_norms else 0.0,
+            "learner/lr": self.optimizer.param_groups[0]["lr"],
+            "learner/optimizer_steps": float(len(minibatches)),
+            "learner/trained_sequences": float(trained_rows),
+            "learner/skipped_zero_advantage": float(n - trained_rows),
+            "learner/completion_tokens": float(packed.num_completion_tokens),
+        }
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
