@@ -1,1 +1,20 @@
+"""Verifiable rewards: pure functions ``(completion text, ground truth) -> float``.
 
+``REWARDS`` is the registry the configs name a reward by; ``score_rollouts``
+applies one to the engine's rollouts in place.
+"""
+
+from pilotcommit.rewards.arith import arith_reward, is_canonical_integer
+from pilotcommit.rewards.scoring import RewardFn, score_rollouts
+
+REWARDS: dict[str, RewardFn] = {
+    "arith_exact": arith_reward,
+}
+
+__all__ = [
+    "REWARDS",
+    "RewardFn",
+    "arith_reward",
+    "is_canonical_integer",
+    "score_rollouts",
+]
