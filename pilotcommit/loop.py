@@ -1,0 +1,373 @@
+"""One training run of one method and seed: allocate -> generate -> reward -> learn -> evaluate.
+
+    policy.plan()          which prompts get how many rollouts (pilotcommit.allocation)
+    engine.generate(...)   sample them with the current weights (pilotcommit.rollout)
+    reward_fn(text, ans)   0/1 per rollout (pilotcommit.rewards)
+    policy.observe(...)    a full TrainBatch when one is ready, else plan another round
+    learner.update(batch)  one policy-gradient step (pilotcommit.learner)
+
+The run evaluates before training and every ``eval.every_steps`` steps, stops
+at the rollout or step budget (the step that crosses the budget completes),
+checkpoints every ``checkpoint.every_steps`` steps and at the end, and resumes
+from its last checkpoint when started again with the same config. All
+randomness is derived from ``(seed, step, round)``, so a resumed run makes the
+same decisions and produces the same weights as an uninterrupted one.
+
+Metrics go to a :class:`~pilotcommit.tracking.Tracker` as plain dicts with the
+names of DESIGN.md. Step numbering: step ``k`` is the state after ``k``
+updates; evaluation at step 0 is the initial policy.
+
+Not here: Prefect, MLflow, data preparation, the warm start.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pilotcommit.allocation import make_policy
+from pilotcommit.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from pilotcommit.config import ExperimentConfig, PretrainedModelConfig, config_hash
+from pilotcommit.evaluation import EvalRecord, EvalSet, evaluate_policy
+from pilotcommit.learner.update import Learner, NonFiniteLossError
+from pilotcommit.rollout.protocol import RolloutEngine, SamplingParams, derive_seed
+from pilotcommit.tracking import MemoryTracker, Tracker
+from pilotcommit.types import RequestResult
+
+if TYPE_CHECKING:
+    from pilotcommit.pipeline import PreparedData
+
+RESULT_FILE = "result.json"
+FINAL_POLICY_DIR = "final_policy"
+_LEARN_SEED_TAG = 7_777  # separates the learner's seed stream from the sampling rounds'
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+@dataclass
+class RunResult:
+    """What a finished run leaves behind (also written to ``run_dir/result.json``)."""
+
+    method: str
+    seed: int
+    run_dir: Path
+    final_checkpoint: Path
+    eval_history: list[EvalRecord]
+    final_metrics: dict[str, float]
+    steps: int
+    cumulative_rollouts: int
+    wall_s: float
+    config_hash: str = ""
+    step_timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["run_dir"] = str(self.run_dir)
+        data["final_checkpoint"] = str(self.final_checkpoint)
+        data["eval_history"] = [r.to_dict() for r in self.eval_history]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "RunResult":
+        data = dict(data)
+        data["run_dir"] = Path(data["run_dir"])
+        data["final_checkpoint"] = Path(data["final_checkpoint"])
+        data["eval_history"] = [EvalRecord.from_dict(r) for r in data["eval_history"]]
+        return cls(**data)
+
+
+# --------------------------------------------------------------------------- building blocks
+
+
+def reward_function(cfg: ExperimentConfig) -> Callable[[str, str], float]:
+    from pilotcommit.rewards import REWARDS
+
+    name = cfg.data.reward
+    if name not in REWARDS:
+        raise ValueError(f"data.reward: unknown reward {name!r}; known: {sorted(REWARDS)}")
+    return REWARDS[name]
+
+
+def encode_prompts(problems: list[str], tokenizer, cfg: ExperimentConfig) -> list[list[int]]:
+    """Token ids of each problem as the policy sees it (template applied for hub models)."""
+    if isinstance(cfg.model, PretrainedModelConfig) and cfg.model.prompt_template != "raw":
+        from pilotcommit.data.templates import format_prompt
+
+        texts = [format_prompt(p, tokenizer, cfg.model.prompt_template) for p in problems]
+        return tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return tokenizer(problems)["input_ids"]
+
+
+def build_eval_sets(cfg: ExperimentConfig, eval_paths: Mapping[str, Path], tokenizer) -> list[EvalSet]:
+    from pilotcommit.pipeline import read_prompt_table
+
+    sets = []
+    for name, path in eval_paths.items():
+        frame = read_prompt_table(path)
+        if cfg.eval.max_prompts is not None and len(frame) > cfg.eval.max_prompts:
+            frame = frame.sample(n=cfg.eval.max_prompts, random_state=0).sort_index()
+        ids = frame["prompt_id"].tolist()
+        token_ids = encode_prompts(frame["problem"].tolist(), tokenizer, cfg)
+        levels = frame["level"] if "level" in frame.columns else pd.Series([""] * len(frame))
+        sets.append(
+            EvalSet(
+                name=name,
+                prompt_ids=ids,
+                prompt_token_ids=dict(zip(ids, token_ids)),
+                answers=dict(zip(ids, frame["answer"].tolist())),
+                samples_per_prompt=cfg.eval.samples_per_prompt,
+                levels={p: ("" if lv is None else str(lv)) for p, lv in zip(ids, levels)},
+            )
+        )
+    return sets
+
+
+def make_engine(cfg: ExperimentConfig, model, tokenizer) -> RolloutEngine:
+    if cfg.rollout.engine == "vllm":
+        from pilotcommit.rollout.vllm_engine import VLLMEngine  # optional extra
+
+        return VLLMEngine.from_config(cfg, model, tokenizer)
+    from pilotcommit.rollout.transformers_engine import TransformersEngine
+
+    return TransformersEngine(
+        model, tokenizer, max_rollouts_per_batch=cfg.rollout.max_rollouts_per_batch
+    )
+
+
+def score_results(
+    results: list[RequestResult], answers: Mapping[str, str], reward_fn, cfg: ExperimentConfig
+) -> None:
+    """Fill ``rollout.reward`` in place (with the overlong penalty when configured)."""
+    penalty = cfg.rollout.overlong_penalty
+    for result in results:
+        answer = answers[result.request.prompt_id]
+        for rollout in result.rollouts:
+            reward = float(reward_fn(rollout.text, answer))
+            if penalty is not None:
+                over = rollout.num_completion_tokens - penalty.start
+                reward += min(-over / penalty.length, 0.0) if over > 0 else 0.0
+            rollout.reward = reward
+
+
+def budget_reached(cfg: ExperimentConfig, steps: int, cumulative_rollouts: int) -> bool:
+    budget = cfg.budget
+    if budget.max_steps is not None and steps >= budget.max_steps:
+        return True
+    return budget.max_rollouts is not None and cumulative_rollouts >= budget.max_rollouts
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass
+class _LoopState:
+    """Counters of the loop itself (the policy and learner keep their own state)."""
+
+    steps: int = 0
+    generated_tokens: int = 0
+    eval_history: list[EvalRecord] = field(default_factory=list)
+    evaluations: int = 0
+    # last observed pass rate of every training prompt sampled so far (for histograms)
+    train_pass_rates: dict[str, tuple[float, int]] = field(default_factory=dict)
+    timings: dict[str, list[float]] = field(default_factory=lambda: {"generate_s": [], "learn_s": []})
+
+
+def train_run(
+    cfg: ExperimentConfig,
+    method_label: str,
+    seed: int,
+    *,
+    prepared: "PreparedData",
+    initial_policy: str,
+    run_dir: Path,
+    tracker: Tracker | None = None,
+    resume: bool | None = None,
+    progress: Callable[[int, dict], None] | None = None,
+) -> RunResult:
+    """Train ``cfg.methods[method_label]`` from ``initial_policy`` with ``seed``; see module docstring."""
+    from pilotcommit.models.loading import load_policy
+    from pilotcommit.pipeline import read_prompt_table
+
+    if method_label not in cfg.methods:
+        raise ValueError(f"method {method_label!r} is not in the config's methods {sorted(cfg.methods)}")
+    started = time.perf_counter()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tracker = tracker or MemoryTracker()
+    resume = cfg.checkpoint.resume if resume is None else resume
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+
+    train_df = read_prompt_table(prepared.train_path)
+    model, tokenizer = load_policy(initial_policy, cfg.model)
+    train_ids = train_df["prompt_id"].tolist()
+    prompt_token_ids = dict(zip(train_ids, encode_prompts(train_df["problem"].tolist(), tokenizer, cfg)))
+    answers = dict(zip(train_ids, train_df["answer"].tolist()))
+    eval_sets = build_eval_sets(cfg, prepared.eval_paths, tokenizer)
+    reward_fn = reward_function(cfg)
+
+    policy = make_policy(cfg.methods[method_label], train_ids, seed=seed)
+    learner = Learner(model, cfg.learner, pad_id=tokenizer.pad_token_id)
+    engine = make_engine(cfg, model, tokenizer)
+    params = SamplingParams(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.max_new_tokens)
+    state = _LoopState()
+    run_hash = config_hash(cfg)
+
+    checkpoint = latest_checkpoint(run_dir) if resume else None
+    if checkpoint is not None:
+        saved = load_checkpoint(checkpoint)
+        if saved["config_hash"] != run_hash or saved["method"] != method_label or saved["seed"] != seed:
+            raise ValueError(
+                f"{checkpoint}: saved by another configuration (config {saved['config_hash']}, "
+                f"method {saved['method']}, seed {saved['seed']}); use a new run directory or "
+                "--no-resume"
+            )
+        model.load_state_dict(saved["model"])
+        learner.load_state_dict(saved["learner"])
+        policy.load_state_dict(saved["policy"])
+        state = saved["loop"]
+        torch.set_rng_state(saved["torch_rng"])
+        engine.update_weights(model)
+    else:
+        tracker.log_params(_flat_params(cfg, method_label, seed))
+        _evaluate(state, engine, eval_sets, reward_fn, cfg, tracker, policy.cumulative_sampled)
+
+    def save(final: bool = False) -> Path:
+        return save_checkpoint(
+            run_dir,
+            state.steps,
+            {
+                "config_hash": run_hash,
+                "method": method_label,
+                "seed": seed,
+                "model": model.state_dict(),
+                "learner": learner.state_dict(),
+                "policy": policy.state_dict(),
+                "loop": state,
+                "torch_rng": torch.get_rng_state(),
+            },
+            {"method": method_label, "seed": seed, "config_hash": run_hash, "final": final,
+             "cumulative_rollouts": policy.cumulative_sampled},
+        )
+
+    while not budget_reached(cfg, state.steps, policy.cumulative_sampled):
+        step = state.steps
+        t0 = time.perf_counter()
+        generated = 0
+        round_index = 0
+        batch = None
+        while batch is None:
+            requests = policy.plan()
+            results = engine.generate(
+                requests, prompt_token_ids, params,
+                seed=derive_seed(seed, step, round_index), policy_step=step,
+            )
+            generated += engine.last_stats.num_generated_tokens
+            score_results(results, answers, reward_fn, cfg)
+            for result in results:
+                rewards = [r.reward for r in result.rollouts]
+                state.train_pass_rates[result.request.prompt_id] = (float(np.mean(rewards)), step)
+            batch = policy.observe(results)
+            round_index += 1
+        t1 = time.perf_counter()
+        try:
+            learn_metrics = learner.update(batch, seed=derive_seed(seed, step, _LEARN_SEED_TAG))
+        except NonFiniteLossError as err:
+            last = latest_checkpoint(run_dir)
+            raise TrainingDivergedError(
+                f"{err}; the run stopped at step {step + 1}. Last good checkpoint: "
+                f"{last if last is not None else 'none (no checkpoint was written yet)'}"
+            ) from err
+        engine.update_weights(model)
+        t2 = time.perf_counter()
+        state.steps += 1
+        state.generated_tokens += generated
+        state.timings["generate_s"].append(t1 - t0)
+        state.timings["learn_s"].append(t2 - t1)
+        metrics = {
+            **batch.metrics,
+            **learn_metrics,
+            "tokens/generated_cumulative": state.generated_tokens,
+            "time/generate_s": t1 - t0,
+            "time/learn_s": t2 - t1,
+            "throughput/generated_tokens_per_s": generated / max(t1 - t0, 1e-9),
+        }
+        tracker.log_metrics(metrics, state.steps)
+        done = budget_reached(cfg, state.steps, policy.cumulative_sampled)
+        if done or state.steps % cfg.eval.every_steps == 0:
+            _evaluate(state, engine, eval_sets, reward_fn, cfg, tracker, policy.cumulative_sampled)
+        if progress is not None:
+            progress(state.steps, metrics)
+        if not done and state.steps % cfg.checkpoint.every_steps == 0:
+            save()
+
+    final_checkpoint = save(final=True)
+    final_dir = run_dir / FINAL_POLICY_DIR
+    model.save_pretrained(final_dir)
+    tokenizer.save_pretrained(final_dir)
+    final_metrics = dict(state.eval_history[-1].metrics) if state.eval_history else {}
+    final_metrics["rollouts/cumulative"] = float(policy.cumulative_sampled)
+    final_metrics["tokens/generated_cumulative"] = float(state.generated_tokens)
+    result = RunResult(
+        method=method_label,
+        seed=seed,
+        run_dir=run_dir,
+        final_checkpoint=final_dir,
+        eval_history=list(state.eval_history),
+        final_metrics=final_metrics,
+        steps=state.steps,
+        cumulative_rollouts=policy.cumulative_sampled,
+        wall_s=time.perf_counter() - started,
+        config_hash=run_hash,
+        step_timings={
+            f"median_{k}": float(np.median(v)) if v else math.nan for k, v in state.timings.items()
+        },
+    )
+    (run_dir / RESULT_FILE).write_text(json.dumps(result.to_dict(), indent=2))
+    del final_checkpoint
+    return result
+
+
+def _evaluate(state: _LoopState, engine, eval_sets, reward_fn, cfg, tracker: Tracker, cumulative: int) -> None:
+    outcome = evaluate_policy(engine, eval_sets, reward_fn, cfg.eval, max_new_tokens=cfg.rollout.max_new_tokens)
+    record = EvalRecord(state.steps, int(cumulative), outcome.metrics)
+    state.eval_history.append(record)
+    tracker.log_evaluation(outcome.metrics, state.steps, int(cumulative))
+    if state.evaluations % cfg.eval.prompt_stats_every_evals == 0:
+        tracker.log_prompt_stats(outcome.per_prompt, state.steps, "eval")
+        if state.train_pass_rates:
+            ids = list(state.train_pass_rates)
+            p = np.array([state.train_pass_rates[i][0] for i in ids])
+            frame = pd.DataFrame(
+                {"prompt_id": ids, "pass_rate": p, "reward_variance": p * (1 - p),
+                 "last_sampled_step": [state.train_pass_rates[i][1] for i in ids]}
+            )
+            tracker.log_prompt_stats(frame, state.steps, "train")
+    state.evaluations += 1
+
+
+def _flat_params(cfg: ExperimentConfig, method_label: str, seed: int) -> dict[str, object]:
+    flat: dict[str, object] = {"method": method_label, "seed": seed, "config_hash": config_hash(cfg)}
+
+    def walk(prefix: str, value: object) -> None:
+        if isinstance(value, dict):
+            for key, child in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), child)
+        else:
+            flat[prefix] = value
+
+    dumped = cfg.model_dump(mode="json")
+    dumped["method"] = dumped.pop("methods")[method_label]
+    walk("", dumped)
+    return flat

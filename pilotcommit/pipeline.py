@@ -1,0 +1,133 @@
+"""The stages of an experiment as library functions: the flows call these, one per task.
+
+Each stage takes the resolved config and paths and returns paths or plain
+records, never models, so that Prefect can cache and persist them:
+
+    prepare_data(cfg, dir)                   -> PreparedData (parquet files + manifest)
+    build_initial_policy(cfg, prepared, dir) -> checkpoint directory (or hub name)
+    train_run(cfg, method, seed, ...)        -> RunResult (see pilotcommit.loop)
+    evaluate_checkpoint(cfg, ckpt, prepared) -> eval metrics
+
+Nothing here knows about Prefect or MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from pilotcommit.config import ArithDataConfig, ExperimentConfig, TinyModelConfig
+from pilotcommit.data.schema import validate_prompt_table
+from pilotcommit.loop import RunResult, build_eval_sets, reward_function, train_run
+from pilotcommit.evaluation import evaluate_policy
+
+__all__ = [
+    "PreparedData",
+    "RunResult",
+    "build_initial_policy",
+    "evaluate_checkpoint",
+    "prepare_data",
+    "read_prompt_table",
+    "train_run",
+]
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """Validated prompt tables on disk: one training set and one file per benchmark."""
+
+    train_path: Path
+    eval_paths: dict[str, Path]
+    manifest_path: Path
+
+    def to_dict(self) -> dict:
+        return {
+            "train_path": str(self.train_path),
+            "eval_paths": {k: str(v) for k, v in self.eval_paths.items()},
+            "manifest_path": str(self.manifest_path),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PreparedData":
+        return cls(
+            Path(data["train_path"]),
+            {k: Path(v) for k, v in data["eval_paths"].items()},
+            Path(data["manifest_path"]),
+        )
+
+    def exists(self) -> bool:
+        paths = [self.train_path, self.manifest_path, *self.eval_paths.values()]
+        return all(p.is_file() for p in paths)
+
+
+def read_prompt_table(path: Path) -> pd.DataFrame:
+    """A prepared parquet file, validated again (it may have been edited since)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"prepared data file not found: {path}")
+    frame = pd.read_parquet(path)
+    if "level" in frame.columns:
+        frame["level"] = frame["level"].map(lambda v: None if pd.isna(v) else str(v))
+    return validate_prompt_table(frame, origin=str(path))
+
+
+def prepare_data(cfg: ExperimentConfig, out_dir: Path) -> PreparedData:
+    """Write the training set and the evaluation sets of ``cfg.data`` under ``out_dir``."""
+    out_dir = Path(out_dir)
+    data = cfg.data
+    if isinstance(data, ArithDataConfig):
+        from pilotcommit.data.synthetic import write_prepared_dataset
+
+        paths = write_prepared_dataset(out_dir, data.to_spec())
+        prepared = PreparedData(paths.train, {"arith": paths.test}, paths.manifest)
+    else:  # pragma: no cover - the union has one member until the math loaders land
+        raise TypeError(f"unsupported data config {type(data).__name__}")
+    for path in [prepared.train_path, *prepared.eval_paths.values()]:
+        read_prompt_table(path)  # fail here, naming the file, not in the middle of training
+    return prepared
+
+
+def build_initial_policy(cfg: ExperimentConfig, prepared: PreparedData, out_dir: Path) -> str:
+    """The policy every method starts from: the tiny model's warm start, or a hub model."""
+    model = cfg.model
+    if not isinstance(model, TinyModelConfig):
+        return model.name_or_path
+    from pilotcommit.models.tokenizer import build_char_tokenizer
+    from pilotcommit.models.warm_start import run_warm_start
+
+    train_df = read_prompt_table(prepared.train_path)
+    train_df["level"] = train_df["level"].astype(int)
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    result = run_warm_start(train_df, out_dir, build_char_tokenizer(), model.warm_start, model)
+    return str(result.checkpoint_dir)
+
+
+def evaluate_checkpoint(
+    cfg: ExperimentConfig, checkpoint: str, prepared: PreparedData, *, seed: int | None = None
+) -> dict[str, float]:
+    """Evaluate a policy checkpoint on the prepared evaluation sets (``eval/*`` metrics)."""
+    from pilotcommit.loop import make_engine
+    from pilotcommit.models.loading import load_policy
+
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    model, tokenizer = load_policy(checkpoint, cfg.model)
+    eval_cfg = cfg.eval if seed is None else cfg.eval.model_copy(update={"seed": seed})
+    engine = make_engine(cfg, model, tokenizer)
+    outcome = evaluate_policy(
+        engine,
+        build_eval_sets(cfg, prepared.eval_paths, tokenizer),
+        reward_function(cfg),
+        eval_cfg,
+        max_new_tokens=cfg.rollout.max_new_tokens,
+    )
+    return outcome.metrics
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True))
