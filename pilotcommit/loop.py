@@ -307,10 +307,10 @@ def train_run(
         done = budget_reached(cfg, state.steps, policy.cumulative_sampled)
         if done or state.steps % cfg.eval.every_steps == 0:
             _evaluate(state, engine, eval_sets, reward_fn, cfg, tracker, policy.cumulative_sampled)
-        if progress is not None:
-            progress(state.steps, metrics)
         if not done and state.steps % cfg.checkpoint.every_steps == 0:
             save()
+        if progress is not None:
+            progress(state.steps, metrics)
 
     final_checkpoint = save(final=True)
     final_dir = run_dir / FINAL_POLICY_DIR

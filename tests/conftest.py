@@ -1,0 +1,40 @@
+"""Shared fixtures: the smoke experiment's prepared data and initial policy, built once per session.
+
+The smoke config (conf/experiment/smoke.yaml) builds its own data and a tiny
+warm-started model in a few seconds; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONF_DIR = REPO_ROOT / "conf"
+SMOKE_CONFIG = CONF_DIR / "experiment" / "smoke.yaml"
+
+
+@pytest.fixture(scope="session")
+def smoke_config():
+    from pilotcommit.config import load_experiment_config
+
+    return load_experiment_config(SMOKE_CONFIG)
+
+
+@pytest.fixture(scope="session")
+def smoke_prepared(smoke_config, tmp_path_factory):
+    from pilotcommit.pipeline import prepare_data
+
+    return prepare_data(smoke_config, tmp_path_factory.mktemp("smoke-data"))
+
+
+@pytest.fixture(scope="session")
+def smoke_policy(smoke_config, smoke_prepared, tmp_path_factory) -> str:
+    from pilotcommit.pipeline import build_initial_policy
+
+    return build_initial_policy(smoke_config, smoke_prepared, tmp_path_factory.mktemp("smoke-policy"))
