@@ -8,6 +8,7 @@ prompt ids, kinds and rewards.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -51,7 +52,60 @@ def fixed_scorer(pattern: Callable[[RolloutRequest], list[float]]):
     return score
 
 
-def run_until_batch(policy, score, max_rounds: int = 100) -> tuple[TrainBatch, list[list[RolloutRequest]]]:
+def exact_rate_scorer(pass_rates: dict[str, float]):
+    """Deterministic rewards: the first ``round(rate * count)`` rollouts correct, the rest wrong.
+
+    Every request of a prompt with rate 0.5 gets exactly half correct, so the
+    pilot pass rate (and the classification) is known in advance.
+    """
+
+    def pattern(request: RolloutRequest) -> list[float]:
+        correct = int(round(pass_rates[request.prompt_id] * request.count))
+        return [1.0] * correct + [0.0] * (request.count - correct)
+
+    return fixed_scorer(pattern)
+
+
+@dataclass
+class RoundRecord:
+    """One plan/observe round as the training loop would see it."""
+
+    step: int  # the policy's step while the round was planned (the step being built)
+    epoch: int  # the stream's epoch after planning (planning may start a new epoch)
+    plan: list[RolloutRequest]
+    results: list[RequestResult]
+    batch: TrainBatch | None
+
+    def prompt_ids(self, kind) -> list[str]:
+        return [r.prompt_id for r in self.plan if r.kind is kind]
+
+
+def run_rounds(policy, score, num_rounds: int) -> list[RoundRecord]:
+    """Run ``num_rounds`` plan/observe rounds, recording each."""
+    records = []
+    for _ in range(num_rounds):
+        step = policy.step
+        plan = policy.plan()
+        epoch = policy.stream.epoch
+        results = score(plan)
+        batch = policy.observe(results)
+        records.append(RoundRecord(step, epoch, plan, results, batch))
+    return records
+
+
+def run_steps(policy, score, num_steps: int, max_rounds: int = 1000) -> list[RoundRecord]:
+    """Run rounds until ``num_steps`` batches were handed out."""
+    records: list[RoundRecord] = []
+    while sum(r.batch is not None for r in records) < num_steps:
+        if len(records) >= max_rounds:
+            raise AssertionError(f"fewer than {num_steps} batches within {max_rounds} rounds")
+        records += run_rounds(policy, score, 1)
+    return records
+
+
+def run_until_batch(
+    policy, score, max_rounds: int = 100
+) -> tuple[TrainBatch, list[list[RolloutRequest]]]:
     """Plan/observe rounds until the policy hands out a batch; returns it and the plans."""
     plans = []
     for _ in range(max_rounds):
