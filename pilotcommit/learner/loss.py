@@ -88,7 +88,9 @@ def token_logprobs(logits_BTV: Tensor, target_ids_BT: Tensor) -> Tensor:
         log-probabilities, float32, shape [B, T].
     """
     if logits_BTV.ndim != 3:
-        raise ValueError(f"token_logprobs: logits must be [B, T, V], got shape {tuple(logits_BTV.shape)}")
+        raise ValueError(
+            f"token_logprobs: logits must be [B, T, V], got shape {tuple(logits_BTV.shape)}"
+        )
     if target_ids_BT.shape != logits_BTV.shape[:2]:
         raise ValueError(
             f"token_logprobs: targets {tuple(target_ids_BT.shape)} do not match logits "

@@ -16,13 +16,17 @@ def test_hand_case_sample_std():
     # mean 0.5, sample std sqrt(1/3) -> 0.5 / 0.5774 = 0.866
     advantages_N = group_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0]), torch.tensor([0, 0, 0, 0]))
     expected = 0.5 / (math.sqrt(1 / 3) + 1e-6)
-    torch.testing.assert_close(advantages_N, torch.tensor([expected, -expected, -expected, expected]))
+    torch.testing.assert_close(
+        advantages_N, torch.tensor([expected, -expected, -expected, expected])
+    )
     assert advantages_N[0].item() == pytest.approx(0.866, abs=1e-3)
 
 
 def test_hand_case_pass_rate_one_quarter():
     # p = 1/4 of G = 4: sample std = sqrt(0.75 * 0.25 * 4 / 3) = 0.5
-    advantages_N = group_advantages(torch.tensor([1.0, 0.0, 0.0, 0.0]), torch.zeros(4, dtype=torch.long))
+    advantages_N = group_advantages(
+        torch.tensor([1.0, 0.0, 0.0, 0.0]), torch.zeros(4, dtype=torch.long)
+    )
     torch.testing.assert_close(
         advantages_N, torch.tensor([0.75, -0.25, -0.25, -0.25]) / (0.5 + 1e-6)
     )
@@ -33,7 +37,9 @@ def test_equal_rewards_give_exactly_zero():
     group_ids_N = torch.tensor([0, 0, 0, 1, 1, 2, 2, 3])  # group 3 has one rollout
     advantages_N = group_advantages(rewards_N, group_ids_N)
     assert torch.equal(advantages_N, torch.zeros(8))
-    assert torch.equal(group_advantages(rewards_N, group_ids_N, std_normalize=False), torch.zeros(8))
+    assert torch.equal(
+        group_advantages(rewards_N, group_ids_N, std_normalize=False), torch.zeros(8)
+    )
 
 
 def test_no_std_variant_is_the_centred_reward():

@@ -39,7 +39,9 @@ def _hand_batch():
 
 def test_hand_case_clipping_both_sides_loss_clip_fraction_and_gradient():
     logp_BT, old_logp_BT, advantages_B, mask_BT, ratios = _hand_batch()
-    out = policy_loss(logp_BT, old_logp_BT, advantages_B, mask_BT, eps_low=EPS_LOW, eps_high=EPS_HIGH)
+    out = policy_loss(
+        logp_BT, old_logp_BT, advantages_B, mask_BT, eps_low=EPS_LOW, eps_high=EPS_HIGH
+    )
 
     assert out.loss.item() == pytest.approx((-1.28 - 0.5 + 1.5 + 1.6 - 2.2) / 5)
     assert out.clip_fraction.item() == pytest.approx(2 / 5)
@@ -98,7 +100,12 @@ def test_clip_boundaries_are_not_counted_as_clipped():
 def test_zero_advantage_never_clipped_and_gives_zero_gradient():
     logp_BT = torch.tensor([[0.5, -0.5]], requires_grad=True)
     out = policy_loss(
-        logp_BT, torch.zeros(1, 2), torch.zeros(1), torch.ones(1, 2), eps_low=EPS_LOW, eps_high=EPS_HIGH
+        logp_BT,
+        torch.zeros(1, 2),
+        torch.zeros(1),
+        torch.ones(1, 2),
+        eps_low=EPS_LOW,
+        eps_high=EPS_HIGH,
     )
     out.loss.backward()
     assert out.loss.item() == 0.0 and out.clip_fraction.item() == 0.0
@@ -180,7 +187,9 @@ def _random_case(seed: int):
     B, T = 7, 6
     old_logp_BT = -torch.rand(B, T, generator=gen, dtype=torch.float64) * 3
     # ratios spread over [0.5, 1.6] so that both clip sides are exercised
-    logp_BT = old_logp_BT + torch.empty(B, T, dtype=torch.float64).uniform_(-0.7, 0.5, generator=gen)
+    logp_BT = old_logp_BT + torch.empty(B, T, dtype=torch.float64).uniform_(
+        -0.7, 0.5, generator=gen
+    )
     lengths = [6, 1, 3, 0, 5, 2, 4]
     mask_BT = torch.tensor([[1.0] * n + [0.0] * (T - n) for n in lengths], dtype=torch.float64)
     advantages_B = torch.randn(B, generator=gen, dtype=torch.float64)
@@ -205,8 +214,12 @@ def test_micro_batch_accumulation_with_normalizer_equals_full_batch_gradient(agg
     total_loss = 0.0
     for rows in (slice(0, 2), slice(2, 3), slice(3, 7)):
         out = policy_loss(
-            micro_BT[rows], old_logp_BT[rows], advantages_B[rows], mask_BT[rows],
-            normalizer=normalizer, **kwargs,
+            micro_BT[rows],
+            old_logp_BT[rows],
+            advantages_B[rows],
+            mask_BT[rows],
+            normalizer=normalizer,
+            **kwargs,
         )
         out.loss.backward()
         total_loss += out.loss.item()
@@ -218,10 +231,17 @@ def test_micro_batch_accumulation_with_normalizer_equals_full_batch_gradient(agg
 def test_micro_batches_without_normalizer_do_not_equal_the_full_batch():
     # guards the test above: the normalizer is what makes accumulation exact
     logp_BT, old_logp_BT, advantages_B, mask_BT = _random_case(seed=3)
-    full = policy_loss(logp_BT, old_logp_BT, advantages_B, mask_BT, eps_low=EPS_LOW, eps_high=EPS_HIGH)
+    full = policy_loss(
+        logp_BT, old_logp_BT, advantages_B, mask_BT, eps_low=EPS_LOW, eps_high=EPS_HIGH
+    )
     parts = [
         policy_loss(
-            logp_BT[r], old_logp_BT[r], advantages_B[r], mask_BT[r], eps_low=EPS_LOW, eps_high=EPS_HIGH
+            logp_BT[r],
+            old_logp_BT[r],
+            advantages_B[r],
+            mask_BT[r],
+            eps_low=EPS_LOW,
+            eps_high=EPS_HIGH,
         ).loss.item()
         for r in (slice(0, 2), slice(2, 7))
     ]
@@ -269,14 +289,18 @@ def test_token_logprobs_match_log_softmax_and_are_float32():
     gen = torch.Generator().manual_seed(0)
     logits_BTV = torch.randn(2, 5, 11, generator=gen) * 4
     target_ids_BT = torch.randint(0, 11, (2, 5), generator=gen)
-    expected_BT = torch.log_softmax(logits_BTV, dim=-1).gather(-1, target_ids_BT.unsqueeze(-1)).squeeze(-1)
+    expected_BT = (
+        torch.log_softmax(logits_BTV, dim=-1).gather(-1, target_ids_BT.unsqueeze(-1)).squeeze(-1)
+    )
     torch.testing.assert_close(token_logprobs(logits_BTV, target_ids_BT), expected_BT)
 
     bf16_BT = token_logprobs(logits_BTV.bfloat16(), target_ids_BT)
     assert bf16_BT.dtype == torch.float32
-    reference_BT = torch.log_softmax(logits_BTV.bfloat16().float(), dim=-1).gather(
-        -1, target_ids_BT.unsqueeze(-1)
-    ).squeeze(-1)
+    reference_BT = (
+        torch.log_softmax(logits_BTV.bfloat16().float(), dim=-1)
+        .gather(-1, target_ids_BT.unsqueeze(-1))
+        .squeeze(-1)
+    )
     torch.testing.assert_close(bf16_BT, reference_BT)
 
 
