@@ -5,10 +5,12 @@ applies one to the engine's rollouts in place.
 """
 
 from pilotcommit.rewards.arith import arith_reward, is_canonical_integer
+from pilotcommit.rewards.math import math_reward
 from pilotcommit.rewards.scoring import RewardFn, score_rollouts
 
 REWARDS: dict[str, RewardFn] = {
     "arith_exact": arith_reward,
+    "math_verify": math_reward,
 }
 
 __all__ = [
@@ -16,5 +18,6 @@ __all__ = [
     "RewardFn",
     "arith_reward",
     "is_canonical_integer",
+    "math_reward",
     "score_rollouts",
 ]
