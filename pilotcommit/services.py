@@ -1,0 +1,287 @@
+"""Local services the pipeline can use: an MLflow tracking server, a Prefect server and a process
+worker, started as child processes on 127.0.0.1, health-checked, and stopped again.
+
+``pilotcommit serve`` uses these to give a laptop the same shape as a cluster (a tracking
+server, an orchestration server, a work pool); the integration tests use them to exercise the
+real servers. Every service binds 127.0.0.1 unless the caller passes another host on purpose,
+runs in its own process group (so stopping it also stops the children it spawns, e.g. the
+flow-run processes of a worker), and writes its output to a log file that the error messages
+name.
+
+Deliberately not here: anything about what the flows compute, or how runs are tracked.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+LOCALHOST = "127.0.0.1"
+DEFAULT_WORK_POOL = "pilotcommit-local"
+
+
+class ServiceError(RuntimeError):
+    """A service did not start or answer in time; the message names its log file."""
+
+
+def free_port(host: str = LOCALHOST) -> int:
+    """A TCP port that was free a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def http_ok(url: str, timeout_s: float = 2.0) -> bool:
+    """True when ``GET url`` answers 200 within ``timeout_s``."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 (local URLs)
+            return response.status == 200
+    except (urllib.error.URLError, OSError, TimeoutError, ValueError):
+        return False
+
+
+@dataclass
+class ManagedProcess:
+    """A started service: its process, the URL it answers on (if any) and its log file."""
+
+    name: str
+    process: subprocess.Popen
+    log_path: Path
+    url: str | None = None
+    health_url: str | None = None
+    _log_handle: object = field(default=None, repr=False)
+
+    @property
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "<no log>"
+
+    def wait_healthy(self, timeout_s: float) -> None:
+        """Block until ``health_url`` answers 200; fail (naming the log) if the process exits
+        or the deadline passes."""
+        if self.health_url is None:
+            return
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.running:
+                raise ServiceError(
+                    f"{self.name} exited with code {self.process.returncode} before it answered "
+                    f"{self.health_url}; log {self.log_path}:\n{self.log_tail()}"
+                )
+            if http_ok(self.health_url):
+                return
+            time.sleep(0.5)
+        raise ServiceError(
+            f"{self.name} did not answer {self.health_url} within {timeout_s:.0f} s; "
+            f"log {self.log_path}:\n{self.log_tail()}"
+        )
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        """SIGTERM to the process group, then SIGKILL after ``timeout_s``."""
+        if self.running:
+            _signal_group(self.process, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                _signal_group(self.process, signal.SIGKILL)
+                self.process.wait(timeout=timeout_s)
+        else:
+            # The leader is gone; its children (gunicorn/uvicorn workers) may not be.
+            _signal_group(self.process, signal.SIGKILL)
+        if self._log_handle is not None:
+            self._log_handle.close()  # type: ignore[attr-defined]
+            self._log_handle = None
+
+
+def _signal_group(process: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(process.pid, sig)  # the process leads its own group (start_new_session)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def start_process(
+    name: str,
+    args: list[str],
+    log_path: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    url: str | None = None,
+    health_url: str | None = None,
+) -> ManagedProcess:
+    """Start ``args`` in a new session with stdout/stderr to ``log_path``."""
+    log_path = Path(log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    handle = log_path.open("ab")
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    try:
+        process = subprocess.Popen(
+            args, stdout=handle, stderr=subprocess.STDOUT, env=full_env, cwd=cwd,
+            start_new_session=True,
+        )
+    except OSError as err:
+        handle.close()
+        raise ServiceError(f"cannot start {name} ({' '.join(args)}): {err}") from err
+    return ManagedProcess(name, process, log_path, url, health_url, handle)
+
+
+# --------------------------------------------------------------------------- MLflow
+
+
+def start_mlflow_server(
+    backend_store_uri: str,
+    artifacts_dir: Path,
+    log_path: Path,
+    *,
+    host: str = LOCALHOST,
+    port: int | None = None,
+    timeout_s: float = 120.0,
+) -> ManagedProcess:
+    """``mlflow server`` on ``host:port`` (a free port by default) with the given SQLite store;
+    artifacts are served through the server (``--serve-artifacts``) from ``artifacts_dir``."""
+    port = port or free_port(host)
+    url = f"http://{host}:{port}"
+    artifacts_dir = Path(artifacts_dir)
+    artifacts_dir.mkdir(parents=True, exist_ok=True)
+    args = [
+        sys.executable, "-m", "mlflow", "server",
+        "--host", host, "--port", str(port),
+        "--backend-store-uri", backend_store_uri,
+        "--artifacts-destination", str(artifacts_dir.resolve()),
+        "--serve-artifacts",
+        "--workers", "1",
+    ]
+    service = start_process("mlflow server", args, log_path, url=url, health_url=f"{url}/health")
+    try:
+        service.wait_healthy(timeout_s)
+    except ServiceError:
+        service.stop()
+        raise
+    return service
+
+
+# --------------------------------------------------------------------------- Prefect
+
+
+def prefect_env(home: Path, api_url: str | None = None) -> dict[str, str]:
+    """Environment for a Prefect that keeps its state under ``home`` (not ``~/.prefect``):
+    its own database, result storage and profiles; ``api_url`` points clients at a server
+    (None: the client starts an ephemeral one)."""
+    home = Path(home)
+    env = {
+        "PREFECT_HOME": str(home),
+        "PREFECT_PROFILES_PATH": str(home / "profiles.toml"),
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+        "PREFECT_LOCAL_STORAGE_PATH": str(home / "storage"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "true",
+        "PREFECT_LOGGING_LEVEL": os.environ.get("PREFECT_LOGGING_LEVEL", "WARNING"),
+    }
+    env["PREFECT_API_URL"] = api_url or ""
+    return env
+
+
+def start_prefect_server(
+    home: Path, log_path: Path, *, host: str = LOCALHOST, port: int | None = None, timeout_s: float = 180.0
+) -> ManagedProcess:
+    """``prefect server start`` on ``host:port`` with its database under ``home``."""
+    port = port or free_port(host)
+    url = f"http://{host}:{port}/api"
+    env = prefect_env(home)
+    env.pop("PREFECT_API_URL")
+    env["PREFECT_SERVER_API_HOST"] = host
+    env["PREFECT_SERVER_API_PORT"] = str(port)
+    args = [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)]
+    service = start_process("prefect server", args, log_path, env=env, url=url, health_url=f"{url}/health")
+    try:
+        service.wait_healthy(timeout_s)
+    except ServiceError:
+        service.stop()
+        raise
+    return service
+
+
+def prefect_cli(
+    args: list[str], home: Path, api_url: str, *, cwd: Path | None = None, timeout_s: float = 300.0,
+    extra_env: Mapping[str, str] | None = None,
+) -> subprocess.CompletedProcess:
+    """Run ``prefect <args>`` against the server at ``api_url``; raise with its output on failure."""
+    env = dict(os.environ)
+    env.update(prefect_env(home, api_url))
+    env.update(extra_env or {})
+    command = [sys.executable, "-m", "prefect", "--no-prompt", *args]
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout_s)
+    if done.returncode != 0:
+        raise ServiceError(
+            f"`prefect {' '.join(args)}` failed with code {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        )
+    return done
+
+
+def ensure_work_pool(home: Path, api_url: str, pool: str = DEFAULT_WORK_POOL) -> None:
+    """Create the process work pool ``pool`` unless it exists."""
+    try:
+        prefect_cli(["work-pool", "inspect", pool], home, api_url, timeout_s=120)
+        return
+    except ServiceError:
+        pass
+    prefect_cli(["work-pool", "create", pool, "--type", "process"], home, api_url, timeout_s=120)
+
+
+def start_prefect_worker(
+    home: Path,
+    api_url: str,
+    log_path: Path,
+    *,
+    pool: str = DEFAULT_WORK_POOL,
+    cwd: Path | None = None,
+    extra_env: Mapping[str, str] | None = None,
+) -> ManagedProcess:
+    """A process worker polling ``pool``; flow runs it starts inherit ``extra_env``."""
+    env = prefect_env(home, api_url)
+    env.update(extra_env or {})
+    args = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process"]
+    return start_process("prefect worker", args, log_path, env=env, cwd=cwd)
+
+
+def deploy_all(home: Path, api_url: str, project_dir: Path, extra_env: Mapping[str, str] | None = None) -> str:
+    """``prefect deploy --all`` with the project's ``prefect.yaml``; returns its output."""
+    done = prefect_cli(["deploy", "--all"], home, api_url, cwd=project_dir, timeout_s=600, extra_env=extra_env)
+    return done.stdout
+
+
+class ServiceStack:
+    """Services started together and stopped together (in reverse order); a context manager."""
+
+    def __init__(self) -> None:
+        self.services: list[ManagedProcess] = []
+
+    def add(self, service: ManagedProcess) -> ManagedProcess:
+        self.services.append(service)
+        return service
+
+    def stop(self) -> None:
+        while self.services:
+            self.services.pop().stop()
+
+    def __enter__(self) -> "ServiceStack":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
