@@ -33,7 +33,7 @@ The steps, cheapest first:
    ``1/3``). Then the two strings are compared after removing LaTeX spacing,
    ``\left``/``\right`` and ``\text{}`` wrappers: identical -> 1.0.
 4. **Guards on the model's answer** before any parser sees it: at most
-   ``MAX_ANSWER_CHARS`` characters, no control characters (NUL ...), no power
+   ``MAX_ANSWER_CHARS`` characters, no control characters (NUL ...), no numeric power
    tower (``9^9^9^9``, ``9^{9^{9}}``, ``10**10**10``) unless the reference has one.
    A guarded answer scores 0.0 at once.
 5. **math-verify** (``parse`` + ``verify``) with LaTeX extraction only:
@@ -316,8 +316,18 @@ def _exponent_end(text: str, caret: int, *, python_style: bool) -> int | None:
     return j + 1  # LaTeX: one character
 
 
+def _has_variable(text: str) -> bool:
+    """True if ``text`` names a variable (a letter outside LaTeX control sequences)."""
+    return re.search(r"[A-Za-z]", re.sub(r"\\[A-Za-z]+", "", text)) is not None
+
+
 def has_power_tower(text: str) -> bool:
-    """True for a power of a power: ``a^b^c``, ``a^{b^c}``, ``a**b**c`` (and mixtures)."""
+    """True for a numeric power of a power: ``9^9^9``, ``9^{9^{9}}``, ``10**10**10``.
+
+    Only towers whose upper exponents are numbers count: those are what a parser may try
+    to evaluate (a number with billions of digits). ``e^{-x^{2}}`` or ``2^{2^{n}}`` stay
+    symbolic and are fine.
+    """
     for m in re.finditer(r"\*\*|\^", text):
         python_style = m.group(0) == "**"
         start = m.end()
@@ -325,11 +335,15 @@ def has_power_tower(text: str) -> bool:
         if end is None:
             continue
         exponent = text[start:end]
-        if "^" in exponent or "**" in exponent:
+        if ("^" in exponent or "**" in exponent) and not _has_variable(exponent):
             return True
         rest = text[end:].lstrip(" ")
         if rest.startswith(("^", "**")):
-            return True
+            upper = rest.lstrip("^*")
+            upper_end = _exponent_end(upper, 0, python_style=rest.startswith("**"))
+            upper_exponent = upper[:upper_end] if upper_end is not None else upper
+            if not _has_variable(exponent + upper_exponent):
+                return True
     return False
 
 
