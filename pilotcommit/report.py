@@ -1,0 +1,484 @@
+"""The comparison: target accuracy, rollouts to target per method and seed, speed-ups of
+Pilot-Commit over the baselines, the accuracy-versus-budget figure, and the nightly
+regression verdict.
+
+The numbers are pure functions over plain records (:class:`RunHistory`: one run's evaluation
+history), so they are tested by hand cases in milliseconds; the target and the
+rollouts-to-target rule themselves are :mod:`pilotcommit.evaluation`'s. Around them, thin
+readers and writers: :func:`load_comparison_runs` reads a comparison's child runs back from
+MLflow (``eval/*`` against steps, ``by_rollouts/*`` against cumulative rollouts),
+:func:`log_comparison` writes the figure, the summary table and summary metrics to the parent
+run, :func:`render_summary` makes the rich table the CLI prints.
+
+Conventions (ALGORITHMS.md, "Evaluation and the headline metric"):
+- a seed that never reaches the target is reported as *not reached*, never as a number;
+- a method's mean and std of rollouts to target are over the seeds that reached it, shown
+  with how many did (``reached 2/3``); a speed-up computed from such partial means is
+  flagged ``partial``;
+- speed-up of PC over a baseline = baseline's mean rollouts to target / PC's; the spread is
+  that of the per-seed paired ratios (same seed, both reached).
+
+Deliberately not here: training, evaluation sampling, or how runs are launched.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pilotcommit.config import TargetConfig
+from pilotcommit.evaluation import AVERAGE_ACCURACY, EvalRecord, rollouts_to_target, target_accuracy
+
+CANDIDATE_METHOD = "pilot_commit"
+BASELINE_METHODS = ("grpo", "dapo")
+SUMMARY_PREFIX = "comparison/"
+
+
+@dataclass(frozen=True)
+class RunHistory:
+    """One training run's evaluations, with what identifies it in the comparison."""
+
+    method: str
+    seed: int
+    history: list[EvalRecord]
+    model: str = ""
+    run_id: str | None = None
+
+
+@dataclass(frozen=True)
+class MethodSummary:
+    """Rollouts to target of one method over its seeds."""
+
+    method: str
+    rollouts_to_target: dict[int, int | None]  # seed -> rollouts (None: not reached)
+    mean: float | None  # over the seeds that reached the target
+    std: float | None
+    final_accuracy_mean: float
+    final_accuracy_std: float
+    final_rollouts_mean: float
+
+    @property
+    def reached(self) -> int:
+        return sum(v is not None for v in self.rollouts_to_target.values())
+
+    @property
+    def seeds(self) -> int:
+        return len(self.rollouts_to_target)
+
+    @property
+    def all_reached(self) -> bool:
+        return self.reached == self.seeds and self.seeds > 0
+
+
+@dataclass(frozen=True)
+class SpeedUp:
+    """How many times fewer rollouts ``method`` needed than ``baseline`` to reach the target."""
+
+    method: str
+    baseline: str
+    ratio_of_means: float | None  # None: one side never reached the target
+    paired: dict[int, float]  # seed -> baseline / method, seeds where both reached
+    partial: bool  # a mean behind the ratio leaves out seeds that never reached the target
+
+    @property
+    def paired_min(self) -> float | None:
+        return min(self.paired.values()) if self.paired else None
+
+    @property
+    def paired_max(self) -> float | None:
+        return max(self.paired.values()) if self.paired else None
+
+    @property
+    def paired_std(self) -> float | None:
+        return float(np.std(list(self.paired.values()))) if len(self.paired) > 1 else None
+
+
+@dataclass(frozen=True)
+class ComparisonSummary:
+    """Everything the comparison reports."""
+
+    metric: str
+    target: float
+    methods: dict[str, MethodSummary]
+    speedups: list[SpeedUp] = field(default_factory=list)
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per method: the summary table logged to MLflow and printed."""
+        rows = []
+        for name, m in self.methods.items():
+            row: dict[str, Any] = {
+                "method": name,
+                "seeds": m.seeds,
+                "reached": m.reached,
+                "rollouts_to_target_mean": m.mean,
+                "rollouts_to_target_std": m.std,
+                "rollouts_to_target_per_seed": json.dumps({str(s): v for s, v in m.rollouts_to_target.items()}),
+                "final_accuracy_mean": m.final_accuracy_mean,
+                "final_accuracy_std": m.final_accuracy_std,
+                "final_rollouts_mean": m.final_rollouts_mean,
+            }
+            for s in self.speedups:
+                if s.method == name:
+                    row[f"speedup_vs_{s.baseline}"] = s.ratio_of_means
+                    row[f"speedup_vs_{s.baseline}_paired_min"] = s.paired_min
+                    row[f"speedup_vs_{s.baseline}_paired_max"] = s.paired_max
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def to_dict(self) -> dict:
+        return {
+            "metric": self.metric,
+            "target": self.target,
+            "methods": {
+                k: {**asdict(v), "rollouts_to_target": {str(s): r for s, r in v.rollouts_to_target.items()}}
+                for k, v in self.methods.items()
+            },
+            "speedups": [
+                {**asdict(s), "paired": {str(k): v for k, v in s.paired.items()},
+                 "paired_min": s.paired_min, "paired_max": s.paired_max, "paired_std": s.paired_std}
+                for s in self.speedups
+            ],
+        }
+
+    def metrics(self) -> dict[str, float]:
+        """Flat summary metrics for the parent run (``comparison/...``)."""
+        out = {f"{SUMMARY_PREFIX}target_accuracy": self.target}
+        for name, m in self.methods.items():
+            out[f"{SUMMARY_PREFIX}{name}/reached_fraction"] = m.reached / max(m.seeds, 1)
+            out[f"{SUMMARY_PREFIX}{name}/final_accuracy_mean"] = m.final_accuracy_mean
+            if m.mean is not None:
+                out[f"{SUMMARY_PREFIX}{name}/rollouts_to_target_mean"] = m.mean
+            if m.std is not None:
+                out[f"{SUMMARY_PREFIX}{name}/rollouts_to_target_std"] = m.std
+        for s in self.speedups:
+            base = f"{SUMMARY_PREFIX}speedup/{s.method}_vs_{s.baseline}"
+            if s.ratio_of_means is not None:
+                out[base] = s.ratio_of_means
+            if s.paired:
+                out[f"{base}_paired_min"] = float(s.paired_min)
+                out[f"{base}_paired_max"] = float(s.paired_max)
+        return out
+
+
+# --------------------------------------------------------------------------- pure maths
+
+
+def group_histories(runs: Sequence[RunHistory]) -> dict[str, list[list[EvalRecord]]]:
+    """``{method: [history of each seed, ordered by seed]}`` (the input of target_accuracy)."""
+    grouped: dict[str, list[RunHistory]] = {}
+    for run in runs:
+        grouped.setdefault(run.method, []).append(run)
+    return {m: [r.history for r in sorted(rs, key=lambda r: r.seed)] for m, rs in grouped.items()}
+
+
+def summarize_method(method: str, runs: Sequence[RunHistory], target: float, metric: str) -> MethodSummary:
+    per_seed: dict[int, int | None] = {}
+    finals, final_rollouts = [], []
+    for run in sorted(runs, key=lambda r: r.seed):
+        if run.seed in per_seed:
+            raise ValueError(f"method {method!r}: two runs with seed {run.seed}")
+        per_seed[run.seed] = rollouts_to_target(run.history, target, metric)
+        if run.history:
+            finals.append(run.history[-1].metrics.get(metric, math.nan))
+            final_rollouts.append(run.history[-1].cumulative_rollouts)
+    reached = [v for v in per_seed.values() if v is not None]
+    return MethodSummary(
+        method=method,
+        rollouts_to_target=per_seed,
+        mean=float(np.mean(reached)) if reached else None,
+        std=float(np.std(reached)) if reached else None,
+        final_accuracy_mean=float(np.mean(finals)) if finals else math.nan,
+        final_accuracy_std=float(np.std(finals)) if finals else math.nan,
+        final_rollouts_mean=float(np.mean(final_rollouts)) if final_rollouts else math.nan,
+    )
+
+
+def speedup(candidate: MethodSummary, baseline: MethodSummary) -> SpeedUp:
+    """Baseline's rollouts to target over the candidate's: of the means, and per paired seed."""
+    ratio = None
+    if candidate.mean is not None and baseline.mean is not None and candidate.mean > 0:
+        ratio = baseline.mean / candidate.mean
+    paired = {}
+    for seed, ours in candidate.rollouts_to_target.items():
+        theirs = baseline.rollouts_to_target.get(seed)
+        if ours is not None and theirs is not None and ours > 0:
+            paired[seed] = theirs / ours
+    partial = ratio is not None and not (candidate.all_reached and baseline.all_reached)
+    return SpeedUp(candidate.method, baseline.method, ratio, paired, partial)
+
+
+def summarize_comparison(
+    runs: Sequence[RunHistory],
+    target_cfg: TargetConfig,
+    *,
+    target_override: float | None = None,
+    candidate: str = CANDIDATE_METHOD,
+    baselines: Sequence[str] = BASELINE_METHODS,
+) -> ComparisonSummary:
+    """Target (from ``target_cfg``, or ``target_override``, e.g. a baseline's target), rollouts to
+    target per method and seed, and speed-ups of ``candidate`` over each present baseline."""
+    if not runs:
+        raise ValueError("comparison: no runs to summarise")
+    histories = group_histories(runs)
+    target = float(target_override) if target_override is not None else target_accuracy(histories, target_cfg)
+    by_method: dict[str, list[RunHistory]] = {}
+    for run in runs:
+        by_method.setdefault(run.method, []).append(run)
+    methods = {m: summarize_method(m, rs, target, target_cfg.metric) for m, rs in sorted(by_method.items())}
+    speedups = [
+        speedup(methods[candidate], methods[b]) for b in baselines if candidate in methods and b in methods
+    ]
+    return ComparisonSummary(target_cfg.metric, target, methods, speedups)
+
+
+def accuracy_band(histories: Sequence[Sequence[EvalRecord]], metric: str, points: int = 200):
+    """Seed mean, min and max of ``metric`` on a common grid of cumulative rollouts.
+
+    Each seed's evaluations sit at its own rollout counts (DAPO and PC spend a varying number
+    per step), so the curves are linearly interpolated onto a grid up to the budget every seed
+    reached. Returns ``(rollouts_G, mean_G, low_G, high_G)``.
+    """
+    curves = [
+        (np.array([r.cumulative_rollouts for r in h], float), np.array([r.metrics[metric] for r in h], float))
+        for h in histories if h
+    ]
+    if not curves:
+        empty = np.zeros(0)
+        return empty, empty, empty, empty
+    end = min(x[-1] for x, _ in curves)
+    start = max(x[0] for x, _ in curves)
+    grid_G = np.linspace(start, end, points) if end > start else np.array([end])
+    values_SG = np.stack([np.interp(grid_G, x, y) for x, y in curves])
+    return grid_G, values_SG.mean(0), values_SG.min(0), values_SG.max(0)
+
+
+# --------------------------------------------------------------------------- regression
+
+
+@dataclass(frozen=True)
+class RegressionTolerance:
+    """How much worse than the accepted baseline a nightly run may be."""
+
+    accuracy_drop: float = 0.02  # absolute, on the seed-mean final accuracy
+    rollouts_increase: float = 0.25  # relative, on the seed-mean rollouts to the baseline's target
+
+
+@dataclass(frozen=True)
+class RegressionVerdict:
+    passed: bool
+    lines: list[str]
+
+    def report(self) -> str:
+        head = "nightly regression: PASSED" if self.passed else "nightly regression: FAILED"
+        return "\n".join([head, *self.lines])
+
+
+def check_regression(
+    current: ComparisonSummary, baseline: ComparisonSummary, tolerance: RegressionTolerance
+) -> RegressionVerdict:
+    """Compare a rerun with the accepted baseline, method by method.
+
+    ``current`` must be summarised against the baseline's target (``target_override``) so that
+    a weaker reference method does not lower the bar. Fails when a method's final accuracy
+    drops by more than ``accuracy_drop``, its rollouts to target grow by more than
+    ``rollouts_increase``, it reaches the target in fewer seeds, or it is missing.
+    """
+    lines: list[str] = [f"target {baseline.metric} = {baseline.target:.4f} (from the accepted baseline)"]
+    passed = True
+    for name, base in baseline.methods.items():
+        now = current.methods.get(name)
+        if now is None:
+            lines.append(f"  {name}: MISSING from the rerun")
+            passed = False
+            continue
+        problems = []
+        drop = base.final_accuracy_mean - now.final_accuracy_mean
+        if drop > tolerance.accuracy_drop:
+            problems.append(
+                f"final accuracy {now.final_accuracy_mean:.4f} < baseline {base.final_accuracy_mean:.4f} "
+                f"- {tolerance.accuracy_drop}"
+            )
+        if now.reached < base.reached:
+            problems.append(f"reached the target in {now.reached}/{now.seeds} seeds (baseline {base.reached}/{base.seeds})")
+        elif base.mean is not None and now.mean is not None and now.mean > base.mean * (1 + tolerance.rollouts_increase):
+            problems.append(
+                f"rollouts to target {now.mean:.0f} > baseline {base.mean:.0f} x {1 + tolerance.rollouts_increase:.2f}"
+            )
+        status = "REGRESSED: " + "; ".join(problems) if problems else "ok"
+        lines.append(
+            f"  {name}: accuracy {now.final_accuracy_mean:.4f} (baseline {base.final_accuracy_mean:.4f}), "
+            f"rollouts to target {_fmt_rollouts(now.mean)} (baseline {_fmt_rollouts(base.mean)}): {status}"
+        )
+        passed = passed and not problems
+    return RegressionVerdict(passed, lines)
+
+
+# --------------------------------------------------------------------------- MLflow I/O
+
+
+def _pair_histories(run_id: str, by_step: list[tuple[int, float]], by_rollouts: list[tuple[int, float]]):
+    """Match the i-th evaluation against steps with the i-th against rollouts (both in order)."""
+    if len(by_step) != len(by_rollouts):
+        raise ValueError(
+            f"MLflow run {run_id}: {len(by_step)} evaluations by step but {len(by_rollouts)} by rollouts; "
+            "the run's evaluation metrics are incomplete"
+        )
+    return [(step, rollouts) for (step, _), (rollouts, _) in zip(by_step, by_rollouts)]
+
+
+def load_run_history(client, run, metric: str = AVERAGE_ACCURACY) -> RunHistory:
+    """One child run's evaluation history from its ``eval/*`` and ``by_rollouts/`` metrics."""
+    from pilotcommit.tracking import BY_ROLLOUTS_PREFIX, metric_history
+
+    run_id = run.info.run_id
+    tags = run.data.tags
+    for needed in ("method", "seed"):
+        if needed not in tags:
+            raise ValueError(f"MLflow run {run_id}: missing tag {needed!r}; not a pilotcommit training run")
+    eval_keys = [k for k in run.data.metrics if k.startswith("eval/")]
+    if metric not in eval_keys:
+        return RunHistory(tags["method"], int(tags["seed"]), [], tags.get("model", ""), run_id)
+    by_step = metric_history(client, run_id, metric)
+    by_rollouts = metric_history(client, run_id, BY_ROLLOUTS_PREFIX + metric)
+    pairs = _pair_histories(run_id, by_step, by_rollouts)
+    values = {k: dict(metric_history(client, run_id, k)) for k in eval_keys}
+    history = [
+        EvalRecord(step, int(rollouts), {k: v[step] for k, v in values.items() if step in v})
+        for step, rollouts in pairs
+    ]
+    return RunHistory(tags["method"], int(tags["seed"]), history, tags.get("model", ""), run_id)
+
+
+def load_comparison_runs(client, parent_run_id: str, metric: str = AVERAGE_ACCURACY) -> list[RunHistory]:
+    """The training runs nested under a comparison's parent run."""
+    from pilotcommit.tracking import child_runs
+
+    parent = client.get_run(parent_run_id)
+    children = child_runs(client, parent.info.experiment_id, parent_run_id)
+    runs = [load_run_history(client, r, metric) for r in children if "method" in r.data.tags]
+    if not runs:
+        raise ValueError(f"MLflow run {parent_run_id} has no training runs nested under it")
+    return runs
+
+
+def accuracy_figure(runs: Sequence[RunHistory], summary: ComparisonSummary, title: str = ""):
+    """Accuracy against cumulative rollouts: per method the seed mean, min-max band shaded,
+    the target dashed, each method's mean rollouts to target marked."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    colours = {"grpo": "#4477aa", "dapo": "#ee6677", "pilot_commit": "#228833"}
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    grouped = group_histories(runs)
+    for i, (method, histories) in enumerate(sorted(grouped.items())):
+        colour = colours.get(method, f"C{i}")
+        grid, mean, low, high = accuracy_band(histories, summary.metric)
+        if grid.size == 0:
+            continue
+        ax.plot(grid, mean, color=colour, label=f"{method} ({len(histories)} seeds)")
+        ax.fill_between(grid, low, high, color=colour, alpha=0.18, linewidth=0)
+        m = summary.methods.get(method)
+        if m is not None and m.mean is not None:
+            ax.axvline(m.mean, color=colour, linestyle=":", linewidth=1)
+    ax.axhline(summary.target, color="black", linestyle="--", linewidth=1, label=f"target {summary.target:.3f}")
+    ax.set_xlabel("cumulative sampled rollouts")
+    ax.set_ylabel(summary.metric)
+    ax.set_title(title or "accuracy against rollout budget (mean over seeds, min-max shaded)")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def log_comparison(client, parent_run_id: str, runs: Sequence[RunHistory], summary: ComparisonSummary,
+                   out_dir: Path) -> dict[str, Path]:
+    """Figure, summary table (CSV + JSON) and summary metrics on the parent run; files are also
+    kept under ``out_dir``. Returns the written paths."""
+    import matplotlib.pyplot as plt
+    from mlflow.entities import Metric
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "figure": out_dir / "accuracy_vs_rollouts.png",
+        "table": out_dir / "summary.csv",
+        "json": out_dir / "summary.json",
+    }
+    fig = accuracy_figure(runs, summary)
+    fig.savefig(paths["figure"], dpi=110)
+    plt.close(fig)
+    summary.to_frame().to_csv(paths["table"], index=False)
+    paths["json"].write_text(json.dumps(summary.to_dict(), indent=2))
+    for path in paths.values():
+        client.log_artifact(parent_run_id, str(path), "comparison")
+    now_ms = int(time.time() * 1000)
+    client.log_batch(parent_run_id, metrics=[Metric(k, float(v), now_ms, 0) for k, v in summary.metrics().items()])
+    return paths
+
+
+# --------------------------------------------------------------------------- printing
+
+
+def _fmt_rollouts(value: float | None) -> str:
+    return "not reached" if value is None else f"{value:,.0f}"
+
+
+def _fmt_speedup(s: SpeedUp | None) -> str:
+    if s is None:
+        return "-"
+    if s.ratio_of_means is None:
+        return "n/a (not reached)"
+    text = f"{s.ratio_of_means:.2f}x"
+    if s.paired:
+        text += f" [{s.paired_min:.2f}-{s.paired_max:.2f}]"
+    return text + (" partial" if s.partial else "")
+
+
+def render_summary(summary: ComparisonSummary, title: str = "Comparison"):
+    """A rich Table: rollouts to target (mean ± std, reached k/n), final accuracy, speed-ups."""
+    from rich.table import Table
+
+    table = Table(title=f"{title}: target {summary.metric} = {summary.target:.4f}")
+    table.add_column("method")
+    table.add_column("rollouts to target (mean ± std)", justify="right")
+    table.add_column("reached", justify="right")
+    table.add_column("per seed", justify="right")
+    table.add_column("final accuracy", justify="right")
+    baselines = [s.baseline for s in summary.speedups]
+    for b in baselines:
+        table.add_column(f"speed-up vs {b} [paired min-max]", justify="right")
+    for name, m in summary.methods.items():
+        mean = _fmt_rollouts(m.mean) + (f" ± {m.std:,.0f}" if m.std is not None else "")
+        per_seed = ", ".join(f"{s}:{_fmt_rollouts(v)}" for s, v in m.rollouts_to_target.items())
+        cells = [name, mean, f"{m.reached}/{m.seeds}", per_seed,
+                 f"{m.final_accuracy_mean:.4f} ± {m.final_accuracy_std:.4f}"]
+        for b in baselines:
+            found = next((s for s in summary.speedups if s.method == name and s.baseline == b), None)
+            cells.append(_fmt_speedup(found))
+        table.add_row(*cells)
+    return table
+
+
+def summary_text(summary: ComparisonSummary) -> str:
+    """Plain-text lines of the headline numbers (logs, flow results)."""
+    lines = [f"target {summary.metric} = {summary.target:.4f}"]
+    for name, m in summary.methods.items():
+        std = f" ± {m.std:,.0f}" if m.std is not None else ""
+        lines.append(f"{name}: rollouts to target {_fmt_rollouts(m.mean)}{std} (reached {m.reached}/{m.seeds})")
+    for s in summary.speedups:
+        lines.append(f"speed-up {s.method} vs {s.baseline}: {_fmt_speedup(s)}")
+    return "\n".join(lines)
+
+
+def histories_from_results(results: Mapping[tuple[str, int], Sequence[EvalRecord]]) -> list[RunHistory]:
+    """``{(method, seed): eval history}`` -> runs (for callers that have RunResults at hand)."""
+    return [RunHistory(method, seed, list(history)) for (method, seed), history in results.items()]
