@@ -334,3 +334,23 @@ def test_spec_file_errors_name_the_file_and_entry(tmp_path: Path) -> None:
     with pytest.raises(DatasetSpecError) as info:
         read_dataset_specs(path)
     assert "bench.yaml" in str(info.value) and "benchmarks[0]" in str(info.value)
+
+
+def test_hub_spec_calls_load_dataset_with_name_config_and_split(monkeypatch) -> None:
+    """The hub itself is replaced by a test double (no network here): it records the call and
+    returns rows shaped like DeepMath-103K; everything after the read is the real loader."""
+    import datasets
+
+    calls = []
+    rows = [json.loads(line) for line in (FIXTURES / "hub_deepmath.jsonl").read_text().splitlines()]
+
+    def fake_load_dataset(*args, **kwargs):
+        calls.append((args, kwargs))
+        return datasets.Dataset.from_list(rows)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    spec = read_dataset_specs(CONF_DATA / "deepmath-103k.yaml")[0]
+    table = load_prompt_table(spec)
+    assert calls == [(("zwhe99/DeepMath-103K", None), {"split": "train"})]
+    assert table.origin == "hub:zwhe99/DeepMath-103K[train]"
+    _check_table(table, "deepmath", 12)
