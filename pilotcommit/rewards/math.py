@@ -459,8 +459,11 @@ class _VerifierProcess:
     def _readline(self, timeout_s: float) -> bytes | None:
         """One line from the worker, or None if none arrives in time (or it died)."""
         assert self._proc is not None and self._proc.stdout is not None
-        ready, _, _ = select.select([self._proc.stdout], [], [], max(timeout_s, 0.0))
-        if not ready:
+        # poll, not select: select fails on descriptors above 1023, which a training process
+        # holding many files (datasets, checkpoints, sockets) can reach
+        poller = select.poll()
+        poller.register(self._proc.stdout, select.POLLIN | select.POLLHUP | select.POLLERR)
+        if not poller.poll(max(timeout_s, 0.0) * 1000.0):
             return None
         line = self._proc.stdout.readline()
         return line or None
