@@ -158,7 +158,12 @@ class TransformersEngine:
         dtype: torch.dtype | None = None,
         own_copy: bool = False,
         stop_token_ids: Iterable[int] | None = None,
+        compact_fraction: float = 0.25,
     ) -> None:
+        """``max_rollouts_per_batch`` rows are decoded together (memory bound);
+        ``stop_token_ids`` default to the tokenizer's and generation config's EOS;
+        finished rows are dropped from the batch once they are ``compact_fraction``
+        of it (0 drops them at once: a cache copy per step with any stop)."""
         if max_rollouts_per_batch < 1:
             raise ValueError(
                 f"TransformersEngine: max_rollouts_per_batch must be >= 1, got {max_rollouts_per_batch}"
@@ -183,7 +188,11 @@ class TransformersEngine:
         self.device = target_device
         self.own_copy = own_copy
         self.stop_token_ids = sorted(
-            set(stop_token_ids if stop_token_ids is not None else _default_stop_ids(model, tokenizer))
+            set(
+                stop_token_ids
+                if stop_token_ids is not None
+                else _default_stop_ids(model, tokenizer)
+            )
         )
         if not self.stop_token_ids:
             raise ValueError(
@@ -192,8 +201,12 @@ class TransformersEngine:
             )
         pad_id = tokenizer.pad_token_id
         self.pad_token_id = int(pad_id if pad_id is not None else self.stop_token_ids[0])
+        if not 0.0 <= compact_fraction <= 1.0:
+            raise ValueError(
+                f"TransformersEngine: compact_fraction must be in [0, 1], got {compact_fraction}"
+            )
+        self.compact_fraction = compact_fraction
         self.last_stats: GenerationStats = EMPTY_STATS
-        self._compact_fraction = 0.25
         # bumped by update_weights; the loop can assert the engine saw every update
         self.weights_version = 0
         self._bind_forward_signature()
@@ -285,7 +298,14 @@ class TransformersEngine:
             self.model.train(was_training)
 
         results = self._assemble(
-            requests, prompts, row_offsets, tokens_RT, logprobs_RT, lengths_R, stopped_R, policy_step
+            requests,
+            prompts,
+            row_offsets,
+            tokens_RT,
+            logprobs_RT,
+            lengths_R,
+            stopped_R,
+            policy_step,
         )
         self.last_stats = GenerationStats(
             num_rollouts=total_rows,
@@ -397,7 +417,9 @@ class TransformersEngine:
         next_position_A = torch.as_tensor([len(p) for p in prompts], device=device)[expand_B]
 
         stop_ids = torch.as_tensor(self.stop_token_ids, device=device)
-        tokens_BT = torch.full((num_rows, steps), self.pad_token_id, dtype=torch.long, device=device)
+        tokens_BT = torch.full(
+            (num_rows, steps), self.pad_token_id, dtype=torch.long, device=device
+        )
         logprobs_BT = torch.zeros((num_rows, steps), dtype=torch.float32, device=device)
         lengths_B = torch.full((num_rows,), steps, dtype=torch.long, device=device)
         stopped_B = torch.zeros((num_rows,), dtype=torch.bool, device=device)
@@ -421,7 +443,10 @@ class TransformersEngine:
             num_alive = int(alive_A.sum())
             if num_alive == 0:
                 break
-            if num_alive <= (1.0 - self._compact_fraction) * rows_A.shape[0]:
+            num_rows_in_batch = rows_A.shape[0]
+            if num_alive < num_rows_in_batch and num_alive <= (
+                (1.0 - self.compact_fraction) * num_rows_in_batch
+            ):
                 keep_A = alive_A.nonzero().squeeze(1)
                 cache.batch_select_indices(keep_A)
                 rows_A = rows_A[keep_A]
@@ -462,9 +487,7 @@ class TransformersEngine:
         # many rollouts of one prompt are identical: decode each distinct text once
         text_keys = [tuple(c[:-1] if s else c) for c, s in zip(completions, stopped)]
         distinct = list(dict.fromkeys(text_keys))
-        decoded = self.tokenizer.batch_decode(
-            [list(k) for k in distinct], skip_special_tokens=True
-        )
+        decoded = self.tokenizer.batch_decode([list(k) for k in distinct], skip_special_tokens=True)
         text_of = dict(zip(distinct, decoded))
 
         results: list[RequestResult] = []

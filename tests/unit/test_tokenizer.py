@@ -53,9 +53,11 @@ def test_encode_decode_round_trip_of_alphabet_strings(tokenizer):
 
 
 def test_decode_skips_eos_and_pad(tokenizer):
-    ids = [tokenizer.pad_token_id, tokenizer.bos_token_id] + tokenizer(
-        "-42", add_special_tokens=False
-    )["input_ids"] + [tokenizer.eos_token_id]
+    ids = (
+        [tokenizer.pad_token_id, tokenizer.bos_token_id]
+        + tokenizer("-42", add_special_tokens=False)["input_ids"]
+        + [tokenizer.eos_token_id]
+    )
     assert tokenizer.decode(ids, skip_special_tokens=True) == "-42"
 
 

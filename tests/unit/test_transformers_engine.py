@@ -280,6 +280,24 @@ def test_sampling_does_not_depend_on_chunking(model, tokenizer, prompt_ids):
     ]
 
 
+def test_dropping_finished_rows_early_or_late_gives_the_same_rollouts(tokenizer, prompt_ids):
+    model = _model(tokenizer, seed=2, eos_bias=1.5)
+    requests = _requests(("long", 7), ("short", 9), ("mid", 5))
+    params = SamplingParams(max_new_tokens=8)
+    outputs = []
+    for fraction in (0.0, 0.25, 1.0):
+        engine = TransformersEngine(model, tokenizer, compact_fraction=fraction)
+        rollouts = _flat(engine.generate(requests, prompt_ids, params, seed=6))
+        outputs.append([(r.completion_token_ids, r.finish_reason) for r in rollouts])
+        logprobs = [lp for r in rollouts for lp in r.sampler_logprobs]
+        if fraction == 0.0:
+            reference = logprobs
+        else:
+            assert logprobs == pytest.approx(reference, abs=1e-5)
+    assert outputs[0] == outputs[1] == outputs[2]
+    assert {reason for _, reason in outputs[0]} == {FINISH_STOP, FINISH_LENGTH}
+
+
 def test_global_rng_untouched_and_model_mode_restored(model, tokenizer, prompt_ids):
     engine = TransformersEngine(model, tokenizer)
     state = torch.get_rng_state()
@@ -305,9 +323,11 @@ def test_logprobs_match_teacher_forced_forward(model, tokenizer, prompt_ids, tem
         logits_TV = _teacher_forced_logits(
             model, rollout.prompt_token_ids, rollout.completion_token_ids
         )
-        expected_T = torch.log_softmax(logits_TV / temperature, dim=-1).gather(
-            1, torch.tensor(rollout.completion_token_ids).unsqueeze(1)
-        ).squeeze(1)
+        expected_T = (
+            torch.log_softmax(logits_TV / temperature, dim=-1)
+            .gather(1, torch.tensor(rollout.completion_token_ids).unsqueeze(1))
+            .squeeze(1)
+        )
         assert torch.allclose(torch.tensor(rollout.sampler_logprobs), expected_T, atol=1e-4)
 
 
@@ -363,7 +383,9 @@ def test_left_padding_matches_each_prompt_alone(tokenizer, prompt_ids):
     model = _model(tokenizer, seed=3, eos_bias=1.0)
     engine = TransformersEngine(model, tokenizer)
     params = SamplingParams(temperature=0.0, max_new_tokens=8)
-    together = engine.generate(_requests(*((pid, 1) for pid in PROBLEMS)), prompt_ids, params, seed=0)
+    together = engine.generate(
+        _requests(*((pid, 1) for pid in PROBLEMS)), prompt_ids, params, seed=0
+    )
     for result in together:
         alone = engine.generate([result.request], prompt_ids, params, seed=0)
         assert result.rollouts[0].completion_token_ids == alone[0].rollouts[0].completion_token_ids
@@ -450,7 +472,9 @@ def test_own_copy_in_bfloat16(tokenizer, prompt_ids):
             1, torch.tensor(rollout.completion_token_ids)[:, None]
         )
         # bf16 activations: batched and single forward passes differ more than in fp32
-        assert torch.allclose(torch.tensor(rollout.sampler_logprobs), expected_T.squeeze(1), atol=5e-2)
+        assert torch.allclose(
+            torch.tensor(rollout.sampler_logprobs), expected_T.squeeze(1), atol=5e-2
+        )
 
 
 def test_shared_model_is_never_moved_or_cast(model, tokenizer):
@@ -458,3 +482,5 @@ def test_shared_model_is_never_moved_or_cast(model, tokenizer):
         TransformersEngine(model, tokenizer, dtype=torch.float64)
     with pytest.raises(ValueError, match="max_rollouts_per_batch"):
         TransformersEngine(model, tokenizer, max_rollouts_per_batch=0)
+    with pytest.raises(ValueError, match="compact_fraction"):
+        TransformersEngine(model, tokenizer, compact_fraction=1.5)
