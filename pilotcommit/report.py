@@ -87,6 +87,7 @@ class SpeedUp:
     ratio_of_means: float | None  # None: one side never reached the target
     paired: dict[int, float]  # seed -> baseline / method, seeds where both reached
     partial: bool  # a mean behind the ratio leaves out seeds that never reached the target
+    note: str = ""  # why there is no ratio: "not reached" or "target met before training"
 
     @property
     def paired_min(self) -> float | None:
@@ -148,24 +149,45 @@ class ComparisonSummary:
             ],
         }
 
-    def metrics(self) -> dict[str, float]:
+    def metrics(self, prefix: str = SUMMARY_PREFIX) -> dict[str, float]:
         """Flat summary metrics for the parent run (``comparison/...``)."""
-        out = {f"{SUMMARY_PREFIX}target_accuracy": self.target}
+        out = {f"{prefix}target_accuracy": self.target}
         for name, m in self.methods.items():
-            out[f"{SUMMARY_PREFIX}{name}/reached_fraction"] = m.reached / max(m.seeds, 1)
-            out[f"{SUMMARY_PREFIX}{name}/final_accuracy_mean"] = m.final_accuracy_mean
+            out[f"{prefix}{name}/reached_fraction"] = m.reached / max(m.seeds, 1)
+            out[f"{prefix}{name}/final_accuracy_mean"] = m.final_accuracy_mean
             if m.mean is not None:
-                out[f"{SUMMARY_PREFIX}{name}/rollouts_to_target_mean"] = m.mean
+                out[f"{prefix}{name}/rollouts_to_target_mean"] = m.mean
             if m.std is not None:
-                out[f"{SUMMARY_PREFIX}{name}/rollouts_to_target_std"] = m.std
+                out[f"{prefix}{name}/rollouts_to_target_std"] = m.std
         for s in self.speedups:
-            base = f"{SUMMARY_PREFIX}speedup/{s.method}_vs_{s.baseline}"
+            base = f"{prefix}speedup/{s.method}_vs_{s.baseline}"
             if s.ratio_of_means is not None:
                 out[base] = s.ratio_of_means
             if s.paired:
                 out[f"{base}_paired_min"] = float(s.paired_min)
                 out[f"{base}_paired_max"] = float(s.paired_max)
         return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ComparisonSummary":
+        """Inverse of :meth:`to_dict` (cached flow results are JSON)."""
+        def seeds(d: Mapping[str, Any]) -> dict[int, Any]:
+            return {int(k): v for k, v in d.items()}
+
+        methods = {
+            name: MethodSummary(
+                method=m["method"], rollouts_to_target=seeds(m["rollouts_to_target"]), mean=m["mean"],
+                std=m["std"], final_accuracy_mean=m["final_accuracy_mean"],
+                final_accuracy_std=m["final_accuracy_std"], final_rollouts_mean=m["final_rollouts_mean"],
+            )
+            for name, m in data["methods"].items()
+        }
+        speedups = [
+            SpeedUp(s["method"], s["baseline"], s["ratio_of_means"], seeds(s["paired"]), s["partial"],
+                    s.get("note", ""))
+            for s in data["speedups"]
+        ]
+        return cls(data["metric"], float(data["target"]), methods, speedups)
 
 
 # --------------------------------------------------------------------------- pure maths
@@ -212,7 +234,12 @@ def speedup(candidate: MethodSummary, baseline: MethodSummary) -> SpeedUp:
         if ours is not None and theirs is not None and ours > 0:
             paired[seed] = theirs / ours
     partial = ratio is not None and not (candidate.all_reached and baseline.all_reached)
-    return SpeedUp(candidate.method, baseline.method, ratio, paired, partial)
+    note = ""
+    if ratio is None:
+        # A zero means the initial policy already met the target: no budget was needed, and a
+        # ratio of rollouts would divide by zero. Say so rather than print "not reached".
+        note = "target met before training" if candidate.mean == 0 else "not reached"
+    return SpeedUp(candidate.method, baseline.method, ratio, paired, partial, note)
 
 
 def summarize_comparison(
@@ -400,7 +427,8 @@ def accuracy_figure(runs: Sequence[RunHistory], summary: ComparisonSummary, titl
 
 
 def log_comparison(client, parent_run_id: str, runs: Sequence[RunHistory], summary: ComparisonSummary,
-                   out_dir: Path) -> dict[str, Path]:
+                   out_dir: Path, *, artifact_dir: str = "comparison",
+                   metric_prefix: str = SUMMARY_PREFIX) -> dict[str, Path]:
     """Figure, summary table (CSV + JSON) and summary metrics on the parent run; files are also
     kept under ``out_dir``. Returns the written paths."""
     import matplotlib.pyplot as plt
@@ -413,15 +441,17 @@ def log_comparison(client, parent_run_id: str, runs: Sequence[RunHistory], summa
         "table": out_dir / "summary.csv",
         "json": out_dir / "summary.json",
     }
-    fig = accuracy_figure(runs, summary)
+    models = sorted({r.model for r in runs if r.model})
+    fig = accuracy_figure(runs, summary, title=f"{', '.join(models)}: accuracy against rollout budget" if models else "")
     fig.savefig(paths["figure"], dpi=110)
     plt.close(fig)
     summary.to_frame().to_csv(paths["table"], index=False)
     paths["json"].write_text(json.dumps(summary.to_dict(), indent=2))
     for path in paths.values():
-        client.log_artifact(parent_run_id, str(path), "comparison")
+        client.log_artifact(parent_run_id, str(path), artifact_dir)
     now_ms = int(time.time() * 1000)
-    client.log_batch(parent_run_id, metrics=[Metric(k, float(v), now_ms, 0) for k, v in summary.metrics().items()])
+    metrics = [Metric(k, float(v), now_ms, 0) for k, v in summary.metrics(metric_prefix).items()]
+    client.log_batch(parent_run_id, metrics=metrics)
     return paths
 
 
@@ -436,7 +466,7 @@ def _fmt_speedup(s: SpeedUp | None) -> str:
     if s is None:
         return "-"
     if s.ratio_of_means is None:
-        return "n/a (not reached)"
+        return f"n/a ({s.note or 'not reached'})"
     text = f"{s.ratio_of_means:.2f}x"
     if s.paired:
         text += f" [{s.paired_min:.2f}-{s.paired_max:.2f}]"

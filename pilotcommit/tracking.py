@@ -29,6 +29,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import warnings
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -318,7 +319,8 @@ def find_or_create_run(
 ) -> RunRef:
     """Reuse the run tagged ``pilotcommit.run_key = key`` or create it (nested under
     ``parent_run_id``). A reused run that ended FAILED or KILLED is reopened (RUNNING) so a
-    resumed training continues in it; tags are refreshed (e.g. a new Prefect flow-run id)."""
+    resumed training continues in it; its existing tags are kept (``prefect_flow_run_id`` stays
+    the flow run that produced it) and only missing ones are added."""
     all_tags = {str(k): str(v) for k, v in (tags or {}).items()}
     all_tags[TAG_RUN_KEY] = key
     if parent_run_id:
@@ -329,7 +331,7 @@ def find_or_create_run(
         if existing.info.status in ("FAILED", "KILLED"):
             client.update_run(run_id, status="RUNNING")
         for k, v in all_tags.items():
-            if existing.data.tags.get(k) != v:
+            if k not in existing.data.tags:
                 client.set_tag(run_id, k, v)
         return RunRef(run_id, experiment_id, created=False)
     run = client.create_run(experiment_id, tags=all_tags, run_name=run_name)
@@ -341,6 +343,48 @@ def child_runs(client, experiment_id: str, parent_run_id: str) -> list:
     return client.search_runs(
         [experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=5000
     )
+
+
+def run_exists(client, run_id: str | None) -> bool:
+    """True when ``run_id`` is a live run of the store (not deleted)."""
+    if not run_id:
+        return False
+    try:
+        return client.get_run(run_id).info.lifecycle_stage == "active"
+    except Exception:  # noqa: BLE001 (unknown id, or another store)
+        return False
+
+
+def copy_run_contents(client, source_run_id: str, target_run_id: str) -> int:
+    """Copy metrics (full histories), params, artifacts and the run's own tags from one run to
+    another; returns the number of metric values copied.
+
+    Used when a cached training run is reused by a new comparison or sweep: the new parent gets
+    its own child run with the same data, instead of a child that points elsewhere.
+    """
+    from mlflow.entities import Param
+
+    source = client.get_run(source_run_id)
+    copied = 0
+    for key in source.data.metrics:
+        history = client.get_metric_history(source_run_id, key)
+        for i in range(0, len(history), 1000):
+            client.log_batch(target_run_id, metrics=history[i : i + 1000])
+        copied += len(history)
+    target_params = client.get_run(target_run_id).data.params
+    params = [Param(k, v) for k, v in source.data.params.items() if k not in target_params]
+    for i in range(0, len(params), 100):
+        client.log_batch(target_run_id, params=params[i : i + 100])
+    skip = {TAG_RUN_KEY, PARENT_TAG, RUN_NAME_TAG, "prefect_flow_run_id"}
+    for key, value in source.data.tags.items():
+        if key not in skip and not key.startswith("mlflow."):
+            client.set_tag(target_run_id, key, value)
+    client.set_tag(target_run_id, "pilotcommit.copied_from", source_run_id)
+    with tempfile.TemporaryDirectory() as tmp:
+        if client.list_artifacts(source_run_id):
+            local = client.download_artifacts(source_run_id, "", tmp)
+            client.log_artifacts(target_run_id, local)
+    return copied
 
 
 def log_resolved_config(client, run_id: str, config: Any, artifact_file: str = "config/resolved.yaml") -> None:
@@ -365,10 +409,11 @@ def log_dataset_inputs(client, run_id: str, datasets: Mapping[str, tuple[Path, s
     for name, (path, context) in datasets.items():
         path = Path(path)
         frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_json(path, lines=True)
-        dataset = from_pandas(frame, source=str(path.resolve()), name=name)
-        inputs.append(
-            DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
-        )
+        with warnings.catch_warnings():  # MLflow's hints on int columns and source guessing
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = from_pandas(frame, source=str(path.resolve()), name=name)
+            entity = dataset._to_mlflow_entity()
+        inputs.append(DatasetInput(entity, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)]))
     if inputs:
         client.log_inputs(run_id, datasets=inputs)
 

@@ -150,3 +150,23 @@ def test_regression_on_accuracy_drop_and_missing_method():
     assert not verdict.passed
     assert "dapo: MISSING" in verdict.report() and "final accuracy 0.5500 < baseline 0.6500" in verdict.report()
     assert math.isclose(current.methods["grpo"].final_accuracy_mean, 0.55)
+
+
+def test_summary_round_trips_through_json():
+    import json
+
+    from pilotcommit.report import ComparisonSummary
+
+    summary = summarize_comparison(make_runs(), TargetConfig())
+    again = ComparisonSummary.from_dict(json.loads(json.dumps(summary.to_dict())))
+    assert again == summary
+    assert summary.metrics("comparison/tiny-h64-l2/")["comparison/tiny-h64-l2/target_accuracy"] == pytest.approx(0.7)
+
+
+def test_target_met_before_training_is_not_called_unreached():
+    runs = [RunHistory(m, 0, hist((0, .5), (100, .5))) for m in ("grpo", "pilot_commit")]
+    summary = summarize_comparison(runs, TargetConfig())
+    assert summary.methods["pilot_commit"].rollouts_to_target == {0: 0}
+    (vs_grpo,) = summary.speedups
+    assert vs_grpo.ratio_of_means is None and vs_grpo.note == "target met before training"
+    assert "n/a (target met before training)" in summary_text(summary)

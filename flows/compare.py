@@ -1,0 +1,141 @@
+"""The ``compare`` flow: every method x seed of one experiment under the same rollout budget,
+then the comparison report, all under one MLflow parent run.
+
+    prepare-data -> initial-policy -> train (method x seed, one nested MLflow run each) -> report
+
+:func:`run_model_cells` is the part shared with the sweep (one model's cells under a given
+parent run). Deliberately thin: every step is a task in flows/stages.py calling one library
+function; this file only decides keys, directories and which cached results to trust.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow
+
+from flows import stages
+from pilotcommit import report, tracking
+from pilotcommit.config import ExperimentConfig, config_hash, demo_config_path, load_experiment_config
+
+
+def comparison_tags(ctx: stages.Context, cfg: ExperimentConfig, kind: str) -> dict[str, str]:
+    return {
+        tracking.TAG_KIND: kind,
+        tracking.TAG_CONFIG_NAME: cfg.name,
+        "config_hash": config_hash(cfg),
+        "model": cfg.model.label,
+        "git_sha": ctx.git_sha,
+        tracking.TAG_CODE_VERSION: ctx.code_version,
+        "prefect_flow_run_id": stages.current_flow_run_id(),
+    }
+
+
+def run_model_cells(
+    ctx: stages.Context, cfg: ExperimentConfig, parent_run_id: str, parent_key: str, refresh: bool = False
+) -> list[dict]:
+    """Prepare data, build the initial policy, and train every method x seed of ``cfg`` as
+    child runs of ``parent_run_id``. Returns one dict per run (stage key, MLflow run id, result)."""
+    ctx_dict = ctx.to_dict()
+    data_key = stages.stage_key("data", config_hash(cfg.data), ctx.code_version)
+    data_dir = ctx.data_dir(data_key)
+    stale = refresh or not (stages.read_stage(data_dir) and stages.prepared_valid(stages.read_stage(data_dir)))
+    prepared = stages.prepare_data_task.with_options(**stages.stage_options(ctx, stale))(
+        cfg, data_key, str(data_dir)
+    )["prepared"]
+
+    policy_key = stages.stage_key("policy", config_hash(cfg.model), data_key, ctx.code_version)
+    policy_dir = ctx.policy_dir(policy_key)
+    policy_stage = stages.read_stage(policy_dir)
+    stale = refresh or not (policy_stage and stages.policy_valid(policy_stage))
+    initial_policy = stages.initial_policy_task.with_options(**stages.stage_options(ctx, stale))(
+        cfg, policy_key, prepared, str(policy_dir)
+    )["initial_policy"]
+
+    runs = []
+    for label in cfg.methods:
+        for seed in cfg.seeds:
+            run_cfg = stages.run_config(cfg, label, seed)
+            run_hash = config_hash(run_cfg)
+            train_key = stages.stage_key("train", run_hash, policy_key, data_key, ctx.code_version)
+            run_dir = ctx.train_dir(cfg.name, label, seed, run_hash[:12])
+            child = stages.open_run_task(
+                ctx_dict,
+                tracking.run_key(parent_key, label, seed, cfg.model.label, train_key),
+                f"{label}-{cfg.model.label}-seed{seed}",
+                {
+                    tracking.TAG_KIND: "train",
+                    "method": label,
+                    "model": cfg.model.label,
+                    "seed": str(seed),
+                    "config_hash": run_hash,
+                    "git_sha": ctx.git_sha,
+                    tracking.TAG_CODE_VERSION: ctx.code_version,
+                    "prefect_flow_run_id": stages.current_flow_run_id(),
+                },
+                parent_run_id=parent_run_id,
+                config=run_cfg,
+                datasets=prepared,
+            )
+            # Trust a cached result only if its files are still there and it belongs to this run.
+            stale = refresh or child["created"] or stages.read_train_outputs(run_dir) is None
+            out = stages.train_task.with_options(**stages.stage_options(ctx, stale))(
+                run_cfg, label, seed, train_key, prepared, initial_policy, str(run_dir),
+                ctx.tracking_uri, child["run_id"], fresh=refresh,
+            )
+            runs.append({"method": label, "seed": seed, "model": cfg.model.label, "stage_key": train_key,
+                         "mlflow_run_id": child["run_id"], "run_dir": str(run_dir),
+                         "final_metrics": out["result"]["final_metrics"],
+                         "tracking_gap": out.get("tracking_gap", "")})
+    return runs
+
+
+def report_stage(ctx: stages.Context, cfg: ExperimentConfig, parent: dict, parent_key: str,
+                 runs: list[dict], refresh: bool, model: str | None = None) -> dict:
+    key = stages.stage_key(
+        "report", parent_key, model or "", *[r["stage_key"] for r in runs], stages.file_hash(Path(report.__file__))
+    )
+    return stages.report_task.with_options(**stages.stage_options(ctx, refresh or parent["created"]))(
+        cfg, key, ctx.tracking_uri, parent["run_id"], str(ctx.report_dir(cfg.name, key)), model
+    )
+
+
+@flow(name="compare")
+def compare_flow(
+    config_path: str | None = None,
+    overrides: list[str] | None = None,
+    runs_dir: str | None = None,
+    tracking_uri: str | None = None,
+    refresh: bool = False,
+) -> dict:
+    """GRPO, DAPO and Pilot-Commit (the config's methods) x seeds, then the comparison.
+
+    config_path: experiment YAML (default: the embedded demo). overrides: KEY=VALUE strings.
+    runs_dir: where runs, caches and the default MLflow store go (default ./runs or
+    $PILOTCOMMIT_RUNS_DIR). tracking_uri: MLflow store (default: config, $MLFLOW_TRACKING_URI,
+    SQLite under runs_dir). refresh: recompute every stage into new MLflow runs.
+    """
+    cfg = load_experiment_config(config_path or demo_config_path(), list(overrides or []))
+    ctx = stages.make_context(cfg.tracking.experiment_name or cfg.name, runs_dir,
+                              tracking_uri or cfg.tracking.tracking_uri)
+    attempt = stages.current_flow_run_id() if refresh else ""
+    parent_key = stages.stage_key("comparison", config_hash(cfg), ctx.code_version, attempt)
+    parent = stages.open_run_task(ctx.to_dict(), parent_key, f"{cfg.name}-compare",
+                                  comparison_tags(ctx, cfg, "comparison"), config=cfg)
+    try:
+        runs = run_model_cells(ctx, cfg, parent["run_id"], parent_key, refresh)
+        summary = report_stage(ctx, cfg, parent, parent_key, runs, refresh)
+    except BaseException:
+        stages.close_run_task(ctx.to_dict(), parent["run_id"], "FAILED")
+        raise
+    stages.close_run_task(ctx.to_dict(), parent["run_id"], "FINISHED")
+    return {
+        "config_name": cfg.name,
+        "config_hash": config_hash(cfg),
+        "parent_run_id": parent["run_id"],
+        "experiment_id": ctx.experiment_id,
+        "tracking_uri": ctx.tracking_uri,
+        "runs_root": str(ctx.runs_root),
+        "runs": runs,
+        "report": summary,
+    }

@@ -1,0 +1,382 @@
+"""Prefect tasks of the pipeline, each calling one library function, and the bookkeeping around them.
+
+Stages and their cache keys (every key also holds the code version,
+:func:`pilotcommit.tracking.code_version`):
+
+    prepare-data     hash(cfg.data)                               -> <runs>/data/<key>/
+    initial-policy   hash(cfg.model) + data key                   -> <runs>/policies/<key>/
+    train            hash(run config) + policy key + data key     -> <runs>/<name>/train/<label>-seed<s>-<hash>/
+    report           comparison key + train keys + report.py hash -> <runs>/<name>/reports/<key>/
+
+The *run config* of a training run is the experiment config narrowed to that run (its one
+method, its one seed), so adding a seed or a method to a comparison reuses the runs already
+trained. Results are persisted (JSON) under ``<runs>/prefect-results`` with the key as the
+file name, so a second identical ``compare`` is served from the cache. Every stage also
+materialises its outputs on disk (``stage.json`` / the run's ``result.json``); the flows
+check those before trusting a cached result and recompute (``refresh_cache``) when files are
+gone, so a cache hit never returns stale paths.
+
+Tasks pass paths, keys and MLflow run ids, never models. Deliberately not here: any
+algorithm, metric or summary (they live in ``pilotcommit``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from pilotcommit import tracking
+from pilotcommit.config import ExperimentConfig, config_hash
+
+STAGE_FILE = "stage.json"
+TRACKING_FILE = "tracking.json"
+RESULT_FILE = "result.json"  # written by pilotcommit.loop.train_run
+RESULTS_DIRNAME = "prefect-results"
+
+# --------------------------------------------------------------------------- progress
+
+# A process-local sink for training progress (the CLI installs a rich progress bar here);
+# deployments run without one. Not a task parameter: callables do not serialise.
+_progress_sink: Callable[[dict[str, Any]], None] | None = None
+
+
+def set_progress_sink(sink: Callable[[dict[str, Any]], None] | None) -> None:
+    global _progress_sink
+    _progress_sink = sink
+
+
+def emit_progress(event: dict[str, Any]) -> None:
+    if _progress_sink is not None:
+        _progress_sink(event)
+
+
+# --------------------------------------------------------------------------- keys and layout
+
+
+def stage_key(stage: str, *parts: object) -> str:
+    """``<stage>-<24 hex>`` from the stage's defining parts (config hashes, upstream keys, code)."""
+    digest = hashlib.sha256(json.dumps([str(p) for p in parts]).encode()).hexdigest()[:24]
+    return f"{stage}-{digest}"
+
+
+def run_config(cfg: ExperimentConfig, label: str, seed: int) -> ExperimentConfig:
+    """The experiment config narrowed to one training run (its method and seed).
+
+    Built with ``model_copy`` (no re-validation): the narrowed config may no longer hold the
+    target's reference method, which a single run does not use.
+    """
+    return cfg.model_copy(update={"seeds": [seed], "methods": {label: cfg.methods[label]}})
+
+
+def file_hash(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where a flow writes and tracks: resolved once per flow run."""
+
+    runs_root: Path
+    tracking_uri: str
+    experiment_id: str
+    code_version: str
+    git_sha: str
+
+    @property
+    def results_dir(self) -> Path:
+        return self.runs_root / RESULTS_DIRNAME
+
+    def data_dir(self, key: str) -> Path:
+        return self.runs_root / "data" / key
+
+    def policy_dir(self, key: str) -> Path:
+        return self.runs_root / "policies" / key
+
+    def train_dir(self, name: str, label: str, seed: int, run_hash: str) -> Path:
+        return self.runs_root / name / "train" / f"{label}-seed{seed}-{run_hash}"
+
+    def report_dir(self, name: str, key: str) -> Path:
+        return self.runs_root / name / "reports" / key
+
+    def client(self):
+        return tracking.mlflow_client(self.tracking_uri)
+
+    def to_dict(self) -> dict:
+        return {"runs_root": str(self.runs_root), "tracking_uri": self.tracking_uri,
+                "experiment_id": self.experiment_id, "code_version": self.code_version,
+                "git_sha": self.git_sha}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Context":
+        return cls(Path(data["runs_root"]), data["tracking_uri"], data["experiment_id"],
+                   data["code_version"], data["git_sha"])
+
+
+def make_context(experiment_name: str, runs_dir: str | None, tracking_uri: str | None) -> Context:
+    """Resolve the runs directory and the tracking store, check the store is usable (fail fast,
+    before any compute), and make sure the MLflow experiment exists."""
+    runs_root = Path(runs_dir).expanduser().resolve() if runs_dir else tracking.default_runs_root()
+    runs_root.mkdir(parents=True, exist_ok=True)
+    uri = tracking.resolve_tracking_uri(tracking_uri, runs_root)
+    tracking.configure_mlflow_http()
+    tracking.check_tracking_server(uri)
+    client = tracking.mlflow_client(uri)
+    experiment_id = tracking.ensure_experiment(
+        client, experiment_name, tracking.default_artifact_root(uri, runs_root)
+    )
+    return Context(runs_root, uri, experiment_id, tracking.code_version(), tracking.git_sha())
+
+
+def current_flow_run_id() -> str:
+    return str(flow_run.id or "")
+
+
+# --------------------------------------------------------------------------- materialised outputs
+
+
+def _rebase(value: Any, old: str, new: str) -> Any:
+    if isinstance(value, str) and value.startswith(old):
+        return new + value[len(old):]
+    if isinstance(value, dict):
+        return {k: _rebase(v, old, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rebase(v, old, new) for v in value]
+    return value
+
+
+def read_stage(out_dir: Path) -> dict | None:
+    path = Path(out_dir) / STAGE_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def materialise(out_dir: Path, build: Callable[[Path], dict], valid: Callable[[dict], bool]) -> dict:
+    """Run ``build(tmp_dir)`` and move its directory into ``out_dir`` in one rename, so a crash
+    or a concurrent worker never leaves a half-written stage that looks complete. Paths in the
+    returned dict are rewritten from the temporary directory to ``out_dir``."""
+    out_dir = Path(out_dir)
+    existing = read_stage(out_dir)
+    if existing is not None and valid(existing):
+        return existing
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        result = _rebase(build(tmp), str(tmp), str(out_dir))
+        tmp.mkdir(parents=True, exist_ok=True)
+        (tmp / STAGE_FILE).write_text(json.dumps(result, indent=2))
+        if out_dir.exists():
+            existing = read_stage(out_dir)
+            if existing is not None and valid(existing):  # another worker finished first
+                return existing
+            shutil.rmtree(out_dir)  # an invalid leftover of ours
+        os.rename(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return result
+
+
+def prepared_valid(stage: dict) -> bool:
+    from pilotcommit.pipeline import PreparedData
+
+    return "prepared" in stage and PreparedData.from_dict(stage["prepared"]).exists()
+
+
+def policy_valid(stage: dict) -> bool:
+    policy = stage.get("initial_policy")
+    if not policy:
+        return False
+    return Path(policy).is_dir() if stage.get("local", True) else True
+
+
+def read_train_outputs(run_dir: Path) -> dict | None:
+    """The finished run's ``result.json`` and ``tracking.json`` if both exist and the final
+    policy is on disk; else None."""
+    run_dir = Path(run_dir)
+    try:
+        result = json.loads((run_dir / RESULT_FILE).read_text())
+        tracked = json.loads((run_dir / TRACKING_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not Path(result.get("final_checkpoint", "")).is_dir():
+        return None
+    return {"result": result, **tracked}
+
+
+def _key_from_parameters(context, parameters: dict) -> str:
+    return parameters["stage_key"]
+
+
+def stage_options(ctx: Context, refresh: bool) -> dict:
+    """Task options for a call: results persisted under the runs directory; ``refresh``
+    recomputes and overwrites the cached entry."""
+    return {"result_storage": ctx.results_dir, "refresh_cache": refresh}
+
+
+# --------------------------------------------------------------------------- tasks
+
+_TASK_DEFAULTS = dict(persist_result=True, cache_key_fn=_key_from_parameters, result_serializer="json")
+
+
+@task(name="prepare-data", **_TASK_DEFAULTS)
+def prepare_data_task(cfg: ExperimentConfig, stage_key: str, out_dir: str) -> dict:
+    """:func:`pilotcommit.pipeline.prepare_data` into ``out_dir`` (validated parquet files)."""
+    from pilotcommit.pipeline import prepare_data
+
+    return materialise(Path(out_dir), lambda tmp: {"prepared": prepare_data(cfg, tmp).to_dict()}, prepared_valid)
+
+
+@task(name="initial-policy", **_TASK_DEFAULTS)
+def initial_policy_task(cfg: ExperimentConfig, stage_key: str, prepared: dict, out_dir: str) -> dict:
+    """:func:`pilotcommit.pipeline.build_initial_policy`: the warm start (tiny model) or a hub name."""
+    from pilotcommit.config import TinyModelConfig
+    from pilotcommit.pipeline import PreparedData, build_initial_policy
+
+    if not isinstance(cfg.model, TinyModelConfig):  # a hub model: nothing to build or cache on disk
+        return {"initial_policy": cfg.model.name_or_path, "local": False}
+
+    def build(tmp: Path) -> dict:
+        emit_progress({"stage": "initial-policy", "model": cfg.model.label, "status": "start"})
+        path = build_initial_policy(cfg, PreparedData.from_dict(prepared), tmp)
+        emit_progress({"stage": "initial-policy", "model": cfg.model.label, "status": "done"})
+        return {"initial_policy": path, "local": True}
+
+    return materialise(Path(out_dir), build, policy_valid)
+
+
+@task(name="train", retries=1, retry_delay_seconds=2, **_TASK_DEFAULTS)
+def train_task(
+    cfg: ExperimentConfig,
+    label: str,
+    seed: int,
+    stage_key: str,
+    prepared: dict,
+    initial_policy: str,
+    run_dir: str,
+    tracking_uri: str,
+    mlflow_run_id: str,
+    fresh: bool = False,
+) -> dict:
+    """:func:`pilotcommit.pipeline.train_run` for one method x seed, logging to ``mlflow_run_id``.
+
+    A Prefect retry (or a rerun after a crash) resumes from the run's last checkpoint, and the
+    tracker drops the steps the run had already logged. A finished run found on disk is not
+    trained again: its MLflow data is copied into ``mlflow_run_id`` when that is a new run of a
+    new comparison; if that data is gone from the store, the run is retrained from scratch so
+    the comparison's run has its metrics.
+    """
+    from pilotcommit.pipeline import PreparedData, train_run
+
+    run_path = Path(run_dir)
+    client = tracking.mlflow_client(tracking_uri)
+    done = None if fresh else read_train_outputs(run_path)
+    if done is not None:
+        source = done.get("mlflow_run_id")
+        if source == mlflow_run_id and client.get_run(mlflow_run_id).info.status == "FINISHED":
+            return done
+        if source != mlflow_run_id and tracking.run_exists(client, source):
+            tracking.copy_run_contents(client, source, mlflow_run_id)
+            client.set_terminated(mlflow_run_id, status="FINISHED")
+            return {**done, "mlflow_run_id": mlflow_run_id, "copied_from": source}
+        fresh = source != mlflow_run_id  # the metrics are lost: train again into this run
+
+    if client.get_run(mlflow_run_id).info.status != "RUNNING":
+        client.update_run(mlflow_run_id, status="RUNNING")
+    tracker = tracking.MlflowTracker(
+        mlflow_run_id, client, skip_logged_steps=not fresh,
+        spool_path=run_path / "tracking-undelivered.jsonl",
+    )
+
+    def progress(step: int, metrics: dict) -> None:
+        emit_progress({"stage": "train", "method": label, "seed": seed, "model": cfg.model.label,
+                       "step": step, "rollouts": metrics.get("rollouts/cumulative")})
+
+    try:
+        result = train_run(
+            cfg, label, seed, prepared=PreparedData.from_dict(prepared), initial_policy=initial_policy,
+            run_dir=run_path, tracker=tracker, resume=False if fresh else None, progress=progress,
+        )
+        tracker.log_artifact(run_path / RESULT_FILE, "run")
+    except BaseException:
+        tracker.close(status="FAILED")
+        raise
+    gap = tracker.close(status="FINISHED")
+    tracked = {"mlflow_run_id": mlflow_run_id, "tracking_uri": tracking_uri, "tracking_gap": gap.summary()}
+    (run_path / TRACKING_FILE).write_text(json.dumps(tracked, indent=2))
+    return {"result": result.to_dict(), **tracked}
+
+
+@task(name="evaluate", **_TASK_DEFAULTS)
+def evaluate_task(cfg: ExperimentConfig, stage_key: str, checkpoint: str, prepared: dict, seed: int) -> dict:
+    """:func:`pilotcommit.pipeline.evaluate_checkpoint` on the prepared evaluation sets."""
+    from pilotcommit.pipeline import PreparedData, evaluate_checkpoint
+
+    return {"metrics": evaluate_checkpoint(cfg, checkpoint, PreparedData.from_dict(prepared), seed=seed)}
+
+
+@task(name="report", **_TASK_DEFAULTS)
+def report_task(cfg: ExperimentConfig, stage_key: str, tracking_uri: str, parent_run_id: str,
+                out_dir: str, model: str | None = None) -> dict:
+    """:mod:`pilotcommit.report` on the runs under ``parent_run_id`` (only ``model``'s runs when
+    given, for a sweep), logged to the parent run."""
+    from pilotcommit import report
+
+    client = tracking.mlflow_client(tracking_uri)
+    runs = report.load_comparison_runs(client, parent_run_id, cfg.target.metric)
+    if model is not None:
+        runs = [r for r in runs if r.model == model]
+    summary = report.summarize_comparison(runs, cfg.target)
+    subdir = f"comparison/{model}" if model else "comparison"
+    paths = report.log_comparison(client, parent_run_id, runs, summary, Path(out_dir), artifact_dir=subdir,
+                                  metric_prefix=f"{subdir}/")
+    return {"summary": summary.to_dict(), "text": report.summary_text(summary),
+            "files": {k: str(v) for k, v in paths.items()}}
+
+
+@task(name="open-mlflow-run", cache_policy=NO_CACHE)
+def open_run_task(
+    ctx: dict,
+    key: str,
+    run_name: str,
+    tags: dict[str, str],
+    parent_run_id: str | None = None,
+    config: ExperimentConfig | None = None,
+    datasets: dict | None = None,
+) -> dict:
+    """Find the MLflow run of ``key`` or create it; a new run gets the resolved config as an
+    artifact and, for a training run, the prepared datasets as inputs."""
+    context = Context.from_dict(ctx)
+    client = context.client()
+    ref = tracking.find_or_create_run(
+        client, context.experiment_id, key, run_name=run_name, tags=tags, parent_run_id=parent_run_id
+    )
+    if ref.created:
+        if config is not None:
+            tracking.log_resolved_config(client, ref.run_id, config)
+        if datasets is not None:
+            from pilotcommit.pipeline import PreparedData
+
+            prepared = PreparedData.from_dict(datasets)
+            inputs = {"train": (prepared.train_path, "training")}
+            inputs.update({name: (path, "evaluation") for name, path in prepared.eval_paths.items()})
+            tracking.log_dataset_inputs(client, ref.run_id, inputs)
+    return {"run_id": ref.run_id, "created": ref.created}
+
+
+@task(name="close-mlflow-run", cache_policy=NO_CACHE)
+def close_run_task(ctx: dict, run_id: str, status: str) -> None:
+    Context.from_dict(ctx).client().set_terminated(run_id, status=status)

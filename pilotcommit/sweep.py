@@ -1,0 +1,125 @@
+"""The model-scale sweep: one experiment config run for several model configs (x methods x seeds).
+
+A sweep file (``conf/sweep/*.yaml``) names an experiment file and a list of models; each model
+entry is what an experiment file's ``model:`` key accepts (a name under ``conf/model/``, or
+``{base: name, field: value}``, or a full inline mapping). :func:`cell_config` builds the
+validated :class:`~pilotcommit.config.ExperimentConfig` of one model by putting that entry in
+place of the experiment's own ``model`` before references are resolved, so a sweep cell is
+exactly what ``pilotcommit compare`` would run with that model.
+
+Deliberately not here: scheduling the cells (flows/sweep.py) or summarising them (report.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pilotcommit.config import (
+    ConfigError,
+    ExperimentConfig,
+    apply_overrides,
+    default_conf_dir,
+    resolve_references,
+    validate_experiment,
+)
+
+
+class SweepConfig(BaseModel):
+    """A sweep over model configs; every cell runs the experiment's methods and seeds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, description="Sweep name (MLflow experiment of the sweep).")
+    experiment: str = Field(
+        description="Experiment file: a name under conf/experiment/ or a path to a YAML file."
+    )
+    models: list[str | dict[str, Any]] = Field(
+        min_length=1, description="Model entries, each what an experiment's `model:` accepts."
+    )
+    seeds: list[int] | None = Field(None, description="Seeds of every cell (None: the experiment's).")
+    methods: list[str] | None = Field(
+        None, description="Method labels to run (None: all of the experiment's methods)."
+    )
+    overrides: list[str] = Field(
+        default_factory=list, description="KEY=VALUE overrides applied to every cell."
+    )
+    cell_deployment: str = Field(
+        "sweep-model/cell",
+        description="Deployment that runs one model's cells when the sweep dispatches to a work pool.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> "SweepConfig":
+        if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds: duplicates in {self.seeds}")
+        return self
+
+
+def load_sweep_config(path: str | Path, overrides: list[str] | None = None) -> SweepConfig:
+    """Read and validate a sweep file (``overrides`` as for experiments: ``seeds=[0,1]``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"sweep config not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    raw = apply_overrides(raw, list(overrides or []))
+    try:
+        return SweepConfig.model_validate(raw)
+    except ValidationError as err:
+        lines = [f"{path}: invalid sweep configuration ({err.error_count()} error(s))"]
+        lines += [f"  {'.'.join(map(str, e['loc'])) or '<top level>'}: {e['msg']}" for e in err.errors()]
+        raise ConfigError("\n".join(lines)) from None
+
+
+def experiment_path(sweep: SweepConfig, conf_dir: Path | None = None) -> Path:
+    """The sweep's experiment file: a path if it is one, else ``conf/experiment/<name>.yaml``."""
+    candidate = Path(sweep.experiment)
+    if candidate.suffix in (".yaml", ".yml"):
+        return candidate
+    return Path(conf_dir or default_conf_dir()) / "experiment" / f"{sweep.experiment}.yaml"
+
+
+def cell_config(
+    sweep: SweepConfig, model_index: int, extra_overrides: list[str] | None = None, conf_dir: Path | None = None
+) -> ExperimentConfig:
+    """The validated experiment config of model ``model_index`` of the sweep."""
+    if not 0 <= model_index < len(sweep.models):
+        raise ConfigError(f"sweep {sweep.name}: model index {model_index} out of range 0..{len(sweep.models) - 1}")
+    path = experiment_path(sweep, conf_dir)
+    conf_dir = Path(conf_dir) if conf_dir else (
+        path.resolve().parent.parent if path.resolve().parent.name == "experiment" else default_conf_dir()
+    )
+    if not path.is_file():
+        raise ConfigError(f"sweep {sweep.name}: experiment file not found: {path}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    raw["model"] = sweep.models[model_index]
+    origin = f"{path} (sweep {sweep.name}, models[{model_index}])"
+    raw = resolve_references(raw, conf_dir, origin)
+    overrides = list(sweep.overrides) + list(extra_overrides or [])
+    if sweep.seeds is not None:
+        overrides.append(f"seeds={sweep.seeds}")
+    raw = apply_overrides(raw, overrides)
+    if sweep.methods is not None:
+        methods = raw.get("methods", {})
+        unknown = [m for m in sweep.methods if m not in methods]
+        if unknown:
+            raise ConfigError(f"sweep {sweep.name}: methods {unknown} are not in {path} (have {sorted(methods)})")
+        raw["methods"] = {m: methods[m] for m in sweep.methods}
+    return validate_experiment(raw, origin)
+
+
+def cell_configs(sweep: SweepConfig, extra_overrides: list[str] | None = None) -> list[ExperimentConfig]:
+    """Every model's config, validated up front so a bad entry fails before any compute."""
+    configs = [cell_config(sweep, i, extra_overrides) for i in range(len(sweep.models))]
+    labels = [c.model.label for c in configs]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"sweep {sweep.name}: two model entries have the same label {labels}")
+    return configs
