@@ -22,6 +22,8 @@ from typing import Annotated, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from pilotcommit.data.specs import DatasetSpec
+
 
 class StrictModel(BaseModel):
     """Unknown keys are errors (a typo must not silently fall back to a default)."""
@@ -223,7 +225,31 @@ class ArithDataConfig(StrictModel):
         return self
 
 
-DataConfig = Annotated[Union[ArithDataConfig], Field(discriminator="kind")]
+class MathDataConfig(StrictModel):
+    """Real math data: one training set and the benchmarks evaluated during training."""
+
+    kind: Literal["math"] = "math"
+    train: DatasetSpec = Field(description="Training prompts (a spec, or a name in conf/data/).")
+    benchmarks: list[DatasetSpec] = Field(
+        min_length=1,
+        description="Evaluation sets (a list of specs, or the name of a conf/data/ file whose "
+        "`benchmarks` key holds one); average accuracy is their mean.",
+    )
+    reward: Literal["math_verify"] = Field("math_verify", description="Reward function name.")
+    base_dir: str | None = Field(
+        None, description="Directory that relative dataset paths resolve against "
+        "(None: the repository root)."
+    )
+
+    @model_validator(mode="after")
+    def _unique_benchmarks(self) -> "MathDataConfig":
+        names = [b.name for b in self.benchmarks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"benchmarks: duplicate names {names}")
+        return self
+
+
+DataConfig = Annotated[Union[ArithDataConfig, MathDataConfig], Field(discriminator="kind")]
 
 
 # --------------------------------------------------------------------------- model
@@ -513,6 +539,18 @@ def resolve_references(raw: dict, conf_dir: Path, origin: str) -> dict:
     for key, group in _GROUP_DIRS.items():
         if key in resolved:
             resolved[key] = _resolve_ref(resolved[key], conf_dir / group, f"{origin}: {key}")
+    data = resolved.get("data")
+    if isinstance(data, dict) and data.get("kind") == "math":
+        data = dict(data)
+        data_dir = conf_dir / _GROUP_DIRS["data"]
+        if "train" in data:
+            data["train"] = _resolve_ref(data["train"], data_dir, f"{origin}: data.train")
+        if isinstance(data.get("benchmarks"), str):
+            listed = _resolve_ref(data["benchmarks"], data_dir, f"{origin}: data.benchmarks")
+            if not isinstance(listed, dict) or "benchmarks" not in listed:
+                raise ConfigError(f"{origin}: data.benchmarks: {data['benchmarks']!r} has no `benchmarks` list")
+            data["benchmarks"] = listed["benchmarks"]
+        resolved["data"] = data
     methods = resolved.get("methods")
     if isinstance(methods, list):  # [grpo, dapo] -> {grpo: grpo, dapo: dapo}
         if not all(isinstance(m, str) for m in methods):

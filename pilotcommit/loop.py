@@ -36,7 +36,7 @@ import torch
 
 from pilotcommit.allocation import make_policy
 from pilotcommit.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from pilotcommit.config import ExperimentConfig, PretrainedModelConfig, config_hash
+from pilotcommit.config import ExperimentConfig, MathDataConfig, PretrainedModelConfig, config_hash
 from pilotcommit.evaluation import EvalRecord, EvalSet, evaluate_policy
 from pilotcommit.learner.update import Learner, NonFiniteLossError
 from pilotcommit.rollout.protocol import RolloutEngine, SamplingParams, derive_seed
@@ -112,6 +112,11 @@ def encode_prompts(problems: list[str], tokenizer, cfg: ExperimentConfig) -> lis
 def build_eval_sets(cfg: ExperimentConfig, eval_paths: Mapping[str, Path], tokenizer) -> list[EvalSet]:
     from pilotcommit.pipeline import read_prompt_table
 
+    per_benchmark = (
+        {spec.name: spec.eval_samples for spec in cfg.data.benchmarks}
+        if isinstance(cfg.data, MathDataConfig)
+        else {}
+    )
     sets = []
     for name, path in eval_paths.items():
         frame = read_prompt_table(path)
@@ -126,7 +131,7 @@ def build_eval_sets(cfg: ExperimentConfig, eval_paths: Mapping[str, Path], token
                 prompt_ids=ids,
                 prompt_token_ids=dict(zip(ids, token_ids)),
                 answers=dict(zip(ids, frame["answer"].tolist())),
-                samples_per_prompt=cfg.eval.samples_per_prompt,
+                samples_per_prompt=per_benchmark.get(name, cfg.eval.samples_per_prompt),
                 levels={p: ("" if lv is None else str(lv)) for p, lv in zip(ids, levels)},
             )
         )

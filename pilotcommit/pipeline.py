@@ -20,10 +20,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from pilotcommit.config import ArithDataConfig, ExperimentConfig, TinyModelConfig
+from pilotcommit.config import ArithDataConfig, ExperimentConfig, MathDataConfig, TinyModelConfig
 from pilotcommit.data.schema import validate_prompt_table
 from pilotcommit.loop import RunResult, build_eval_sets, reward_function, train_run
 from pilotcommit.evaluation import evaluate_policy
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 __all__ = [
     "PreparedData",
@@ -84,11 +86,40 @@ def prepare_data(cfg: ExperimentConfig, out_dir: Path) -> PreparedData:
 
         paths = write_prepared_dataset(out_dir, data.to_spec())
         prepared = PreparedData(paths.train, {"arith": paths.test}, paths.manifest)
-    else:  # pragma: no cover - the union has one member until the math loaders land
-        raise TypeError(f"unsupported data config {type(data).__name__}")
+    else:
+        prepared = _prepare_math_data(data, out_dir)
     for path in [prepared.train_path, *prepared.eval_paths.values()]:
         read_prompt_table(path)  # fail here, naming the file, not in the middle of training
     return prepared
+
+
+def _prepare_math_data(data: MathDataConfig, out_dir: Path) -> PreparedData:
+    from pilotcommit.data.loaders import load_prompt_table
+
+    base_dir = Path(data.base_dir) if data.base_dir else REPO_ROOT
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest: dict = {"train": {}, "benchmarks": {}}
+
+    def write(spec, path: Path, section: dict) -> Path:
+        loaded = load_prompt_table(spec, base_dir=base_dir)
+        tmp = path.with_suffix(".tmp")
+        loaded.frame.to_parquet(tmp, index=False)
+        tmp.replace(path)  # no half-written file ever carries the final name
+        section[spec.name] = {
+            "origin": loaded.origin,
+            "rows": len(loaded.frame),
+            "duplicates_removed": loaded.duplicates_removed,
+        }
+        return path
+
+    train_path = write(data.train, out_dir / "train.parquet", manifest["train"])
+    eval_paths = {
+        spec.name: write(spec, out_dir / f"eval-{spec.name}.parquet", manifest["benchmarks"])
+        for spec in data.benchmarks
+    }
+    manifest_path = out_dir / "manifest.json"
+    write_json(manifest_path, manifest)
+    return PreparedData(train_path, eval_paths, manifest_path)
 
 
 def build_initial_policy(cfg: ExperimentConfig, prepared: PreparedData, out_dir: Path) -> str:
