@@ -110,10 +110,17 @@ class PilotCommitConfig(StrictModel):
             raise ValueError(
                 f"n_pilot_effective ({self.n_pilot_effective}) must be <= n_pilot ({self.n_pilot})"
             )
-        if self.p_evict < 1.0 - self.p_high:
+        if self.p_evict <= 1.0 - self.p_high:
             raise ValueError(
-                f"p_evict ({self.p_evict}) must be >= 1 - p_high ({1.0 - self.p_high}): "
-                "an evicted prompt must also be too easy"
+                f"p_evict ({self.p_evict}) must be > 1 - p_high ({1.0 - self.p_high}): "
+                "an evicted prompt must also be too easy (the pass band is inclusive)"
+            )
+        rates = [k / self.n_pilot for k in range(self.n_pilot + 1)]
+        if not any(self.p_low - 1e-9 <= p <= 1.0 - self.p_high + 1e-9 for p in rates):
+            raise ValueError(
+                f"n_pilot ({self.n_pilot}): no pilot pass rate k/{self.n_pilot} falls in "
+                f"[p_low, 1 - p_high] = [{self.p_low}, {1.0 - self.p_high}], so no prompt could "
+                "ever be committed; use more pilots or widen the band"
             )
         return self
 

@@ -152,11 +152,6 @@ def test_missing_method_name_fails():
     assert "name" in str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="config.py does not yet reject a pilot count whose pass rates k/n_pilot all fall "
-    "outside [p_low, 1 - p_high] (reported to the lead); remove this marker once it does",
-)
 def test_pilot_count_with_no_informative_pass_rate_fails():
     # n_pilot = 1: pass rates 0 (too hard) or 1 (too easy); no prompt can ever be committed
     with pytest.raises(pydantic.ValidationError) as info:
@@ -164,12 +159,6 @@ def test_pilot_count_with_no_informative_pass_rate_fails():
     assert "n_pilot" in str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="config.py accepts p_evict == 1 - p_high, where a prompt at exactly that pass rate is "
-    "informative (inclusive band) and so is never evicted although p >= p_evict; it should "
-    "require p_evict > 1 - p_high (reported to the lead); remove this marker once it does",
-)
 def test_eviction_threshold_inside_the_pass_band_fails():
     with pytest.raises(pydantic.ValidationError) as info:
         ADAPTER.validate_python({**VALID["pilot_commit"], "p_evict": 0.75})
