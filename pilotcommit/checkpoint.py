@@ -41,8 +41,9 @@ def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], meta: dict[
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
     tmp = root / f".tmp-step-{step:06d}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    # one writer per run directory: any temporary directory is the leftover of a killed writer
+    for stale in root.glob(".tmp-step-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp.mkdir()
     torch.save(state, tmp / STATE_FILE)
     (tmp / META_FILE).write_text(json.dumps({"step": step, **meta}, indent=2))
@@ -52,7 +53,12 @@ def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], meta: dict[
     latest_tmp = root / f".{LATEST}.tmp"
     latest_tmp.write_text(final.name)
     os.replace(latest_tmp, root / LATEST)
-    for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-keep]:
+    # Newer directories belong to an abandoned run (restarted without resuming): drop them, or
+    # pruning by age would delete the checkpoint LATEST now names. Zero-padded names sort by step.
+    steps = sorted(p for p in root.glob("step-*") if p.is_dir())
+    newer = [p for p in steps if p.name > final.name]
+    older = [p for p in steps if p.name <= final.name][:-keep]
+    for old in newer + older:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
