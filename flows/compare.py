@@ -31,15 +31,12 @@ def comparison_tags(ctx: stages.Context, cfg: ExperimentConfig, kind: str) -> di
     }
 
 
-def run_model_cells(
-    ctx: stages.Context, cfg: ExperimentConfig, parent_run_id: str, parent_key: str, refresh: bool = False
-) -> list[dict]:
-    """Prepare data, build the initial policy, and train every method x seed of ``cfg`` as
-    child runs of ``parent_run_id``. Returns one dict per run (stage key, MLflow run id, result)."""
-    ctx_dict = ctx.to_dict()
+def prepare_stages(ctx: stages.Context, cfg: ExperimentConfig, refresh: bool = False) -> dict:
+    """The data and initial-policy stages of ``cfg`` (cached); their outputs and keys."""
     data_key = stages.stage_key("data", config_hash(cfg.data), ctx.code_version)
     data_dir = ctx.data_dir(data_key)
-    stale = refresh or not (stages.read_stage(data_dir) and stages.prepared_valid(stages.read_stage(data_dir)))
+    data_stage = stages.read_stage(data_dir)
+    stale = refresh or not (data_stage and stages.prepared_valid(data_stage))
     prepared = stages.prepare_data_task.with_options(**stages.stage_options(ctx, stale))(
         cfg, data_key, str(data_dir)
     )["prepared"]
@@ -51,28 +48,47 @@ def run_model_cells(
     initial_policy = stages.initial_policy_task.with_options(**stages.stage_options(ctx, stale))(
         cfg, policy_key, prepared, str(policy_dir)
     )["initial_policy"]
+    return {"prepared": prepared, "initial_policy": initial_policy, "data_key": data_key, "policy_key": policy_key}
 
+
+def train_stage_key(ctx: stages.Context, run_cfg: ExperimentConfig, upstream: dict) -> str:
+    return stages.stage_key("train", config_hash(run_cfg), upstream["policy_key"], upstream["data_key"],
+                            ctx.code_version)
+
+
+def train_tags(ctx: stages.Context, run_cfg: ExperimentConfig, label: str, seed: int) -> dict[str, str]:
+    return {
+        tracking.TAG_KIND: "train",
+        "method": label,
+        "model": run_cfg.model.label,
+        "seed": str(seed),
+        "config_hash": config_hash(run_cfg),
+        "git_sha": ctx.git_sha,
+        tracking.TAG_CODE_VERSION: ctx.code_version,
+        "prefect_flow_run_id": stages.current_flow_run_id(),
+    }
+
+
+def run_model_cells(
+    ctx: stages.Context, cfg: ExperimentConfig, parent_run_id: str, parent_key: str, refresh: bool = False
+) -> list[dict]:
+    """Prepare data, build the initial policy, and train every method x seed of ``cfg`` as
+    child runs of ``parent_run_id``. Returns one dict per run (stage key, MLflow run id, result)."""
+    ctx_dict = ctx.to_dict()
+    upstream = prepare_stages(ctx, cfg, refresh)
+    prepared, initial_policy = upstream["prepared"], upstream["initial_policy"]
     runs = []
     for label in cfg.methods:
         for seed in cfg.seeds:
             run_cfg = stages.run_config(cfg, label, seed)
             run_hash = config_hash(run_cfg)
-            train_key = stages.stage_key("train", run_hash, policy_key, data_key, ctx.code_version)
+            train_key = train_stage_key(ctx, run_cfg, upstream)
             run_dir = ctx.train_dir(cfg.name, label, seed, run_hash[:12])
             child = stages.open_run_task(
                 ctx_dict,
                 tracking.run_key(parent_key, label, seed, cfg.model.label, train_key),
                 f"{label}-{cfg.model.label}-seed{seed}",
-                {
-                    tracking.TAG_KIND: "train",
-                    "method": label,
-                    "model": cfg.model.label,
-                    "seed": str(seed),
-                    "config_hash": run_hash,
-                    "git_sha": ctx.git_sha,
-                    tracking.TAG_CODE_VERSION: ctx.code_version,
-                    "prefect_flow_run_id": stages.current_flow_run_id(),
-                },
+                train_tags(ctx, run_cfg, label, seed),
                 parent_run_id=parent_run_id,
                 config=run_cfg,
                 datasets=prepared,

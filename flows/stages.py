@@ -126,6 +126,7 @@ class Context:
 def make_context(experiment_name: str, runs_dir: str | None, tracking_uri: str | None) -> Context:
     """Resolve the runs directory and the tracking store, check the store is usable (fail fast,
     before any compute), and make sure the MLflow experiment exists."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # copies of cached runs
     runs_root = Path(runs_dir).expanduser().resolve() if runs_dir else tracking.default_runs_root()
     runs_root.mkdir(parents=True, exist_ok=True)
     uri = tracking.resolve_tracking_uri(tracking_uri, runs_root)

@@ -266,6 +266,17 @@ def summarize_comparison(
     return ComparisonSummary(target_cfg.metric, target, methods, speedups)
 
 
+def scale_frame(summaries: Mapping[str, ComparisonSummary]) -> pd.DataFrame:
+    """A sweep's table: one row per model x method (the model's own target in each row)."""
+    frames = []
+    for model, summary in summaries.items():
+        frame = summary.to_frame()
+        frame.insert(0, "model", model)
+        frame.insert(1, "target", summary.target)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
 def accuracy_band(histories: Sequence[Sequence[EvalRecord]], metric: str, points: int = 200):
     """Seed mean, min and max of ``metric`` on a common grid of cumulative rollouts.
 

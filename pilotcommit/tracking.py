@@ -17,6 +17,7 @@ comparison is summarised (report.py).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -99,6 +100,7 @@ TAG_RUN_KEY = "pilotcommit.run_key"
 TAG_KIND = "pilotcommit.kind"  # "comparison", "sweep", "train", "regression"
 TAG_CODE_VERSION = "pilotcommit.code_version"
 TAG_ACCEPTED_BASELINE = "pilotcommit.accepted_baseline"
+TAG_ACCEPTED_AT = "pilotcommit.accepted_at"
 TAG_CONFIG_NAME = "pilotcommit.config_name"
 TAG_DELAYED_METRICS = "pilotcommit.tracking.delayed_metrics"
 TAG_DELAYED_STEPS = "pilotcommit.tracking.delayed_steps"
@@ -140,8 +142,13 @@ def source_hash(package_dir: Path | None = None) -> str:
     return digest.hexdigest()[:16]
 
 
+@functools.lru_cache(maxsize=1)
 def code_version() -> str:
-    """``<package version>+<source hash>``: the code part of every stage's cache key."""
+    """``<package version>+<source hash>``: the code part of every stage's cache key.
+
+    Computed once per process: the code that runs is the code imported at start, even if the
+    files change on disk meanwhile (a later edit belongs to the next process).
+    """
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -385,6 +392,41 @@ def copy_run_contents(client, source_run_id: str, target_run_id: str) -> int:
             local = client.download_artifacts(source_run_id, "", tmp)
             client.log_artifacts(target_run_id, local)
     return copied
+
+
+def accept_baseline(client, run_id: str, note: str = "") -> None:
+    """Mark a comparison's parent run as the accepted baseline of its configuration name."""
+    client.set_tag(run_id, TAG_ACCEPTED_BASELINE, "true")
+    client.set_tag(run_id, TAG_ACCEPTED_AT, f"{time.time():.3f}")
+    if note:
+        client.set_tag(run_id, "pilotcommit.accepted_note", note)
+
+
+def find_accepted_baseline(client, experiment_id: str, config_name: str, exclude_run_id: str | None = None):
+    """The most recently accepted baseline of ``config_name`` (a parent run), or ``None``."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=(
+            f"tags.`{TAG_ACCEPTED_BASELINE}` = 'true' and tags.`{TAG_CONFIG_NAME}` = '{config_name}'"
+        ),
+        max_results=1000,
+    )
+    runs = [r for r in runs if r.info.run_id != exclude_run_id]
+    if not runs:
+        return None
+    return max(runs, key=lambda r: float(r.data.tags.get(TAG_ACCEPTED_AT, "0")))
+
+
+def latest_parent_run(client, experiment_id: str, config_name: str, kind: str = "comparison"):
+    """The newest finished parent run of ``kind`` for ``config_name``, or ``None``."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{TAG_KIND}` = '{kind}' and tags.`{TAG_CONFIG_NAME}` = '{config_name}' "
+        "and attributes.status = 'FINISHED'",
+        order_by=["attributes.end_time DESC"],
+        max_results=1,
+    )
+    return runs[0] if runs else None
 
 
 def log_resolved_config(client, run_id: str, config: Any, artifact_file: str = "config/resolved.yaml") -> None:

@@ -1,0 +1,102 @@
+"""The nightly regression flow: rerun a named configuration and compare it with the last
+accepted baseline recorded in MLflow.
+
+The baseline is the newest parent run of the same configuration name tagged
+``pilotcommit.accepted_baseline=true`` (``pilotcommit accept`` sets it, or this flow with
+``accept=True``). The rerun is summarised against the *baseline's* target accuracy, so a
+weaker reference method cannot lower the bar; the flow fails with a readable per-method report
+(:func:`pilotcommit.report.check_regression`) when a method's final accuracy drops by more than
+``accuracy_drop`` or its rollouts to target grow by more than ``rollouts_increase`` (relative),
+or it reaches the target in fewer seeds. The verdict is tagged on the rerun's parent run
+(``pilotcommit.regression``) and saved as an artifact.
+
+``refresh=True`` (the scheduled default) retrains every stage into new MLflow runs: with the
+code version in every cache key a rerun of unchanged code would otherwise be a cache hit.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from flows import stages
+from flows.compare import compare_flow
+from pilotcommit import report, tracking
+from pilotcommit.config import demo_config_path, load_experiment_config
+
+
+class RegressionDetected(RuntimeError):
+    """The rerun is worse than the accepted baseline beyond the tolerance; the message is the report."""
+
+
+@task(name="regression-check", cache_policy=NO_CACHE)
+def regression_check_task(
+    tracking_uri: str, experiment_id: str, config_name: str, current_run_id: str, target_cfg,
+    accuracy_drop: float, rollouts_increase: float, accept_if_no_baseline: bool,
+) -> dict:
+    client = tracking.mlflow_client(tracking_uri)
+    baseline = tracking.find_accepted_baseline(client, experiment_id, config_name)
+    if baseline is None:
+        if not accept_if_no_baseline:
+            raise RegressionDetected(f"no accepted baseline for configuration {config_name!r}; "
+                                     "run `pilotcommit accept` on a comparison first")
+        tracking.accept_baseline(client, current_run_id, note="first nightly run, no earlier baseline")
+        return {"passed": True, "baseline_run_id": current_run_id,
+                "report": f"nightly regression: no accepted baseline for {config_name!r}; "
+                          f"this run ({current_run_id}) is now the baseline"}
+    baseline_summary = report.summarize_comparison(
+        report.load_comparison_runs(client, baseline.info.run_id, target_cfg.metric), target_cfg
+    )
+    current_summary = report.summarize_comparison(
+        report.load_comparison_runs(client, current_run_id, target_cfg.metric), target_cfg,
+        target_override=baseline_summary.target,
+    )
+    verdict = report.check_regression(
+        current_summary, baseline_summary, report.RegressionTolerance(accuracy_drop, rollouts_increase)
+    )
+    text = verdict.report() + f"\nbaseline run {baseline.info.run_id}, rerun {current_run_id}"
+    client.set_tag(current_run_id, "pilotcommit.regression", "passed" if verdict.passed else "failed")
+    client.set_tag(current_run_id, "pilotcommit.regression_baseline", baseline.info.run_id)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "regression.txt"
+        path.write_text(text + "\n")
+        client.log_artifact(current_run_id, str(path), "nightly")
+    return {"passed": verdict.passed, "baseline_run_id": baseline.info.run_id, "report": text}
+
+
+@flow(name="nightly-regression")
+def nightly_regression_flow(
+    config_path: str | None = None,
+    overrides: list[str] | None = None,
+    runs_dir: str | None = None,
+    tracking_uri: str | None = None,
+    accuracy_drop: float = 0.02,
+    rollouts_increase: float = 0.25,
+    refresh: bool = True,
+    accept: bool = False,
+    accept_if_no_baseline: bool = True,
+) -> dict:
+    """Rerun ``config_path`` (default: the demo) and fail when it regressed against the accepted baseline.
+
+    accuracy_drop: allowed absolute drop of a method's seed-mean final accuracy.
+    rollouts_increase: allowed relative growth of its mean rollouts to the baseline's target.
+    accept: mark this rerun as the new baseline when it passes.
+    """
+    config_path = config_path or str(demo_config_path())
+    cfg = load_experiment_config(config_path, list(overrides or []))
+    out = compare_flow(config_path=config_path, overrides=overrides, runs_dir=runs_dir,
+                       tracking_uri=tracking_uri, refresh=refresh)
+    verdict = regression_check_task(
+        out["tracking_uri"], out["experiment_id"], cfg.name, out["parent_run_id"], cfg.target,
+        accuracy_drop, rollouts_increase, accept_if_no_baseline,
+    )
+    print(verdict["report"])
+    if not verdict["passed"]:
+        raise RegressionDetected(verdict["report"])
+    if accept:
+        tracking.accept_baseline(tracking.mlflow_client(out["tracking_uri"]), out["parent_run_id"],
+                                 note="accepted by the nightly flow")
+    return {**verdict, "parent_run_id": out["parent_run_id"], "tracking_uri": out["tracking_uri"]}

@@ -1,0 +1,155 @@
+"""The ``sweep`` flow (deployment ``sweep/model-scale``): model configs x methods x seeds.
+
+One MLflow parent run for the sweep; every model x method x seed is a child run nested under
+it (tag ``model`` tells the sizes apart). Each model's cells are one ``sweep-model`` flow run:
+
+- ``dispatch="subflow"`` (default, a laptop): the cells run one model after another as
+  subflows of this flow run, in this process;
+- ``dispatch="deployment"``: each model's cells are handed to the ``sweep-model/cell``
+  deployment with ``run_deployment`` (they run in parallel on whatever work pool that
+  deployment is bound to: the local process pool of ``pilotcommit serve``, or a GPU pool);
+  this flow waits for them and fails if any failed.
+
+At the end the sweep reads every child run back from MLflow and logs, per model, the
+comparison figure and table, plus a table of rollouts to target against model size.
+Workers must see the same runs directory and tracking store (paths are passed on).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from flows import stages
+from flows.compare import comparison_tags, run_model_cells
+from pilotcommit import report, tracking
+from pilotcommit.config import config_hash
+from pilotcommit.sweep import cell_config, cell_configs, load_sweep_config
+
+DISPATCH_MODES = ("subflow", "deployment")
+
+
+@flow(name="sweep-model")
+def sweep_model_flow(
+    sweep_config: str,
+    model_index: int,
+    parent_run_id: str,
+    parent_key: str,
+    overrides: list[str] | None = None,
+    runs_dir: str | None = None,
+    tracking_uri: str | None = None,
+    refresh: bool = False,
+) -> dict:
+    """One model of a sweep: prepare data, warm start, train every method x seed as child runs
+    of the sweep's parent run ``parent_run_id``."""
+    sweep = load_sweep_config(sweep_config)
+    cfg = cell_config(sweep, model_index, list(overrides or []))
+    ctx = stages.make_context(sweep.name, runs_dir, tracking_uri)
+    runs = run_model_cells(ctx, cfg, parent_run_id, parent_key, refresh)
+    return {"model": cfg.model.label, "runs": runs}
+
+
+def _wait_for_flow_runs(flow_run_ids: list, timeout_s: float, poll_s: float = 5.0) -> dict[str, str]:
+    """Poll until every flow run is final; ``{id: state name}``."""
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + timeout_s
+    states: dict[str, str] = {}
+    with get_client(sync_client=True) as client:
+        pending = list(flow_run_ids)
+        while pending:
+            for run_id in list(pending):
+                run = client.read_flow_run(run_id)
+                if run.state is not None and run.state.is_final():
+                    states[str(run_id)] = run.state.name
+                    pending.remove(run_id)
+            if pending:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"sweep: cells {pending} not finished after {timeout_s:.0f} s")
+                time.sleep(poll_s)
+    return states
+
+
+@task(name="sweep-report", cache_policy=NO_CACHE)
+def sweep_report_task(ctx: dict, parent_run_id: str, model_configs: dict, out_dir: str) -> dict:
+    """Per model: summary, figure and table on the sweep's parent run; then the scale table."""
+    context = stages.Context.from_dict(ctx)
+    client = context.client()
+    runs = report.load_comparison_runs(client, parent_run_id)
+    summaries = {}
+    for model, cfg in model_configs.items():
+        model_runs = [r for r in runs if r.model == model]
+        if not model_runs:
+            raise ValueError(f"sweep: no finished runs of model {model!r} under MLflow run {parent_run_id}")
+        summaries[model] = report.summarize_comparison(model_runs, cfg.target)
+        report.log_comparison(client, parent_run_id, model_runs, summaries[model], Path(out_dir) / model,
+                              artifact_dir=f"comparison/{model}", metric_prefix=f"comparison/{model}/")
+    table = report.scale_frame(summaries)
+    path = Path(out_dir) / "scale_summary.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(path, index=False)
+    client.log_artifact(parent_run_id, str(path), "sweep")
+    return {"summaries": {m: s.to_dict() for m, s in summaries.items()},
+            "text": {m: report.summary_text(s) for m, s in summaries.items()}, "table": str(path)}
+
+
+@flow(name="sweep")
+def sweep_flow(
+    sweep_config: str = "conf/sweep/model-scale.yaml",
+    overrides: list[str] | None = None,
+    dispatch: str = "subflow",
+    runs_dir: str | None = None,
+    tracking_uri: str | None = None,
+    refresh: bool = False,
+    cell_timeout_s: float = 7 * 24 * 3600,
+) -> dict:
+    """Run the sweep file's models x methods x seeds; see the module docstring.
+
+    sweep_config: conf/sweep/*.yaml. overrides: KEY=VALUE for every cell's experiment config.
+    dispatch: "subflow" or "deployment" (run_deployment of the sweep's cell deployment).
+    """
+    if dispatch not in DISPATCH_MODES:
+        raise ValueError(f"dispatch: {dispatch!r} is not one of {DISPATCH_MODES}")
+    sweep_path = str(Path(sweep_config).resolve())
+    sweep = load_sweep_config(sweep_path)
+    configs = cell_configs(sweep, list(overrides or []))  # every cell valid before any compute
+    ctx = stages.make_context(sweep.name, runs_dir, tracking_uri)
+    attempt = stages.current_flow_run_id() if refresh else ""
+    parent_key = stages.stage_key(
+        "sweep", config_hash(sweep), *[config_hash(c) for c in configs], ctx.code_version, attempt
+    )
+    tags = comparison_tags(ctx, configs[0], "sweep")
+    tags.update({"model": ",".join(c.model.label for c in configs), "config_hash": parent_key,
+                 tracking.TAG_CONFIG_NAME: sweep.name})
+    parent = stages.open_run_task(ctx.to_dict(), parent_key, f"{sweep.name}-sweep", tags)
+    cell_parameters = [
+        {"sweep_config": sweep_path, "model_index": i, "parent_run_id": parent["run_id"],
+         "parent_key": parent_key, "overrides": list(overrides or []),
+         "runs_dir": str(ctx.runs_root), "tracking_uri": ctx.tracking_uri, "refresh": refresh}
+        for i in range(len(configs))
+    ]
+    try:
+        if dispatch == "deployment":
+            from prefect.deployments import run_deployment
+
+            flow_runs = [run_deployment(sweep.cell_deployment, parameters=p, timeout=0) for p in cell_parameters]
+            states = _wait_for_flow_runs([fr.id for fr in flow_runs], cell_timeout_s)
+            failed = {k: v for k, v in states.items() if v != "Completed"}
+            if failed:
+                raise RuntimeError(f"sweep {sweep.name}: cells did not complete: {failed}")
+        else:
+            for p in cell_parameters:
+                sweep_model_flow(**p)
+        summary = sweep_report_task(
+            ctx.to_dict(), parent["run_id"], {c.model.label: c for c in configs},
+            str(ctx.runs_root / sweep.name / "reports" / parent_key),
+        )
+    except BaseException:
+        stages.close_run_task(ctx.to_dict(), parent["run_id"], "FAILED")
+        raise
+    stages.close_run_task(ctx.to_dict(), parent["run_id"], "FINISHED")
+    return {"sweep": sweep.name, "parent_run_id": parent["run_id"], "experiment_id": ctx.experiment_id,
+            "tracking_uri": ctx.tracking_uri, "models": [c.model.label for c in configs], "report": summary}

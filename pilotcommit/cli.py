@@ -1,0 +1,434 @@
+"""The ``pilotcommit`` command line (typer): compare, train, sweep, nightly, report, accept, serve.
+
+Every command validates its configuration and checks the tracking store *before* any compute:
+a config error prints the message (file and field) and exits with code 2, an unreachable
+tracking server exits with code 3, both without a traceback. The work itself runs as Prefect
+flows (flows/), in this process against an ephemeral Prefect unless ``PREFECT_API_URL`` points at
+a server; the CLI only adds progress bars and the summary table.
+
+Deliberately not here: any stage logic (flows/, pilotcommit/pipeline.py) or summary maths
+(pilotcommit/report.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+# Quiet Prefect's per-task INFO lines unless asked (--verbose); must precede the first import.
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+app = typer.Typer(
+    help="Budget-aware RL post-training: GRPO, DAPO and Pilot-Commit as a reproducible pipeline.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+EXIT_CONFIG = 2
+EXIT_SERVICE = 3
+EXIT_FAILED = 1
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="Experiment YAML (default: the embedded demo).")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override KEY=VALUE (repeatable), e.g. learner.lr=1e-4.")]
+RunsDirOpt = Annotated[Optional[Path], typer.Option("--runs-dir", help="Runs, caches and the default MLflow store (default ./runs or $PILOTCOMMIT_RUNS_DIR).")]
+UriOpt = Annotated[Optional[str], typer.Option("--tracking-uri", help="MLflow tracking URI (default: config, $MLFLOW_TRACKING_URI, SQLite in the runs dir).")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's logs.")]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _fail(message: str, code: int) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _load_config(config: Path | None, overrides: list[str] | None):
+    from pilotcommit.config import ConfigError, demo_config_path, load_experiment_config
+
+    path = config or demo_config_path()
+    try:
+        return path, load_experiment_config(path, list(overrides or []))
+    except ConfigError as err:
+        _fail(str(err), EXIT_CONFIG)
+
+
+def _check_store(runs_dir: Path | None, uri: str | None) -> str:
+    from pilotcommit import tracking
+
+    tracking.configure_mlflow_http()
+    root = runs_dir.resolve() if runs_dir else tracking.default_runs_root()
+    resolved = tracking.resolve_tracking_uri(uri, root)
+    try:
+        tracking.check_tracking_server(resolved)
+    except tracking.TrackingUnavailable as err:
+        _fail(str(err), EXIT_SERVICE)
+    return resolved
+
+
+def _quiet_prefect(verbose: bool) -> None:
+    if verbose:
+        return
+    # The CLI prints failures itself; Prefect's engine would log each one with a traceback.
+    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs", "prefect.server", "httpx", "mlflow"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+class TrainingProgress:
+    """Rich progress bars fed by the train task's progress events (one bar per run)."""
+
+    def __init__(self, cfgs: list, console: Console) -> None:
+        self.budget = {c.model.label: c.budget for c in cfgs}
+        self.progress = Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), console=console, transient=False,
+        )
+        self.bars: dict[tuple, Any] = {}
+
+    def __call__(self, event: dict) -> None:
+        if event.get("stage") == "initial-policy":
+            key = ("init", event["model"])
+            if key not in self.bars:
+                self.bars[key] = self.progress.add_task(f"warm start {event['model']}", total=1)
+            if event.get("status") == "done":
+                self.progress.update(self.bars[key], completed=1)
+            return
+        if event.get("stage") != "train":
+            return
+        key = (event["model"], event["method"], event["seed"])
+        budget = self.budget.get(event["model"])
+        by_rollouts = budget is not None and budget.max_rollouts is not None
+        total = (budget.max_rollouts if by_rollouts else budget.max_steps) if budget else None
+        if key not in self.bars:
+            unit = "rollouts" if by_rollouts else "steps"
+            self.bars[key] = self.progress.add_task(
+                f"{event['method']:<13} {event['model']} seed {event['seed']} ({unit})", total=total
+            )
+        done = event.get("rollouts") if by_rollouts else event.get("step")
+        if done is not None:
+            self.progress.update(self.bars[key], completed=min(float(done), total or float(done)))
+
+    def __enter__(self):
+        from flows import stages
+
+        stages.set_progress_sink(self)
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        from flows import stages
+
+        stages.set_progress_sink(None)
+        self.progress.stop()
+
+
+def _run_flow(call, verbose: bool):
+    """Run a flow; print a failure's message (not Prefect's traceback) and exit 1."""
+    _quiet_prefect(verbose)
+    try:
+        return call()
+    except KeyboardInterrupt:
+        _fail("interrupted; rerun the same command to resume from the last checkpoints", 130)
+    except Exception as err:  # noqa: BLE001 (the CLI boundary: one clear line, then exit)
+        if verbose:
+            raise
+        _fail(f"{type(err).__name__}: {err}", EXIT_FAILED)
+
+
+def _print_report(result: dict, title: str) -> None:
+    from pilotcommit.report import ComparisonSummary, render_summary
+
+    summary = ComparisonSummary.from_dict(result["summary"])
+    console.print(render_summary(summary, title))
+
+
+def _print_where(out: dict) -> None:
+    uri = out["tracking_uri"]
+    console.print(f"MLflow: experiment {out['experiment_id']}, parent run [bold]{out['parent_run_id']}[/] in {uri}")
+    if uri.startswith("sqlite:"):
+        console.print(f"  browse: mlflow ui --backend-store-uri {uri} --host 127.0.0.1")
+
+
+# --------------------------------------------------------------------------- commands
+
+
+@app.command()
+def compare(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    runs_dir: RunsDirOpt = None,
+    tracking_uri: UriOpt = None,
+    refresh: Annotated[bool, typer.Option(help="Recompute every stage into new MLflow runs.")] = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Train every method x seed of an experiment under one rollout budget and compare them."""
+    path, cfg = _load_config(config, set_)
+    _check_store(runs_dir, tracking_uri or cfg.tracking.tracking_uri)
+    from flows.compare import compare_flow
+
+    started = time.perf_counter()
+    console.print(f"[bold]{cfg.name}[/]: {', '.join(cfg.methods)} x seeds {cfg.seeds} on {cfg.model.label}")
+    with TrainingProgress([cfg], console):
+        out = _run_flow(lambda: compare_flow(
+            config_path=str(path), overrides=list(set_ or []), runs_dir=str(runs_dir) if runs_dir else None,
+            tracking_uri=tracking_uri, refresh=refresh,
+        ), verbose)
+    _print_report(out["report"], cfg.name)
+    gaps = [f"{r['method']} seed {r['seed']}: {r['tracking_gap']}" for r in out["runs"]
+            if r.get("tracking_gap") and r["tracking_gap"] != "no tracking outage"]
+    for line in gaps:
+        console.print(f"[yellow]tracking gap[/] {line}")
+    _print_where(out)
+    console.print(f"done in {time.perf_counter() - started:.1f} s")
+
+
+@app.command()
+def train(
+    method: Annotated[str, typer.Option("--method", "-m", help="Method label of the config: grpo, dapo or pilot_commit.")],
+    config: ConfigOpt = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed (default: the config's first).")] = None,
+    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Resume from the run's last checkpoint.")] = True,
+    set_: SetOpt = None,
+    runs_dir: RunsDirOpt = None,
+    tracking_uri: UriOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Train one method x seed (a single MLflow run)."""
+    path, cfg = _load_config(config, set_)
+    if method not in cfg.methods:
+        _fail(f"--method {method!r}: not a method of {path} (have {sorted(cfg.methods)})", EXIT_CONFIG)
+    _check_store(runs_dir, tracking_uri or cfg.tracking.tracking_uri)
+    from flows.train import train_flow
+
+    seed = cfg.seeds[0] if seed is None else seed
+    with TrainingProgress([cfg], console):
+        out = _run_flow(lambda: train_flow(
+            method=method, seed=seed, config_path=str(path), overrides=list(set_ or []),
+            runs_dir=str(runs_dir) if runs_dir else None, tracking_uri=tracking_uri, resume=resume,
+        ), verbose)
+    from rich.table import Table
+
+    table = Table(title=f"{method} seed {seed}: final metrics")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in sorted(out["final_metrics"].items()):
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) and abs(value) < 1e4 else f"{value:,.0f}")
+    console.print(table)
+    console.print(f"MLflow run [bold]{out['mlflow_run_id']}[/] in {out['tracking_uri']}; run dir {out['run_dir']}")
+
+
+@app.command()
+def sweep(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Sweep YAML.")] = Path("conf/sweep/model-scale.yaml"),
+    set_: SetOpt = None,
+    dispatch: Annotated[str, typer.Option(help="subflow (here) or deployment (run_deployment to a work pool).")] = "subflow",
+    runs_dir: RunsDirOpt = None,
+    tracking_uri: UriOpt = None,
+    refresh: Annotated[bool, typer.Option(help="Recompute every stage.")] = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Model configs x methods x seeds, one MLflow child run each, under one parent run."""
+    from pilotcommit.config import ConfigError
+    from pilotcommit.sweep import cell_configs, load_sweep_config
+
+    try:
+        sweep_cfg = load_sweep_config(config)
+        cfgs = cell_configs(sweep_cfg, list(set_ or []))
+    except ConfigError as err:
+        _fail(str(err), EXIT_CONFIG)
+    if dispatch not in ("subflow", "deployment"):
+        _fail(f"--dispatch {dispatch!r}: use subflow or deployment", EXIT_CONFIG)
+    _check_store(runs_dir, tracking_uri)
+    from flows.sweep import sweep_flow
+
+    console.print(f"[bold]{sweep_cfg.name}[/]: models {[c.model.label for c in cfgs]} x {list(cfgs[0].methods)} x seeds {cfgs[0].seeds}")
+    with TrainingProgress(cfgs, console):
+        out = _run_flow(lambda: sweep_flow(
+            sweep_config=str(config), overrides=list(set_ or []), dispatch=dispatch,
+            runs_dir=str(runs_dir) if runs_dir else None, tracking_uri=tracking_uri, refresh=refresh,
+        ), verbose)
+    for model, summary in out["report"]["summaries"].items():
+        _print_report({"summary": summary}, f"{sweep_cfg.name} / {model}")
+    console.print(f"scale table: {out['report']['table']}")
+    _print_where(out)
+
+
+@app.command()
+def nightly(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    accuracy_drop: Annotated[float, typer.Option(help="Allowed absolute drop of final accuracy.")] = 0.02,
+    rollouts_increase: Annotated[float, typer.Option(help="Allowed relative growth of rollouts to target.")] = 0.25,
+    refresh: Annotated[bool, typer.Option(help="Retrain (default) rather than reuse cached runs.")] = True,
+    accept: Annotated[bool, typer.Option(help="Make this run the baseline when it passes.")] = False,
+    runs_dir: RunsDirOpt = None,
+    tracking_uri: UriOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Rerun a configuration and fail (exit 1) if it regressed against the accepted baseline."""
+    path, cfg = _load_config(config, set_)
+    _check_store(runs_dir, tracking_uri or cfg.tracking.tracking_uri)
+    from flows.nightly import nightly_regression_flow
+
+    with TrainingProgress([cfg], console):
+        out = _run_flow(lambda: nightly_regression_flow(
+            config_path=str(path), overrides=list(set_ or []), runs_dir=str(runs_dir) if runs_dir else None,
+            tracking_uri=tracking_uri, accuracy_drop=accuracy_drop, rollouts_increase=rollouts_increase,
+            refresh=refresh, accept=accept,
+        ), verbose)
+    console.print(out["report"])
+
+
+def _client_and_experiment(config: Path | None, set_: list[str] | None, runs_dir: Path | None, tracking_uri: str | None):
+    from pilotcommit import tracking
+
+    _, cfg = _load_config(config, set_)
+    uri = _check_store(runs_dir, tracking_uri or cfg.tracking.tracking_uri)
+    client = tracking.mlflow_client(uri)
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment_name or cfg.name)
+    if experiment is None:
+        _fail(f"no MLflow experiment {cfg.tracking.experiment_name or cfg.name!r} in {uri}; run `pilotcommit compare` first", EXIT_FAILED)
+    return cfg, client, experiment.experiment_id
+
+
+@app.command()
+def report(
+    run_id: Annotated[Optional[str], typer.Option("--run-id", help="Parent run of a comparison (default: the latest of the config).")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    runs_dir: RunsDirOpt = None,
+    tracking_uri: UriOpt = None,
+    log: Annotated[bool, typer.Option(help="Also log the figure and table to the parent run.")] = False,
+) -> None:
+    """Print the comparison of a finished ``compare`` from MLflow (rollouts to target, speed-ups)."""
+    from pilotcommit import report as report_mod
+    from pilotcommit import tracking
+
+    cfg, client, experiment_id = _client_and_experiment(config, set_, runs_dir, tracking_uri)
+    if run_id is None:
+        parent = tracking.latest_parent_run(client, experiment_id, cfg.name)
+        if parent is None:
+            _fail(f"no finished comparison of {cfg.name!r} in MLflow; run `pilotcommit compare` first", EXIT_FAILED)
+        run_id = parent.info.run_id
+    try:
+        runs = report_mod.load_comparison_runs(client, run_id, cfg.target.metric)
+        summary = report_mod.summarize_comparison(runs, cfg.target)
+    except ValueError as err:
+        _fail(str(err), EXIT_FAILED)
+    console.print(report_mod.render_summary(summary, f"{cfg.name} (run {run_id})"))
+    if log:
+        out_dir = (runs_dir.resolve() if runs_dir else tracking.default_runs_root()) / cfg.name / "reports" / run_id
+        paths = report_mod.log_comparison(client, run_id, runs, summary, out_dir)
+        console.print(f"logged to run {run_id}: {', '.join(str(p) for p in paths.values())}")
+
+
+@app.command()
+def accept(
+    run_id: Annotated[Optional[str], typer.Option("--run-id", help="Parent run to accept (default: the latest comparison of the config).")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    runs_dir: RunsDirOpt = None,
+    tracking_uri: UriOpt = None,
+    note: Annotated[str, typer.Option(help="Why this run is the baseline.")] = "",
+) -> None:
+    """Mark a comparison as the accepted baseline the nightly regression compares against."""
+    from pilotcommit import tracking
+
+    cfg, client, experiment_id = _client_and_experiment(config, set_, runs_dir, tracking_uri)
+    if run_id is None:
+        parent = tracking.latest_parent_run(client, experiment_id, cfg.name)
+        if parent is None:
+            _fail(f"no finished comparison of {cfg.name!r} to accept", EXIT_FAILED)
+        run_id = parent.info.run_id
+    run = client.get_run(run_id)
+    if run.data.tags.get(tracking.TAG_CONFIG_NAME) != cfg.name:
+        _fail(f"run {run_id} is not a comparison of {cfg.name!r}", EXIT_FAILED)
+    tracking.accept_baseline(client, run_id, note)
+    console.print(f"run {run_id} is now the accepted baseline of {cfg.name!r}")
+
+
+@app.command()
+def serve(
+    runs_dir: RunsDirOpt = None,
+    host: Annotated[str, typer.Option(help="Interface the servers bind to.")] = "127.0.0.1",
+    mlflow_port: Annotated[int, typer.Option(help="MLflow server port.")] = 5000,
+    prefect_port: Annotated[int, typer.Option(help="Prefect server port.")] = 4200,
+    pool: Annotated[str, typer.Option(help="Process work pool the worker polls.")] = "pilotcommit-local",
+    deploy: Annotated[bool, typer.Option(help="Run `prefect deploy --all` with prefect.yaml.")] = True,
+) -> None:
+    """Start an MLflow server, a Prefect server and a process worker on this machine, deploy
+    prefect.yaml, and keep them running until Ctrl-C."""
+    from pilotcommit import services, tracking
+
+    root = runs_dir.resolve() if runs_dir else tracking.default_runs_root()
+    project_dir = Path(__file__).resolve().parent.parent
+    if deploy and not (project_dir / "prefect.yaml").is_file():
+        _fail(f"no prefect.yaml in {project_dir}; run serve from a clone of the repository, or --no-deploy", EXIT_CONFIG)
+    prefect_home = root / "prefect"
+    logs = root / "logs"
+    stack = services.ServiceStack()
+    try:
+        with console.status("starting MLflow server"):
+            mlflow_srv = stack.add(services.start_mlflow_server(
+                f"sqlite:///{root / 'mlflow.db'}", root / "mlartifacts", logs / "mlflow.log", host=host, port=mlflow_port
+            ))
+        with console.status("starting Prefect server"):
+            prefect_srv = stack.add(services.start_prefect_server(prefect_home, logs / "prefect-server.log", host=host, port=prefect_port))
+        worker_env = {"MLFLOW_TRACKING_URI": mlflow_srv.url, "PILOTCOMMIT_RUNS_DIR": str(root),
+                      "PILOTCOMMIT_REPO_DIR": str(project_dir)}
+        with console.status("creating the work pool and deploying prefect.yaml"):
+            services.ensure_work_pool(prefect_home, prefect_srv.url, pool)
+            if deploy:
+                services.deploy_all(prefect_home, prefect_srv.url, project_dir, extra_env=worker_env)
+        worker = stack.add(services.start_prefect_worker(
+            prefect_home, prefect_srv.url, logs / "prefect-worker.log", pool=pool, cwd=project_dir, extra_env=worker_env
+        ))
+    except services.ServiceError as err:
+        stack.stop()
+        _fail(str(err), EXIT_SERVICE)
+    console.print(f"MLflow UI     {mlflow_srv.url}")
+    console.print(f"Prefect UI    {prefect_srv.url.removesuffix('/api')}")
+    console.print(f"work pool     {pool} (process worker, logs in {logs})")
+    console.print("in another shell:")
+    console.print(f"  export PREFECT_API_URL={prefect_srv.url} MLFLOW_TRACKING_URI={mlflow_srv.url}")
+    console.print("  prefect deployment run sweep/model-scale")
+    console.print("Ctrl-C stops everything.")
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    try:
+        while not stop["now"]:
+            for service in (mlflow_srv, prefect_srv, worker):
+                if not service.running:
+                    raise services.ServiceError(f"{service.name} exited; log {service.log_path}:\n{service.log_tail()}")
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    except services.ServiceError as err:
+        err_console.print(f"[bold red]error:[/] {err}")
+    finally:
+        with console.status("stopping"):
+            stack.stop()
+    console.print("stopped")
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

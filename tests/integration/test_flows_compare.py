@@ -1,0 +1,216 @@
+"""The compare flow through a real (ephemeral) Prefect with a real MLflow SQLite store.
+
+Smoke config (conf/experiment/smoke.yaml): seconds per run. Checked: the parent run, one
+child per method with the tags and metric names of DESIGN.md (by_rollouts against cumulative
+rollouts), artifacts and dataset inputs; a second identical compare served from the Prefect
+cache; deleted outputs recomputed instead of returned stale; an added seed reusing the trained
+runs; a failed training attempt retried by Prefect resuming from its checkpoint without
+duplicate MLflow steps and with the same result as an uninterrupted run.
+Prefect's home and database live in a temporary directory (never ~/.prefect).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SMOKE_CONFIG
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+DESIGN_METRICS = [
+    "rollouts/sampled", "rollouts/trained", "rollouts/cumulative", "tokens/generated_cumulative",
+    "alloc/rounds", "reward/mean", "reward/zero_variance_groups", "loss/policy", "loss/clip_fraction",
+    "loss/approx_kl", "grad/norm", "time/generate_s", "time/learn_s", "throughput/generated_tokens_per_s",
+    "eval/average_accuracy", "eval/arith/accuracy",
+]
+
+
+@pytest.fixture(scope="module")
+def prefect_home(tmp_path_factory):
+    from prefect.settings import (
+        PREFECT_HOME, PREFECT_LOCAL_STORAGE_PATH, PREFECT_LOGGING_LEVEL, PREFECT_SERVER_ANALYTICS_ENABLED,
+        temporary_settings,
+    )
+    from prefect.testing.utilities import prefect_test_harness
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    with temporary_settings(updates={PREFECT_HOME: home, PREFECT_LOCAL_STORAGE_PATH: home / "storage",
+                                     PREFECT_SERVER_ANALYTICS_ENABLED: False, PREFECT_LOGGING_LEVEL: "WARNING"}):
+        with prefect_test_harness(server_startup_timeout=240):
+            yield home
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("runs")
+
+
+@pytest.fixture(scope="module")
+def first_compare(prefect_home, runs_dir):
+    from flows.compare import compare_flow
+
+    started = time.perf_counter()
+    out = compare_flow(config_path=str(SMOKE_CONFIG), runs_dir=str(runs_dir))
+    return out, time.perf_counter() - started
+
+
+def _client(out):
+    from pilotcommit import tracking
+
+    return tracking.mlflow_client(out["tracking_uri"])
+
+
+def _task_states(flow_run_id: str) -> dict[str, list[str]]:
+    """{task name prefix: [state names]} of a flow run's task runs."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    states: dict[str, list[str]] = {}
+    for run in runs:
+        states.setdefault(run.name.rsplit("-", 1)[0], []).append(run.state.name)
+    return states
+
+
+def test_parent_children_tags_metrics_artifacts(first_compare, runs_dir):
+    out, _ = first_compare
+    client = _client(out)
+    assert out["tracking_uri"] == f"sqlite:///{runs_dir / 'mlflow.db'}"
+    parent = client.get_run(out["parent_run_id"])
+    assert parent.data.tags["pilotcommit.kind"] == "comparison" and parent.info.status == "FINISHED"
+    children = client.search_runs([out["experiment_id"]],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{out['parent_run_id']}'")
+    assert sorted(r.data.tags["method"] for r in children) == ["dapo", "grpo", "pilot_commit"]
+    for child in children:
+        tags = child.data.tags
+        for key in ("method", "model", "seed", "config_hash", "git_sha", "prefect_flow_run_id"):
+            assert tags.get(key), f"{tags['method']}: tag {key} missing"
+        assert tags["model"] == "tiny-h64-l2" and tags["seed"] == "0"
+        for name in DESIGN_METRICS:
+            assert name in child.data.metrics, f"{tags['method']}: metric {name} missing"
+        # Evaluations again against the budget: step = cumulative rollouts at that evaluation.
+        cumulative = {m.step: m.value for m in client.get_metric_history(child.info.run_id, "rollouts/cumulative")}
+        by_rollouts = sorted(m.step for m in client.get_metric_history(child.info.run_id, "by_rollouts/eval/average_accuracy"))
+        assert by_rollouts == [0] + [int(cumulative[s]) for s in sorted(cumulative)]
+        assert child.data.params["method"] == tags["method"] and "learner.lr" in child.data.params
+        artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert {"config", "prompt_stats", "run"} <= artifacts
+        figures = [a.path for a in client.list_artifacts(child.info.run_id, "prompt_stats/eval")]
+        assert any(p.endswith(".png") for p in figures) and any(p.endswith(".csv") for p in figures)
+        contexts = {d.dataset.name: {t.value for t in d.tags} for d in child.inputs.dataset_inputs}
+        assert contexts == {"train": {"training"}, "arith": {"evaluation"}}
+    comparison = {a.path for a in client.list_artifacts(out["parent_run_id"], "comparison")}
+    assert comparison == {"comparison/accuracy_vs_rollouts.png", "comparison/summary.csv", "comparison/summary.json"}
+    assert "comparison/target_accuracy" in parent.data.metrics
+    assert set(out["report"]["summary"]["methods"]) == {"grpo", "dapo", "pilot_commit"}
+
+
+def test_second_identical_compare_is_a_cache_hit(first_compare, runs_dir):
+    from flows.compare import compare_flow
+
+    out, first_s = first_compare
+    result_files = {p: p.stat().st_mtime_ns for p in runs_dir.glob("smoke/train/*/result.json")}
+    started = time.perf_counter()
+    again = compare_flow(config_path=str(SMOKE_CONFIG), runs_dir=str(runs_dir))
+    second_s = time.perf_counter() - started
+    print(f"compare on smoke: first {first_s:.1f} s, second (cached) {second_s:.1f} s")
+    assert again["parent_run_id"] == out["parent_run_id"]
+    assert [r["mlflow_run_id"] for r in again["runs"]] == [r["mlflow_run_id"] for r in out["runs"]]
+    assert again["report"]["summary"] == out["report"]["summary"]
+    second_states = _task_states(_latest_flow_run_id("compare"))
+    for stage in ("prepare-data", "initial-policy", "train", "report"):
+        assert set(second_states[stage]) == {"Cached"}, (stage, second_states[stage])
+    assert {p: p.stat().st_mtime_ns for p in result_files} == result_files  # nothing rewritten
+    assert second_s < 20
+
+
+def _latest_flow_run_id(flow_name: str) -> str:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
+                                     sort=FlowRunSort.START_TIME_DESC, limit=1)
+    return str(runs[0].id)
+
+
+def test_deleted_outputs_are_recomputed_not_returned_stale(first_compare, runs_dir):
+    from flows.compare import compare_flow
+
+    out, _ = first_compare
+    grpo = next(r for r in out["runs"] if r["method"] == "grpo")
+    final_policy = Path(grpo["run_dir"]) / "final_policy"
+    shutil.rmtree(final_policy)
+    again = compare_flow(config_path=str(SMOKE_CONFIG), runs_dir=str(runs_dir))
+    states = _task_states(_latest_flow_run_id("compare"))
+    assert sorted(states["train"]) == ["Cached", "Cached", "Completed"]
+    assert (final_policy / "config.json").is_file()
+    client = _client(out)
+    steps = [m.step for m in client.get_metric_history(grpo["mlflow_run_id"], "loss/policy")]
+    assert steps == sorted(set(steps))  # the recomputation resumed; no step logged twice
+    assert again["report"]["summary"] == out["report"]["summary"]
+
+
+def test_added_seed_reuses_trained_runs(first_compare, runs_dir):
+    from flows.compare import compare_flow
+
+    out, _ = first_compare
+    wider = compare_flow(config_path=str(SMOKE_CONFIG), overrides=["seeds=[0,1]"], runs_dir=str(runs_dir))
+    assert wider["parent_run_id"] != out["parent_run_id"]
+    client = _client(out)
+    old = {r["method"]: r for r in out["runs"]}
+    for run in wider["runs"]:
+        if run["seed"] == 0:  # trained before: same run dir, MLflow data copied into the new child
+            assert run["run_dir"] == old[run["method"]]["run_dir"]
+            tags = client.get_run(run["mlflow_run_id"]).data.tags
+            assert tags["pilotcommit.copied_from"] == old[run["method"]]["mlflow_run_id"]
+            new_hist = [(m.step, m.value) for m in client.get_metric_history(run["mlflow_run_id"], "eval/average_accuracy")]
+            old_hist = [(m.step, m.value) for m in client.get_metric_history(old[run["method"]]["mlflow_run_id"], "eval/average_accuracy")]
+            assert sorted(new_hist) == sorted(old_hist)
+    assert sorted((r["method"], r["seed"]) for r in wider["runs"]) == sorted(
+        (m, s) for m in ("grpo", "dapo", "pilot_commit") for s in (0, 1))
+    summary = wider["report"]["summary"]["methods"]["grpo"]["rollouts_to_target"]
+    assert set(summary) == {"0", "1"}
+
+
+def test_prefect_retry_resumes_from_checkpoint(prefect_home, tmp_path):
+    """The first attempt of the PC training task fails after step 2 (an exception raised in
+    the real task through the progress hook); Prefect retries it, the run resumes from the
+    step-1 checkpoint, MLflow has each step once, and the result equals an uninterrupted run."""
+    from flows import stages
+    from flows.compare import compare_flow
+
+    overrides = ["budget.max_steps=3"]
+    failed = {"done": False}
+
+    def crash_once(event: dict) -> None:
+        if event.get("stage") == "train" and event["method"] == "pilot_commit" and event["step"] == 2 and not failed["done"]:
+            failed["done"] = True
+            raise RuntimeError("injected failure after step 2")
+
+    stages.set_progress_sink(crash_once)
+    try:
+        out = compare_flow(config_path=str(SMOKE_CONFIG), overrides=overrides, runs_dir=str(tmp_path / "a"))
+    finally:
+        stages.set_progress_sink(None)
+    assert failed["done"]
+    states = _task_states(_latest_flow_run_id("compare"))
+    assert sorted(states["train"]) == ["Completed"] * 3
+    reference = compare_flow(config_path=str(SMOKE_CONFIG), overrides=overrides, runs_dir=str(tmp_path / "b"))
+
+    client = _client(out)
+    pc = next(r for r in out["runs"] if r["method"] == "pilot_commit")
+    pc_ref = next(r for r in reference["runs"] if r["method"] == "pilot_commit")
+    for key in ("loss/policy", "rollouts/cumulative", "eval/average_accuracy"):
+        steps = [m.step for m in client.get_metric_history(pc["mlflow_run_id"], key)]
+        assert steps == sorted(set(steps)), (key, steps)
+    assert pc["final_metrics"] == pc_ref["final_metrics"]
+    result = json.loads((Path(pc["run_dir"]) / "result.json").read_text())
+    assert result["steps"] == 3
