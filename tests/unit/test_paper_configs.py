@@ -31,13 +31,28 @@ QWEN_MODEL_FILES = sorted((CONF_DIR / "model").glob("qwen*.yaml"))
 # size -> (experiment file, hub model, train set, n, n_pilot, n_commit, steps, max response,
 #          overlong penalty (start, length) or None)
 PAPER = {
-    "1.5b": ("paper-1.5b", "Qwen/Qwen2.5-Math-1.5B", "deepmath", 128, 32, 96, 1000, 8192, (4096, 4096)),
+    "1.5b": (
+        "paper-1.5b",
+        "Qwen/Qwen2.5-Math-1.5B",
+        "deepmath",
+        128,
+        32,
+        96,
+        1000,
+        8192,
+        (4096, 4096),
+    ),
     "4b": ("paper-4b", "Qwen/Qwen3-4B-Base", "polaris", 64, 16, 48, 500, 4096, None),
     "8b": ("paper-8b", "Qwen/Qwen3-8B-Base", "polaris", 64, 16, 48, 500, 4096, None),
     "14b": ("paper-14b", "Qwen/Qwen3-14B-Base", "polaris", 64, 16, 48, 500, 4096, None),
 }
 PAPER_BENCHMARK_SAMPLES = {
-    "aime24": 32, "aime25": 32, "amc23": 32, "math500": 1, "minerva": 1, "olympiadbench": 1
+    "aime24": 32,
+    "aime25": 32,
+    "amc23": 32,
+    "math500": 1,
+    "minerva": 1,
+    "olympiadbench": 1,
 }
 GPUS_PER_NODE = 8  # the paper ran on 2-4 nodes of 8 GPUs
 
@@ -45,7 +60,10 @@ GPUS_PER_NODE = 8  # the paper ran on 2-4 nodes of 8 GPUs
 def test_there_is_one_paper_experiment_per_model_size():
     assert {p.stem for p in PAPER_FILES} == {spec[0] for spec in PAPER.values()}
     assert {p.stem for p in QWEN_MODEL_FILES} == {
-        "qwen2.5-math-1.5b", "qwen3-4b-base", "qwen3-8b-base", "qwen3-14b-base"
+        "qwen2.5-math-1.5b",
+        "qwen3-4b-base",
+        "qwen3-8b-base",
+        "qwen3-14b-base",
     }
 
 

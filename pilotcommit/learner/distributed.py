@@ -1,0 +1,373 @@
+"""The learner on several processes: FSDP2 (``torch.distributed.fsdp.fully_shard``) under ``torchrun``.
+
+Launch (one process per GPU; the same command on every node with ``--node-rank`` and a
+rendezvous endpoint for several nodes, see docs/paper_scale.md)::
+
+    torchrun --nproc-per-node 8 -m <entry point that calls init_distributed()>
+
+What this module does:
+
+- :func:`init_distributed` joins the process group ``torchrun`` describes in the environment
+  (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``): NCCL with one
+  GPU per process where CUDA is available, gloo on CPU (the tests).
+- :func:`shard_model` shards a ``transformers`` causal LM the usual FSDP2 way: every decoder
+  layer is its own ``fully_shard`` unit (all-gathered just before it runs, freed after), then
+  the root takes the embeddings, the final norm and the head. Gradients are SUMMED across
+  ranks (divide factor 1), not averaged: each rank's loss is already divided by the token
+  count of the whole mini-batch, so the sum is the single-process gradient.
+- :class:`DistributedLearner` is :class:`~pilotcommit.learner.update.Learner` on the sharded
+  module. Every rank holds the same :class:`~pilotcommit.types.TrainBatch` (the loop runs the
+  same allocation with the same seeds everywhere), packs all of it (a group's advantage needs
+  all of its rewards), and trains on its own slice of each mini-batch's rows. The token-mean
+  normaliser is the token count of the whole mini-batch, obtained by an all-reduce of the
+  ranks' shares (and checked against the local count, which catches ranks that disagree on
+  the batch). The result equals the single-process update up to float rounding; the
+  two-process test (tests/integration/test_fsdp_sharding.py) checks it on the tiny model.
+- Full (unsharded) state dicts for checkpoints and for the vLLM weight sync:
+  :func:`full_model_state_dict`, :func:`load_full_model_state_dict`,
+  :func:`iter_full_parameters`, and the learner's own ``state_dict`` (full optimizer state).
+
+Why the update loop is written out here rather than inherited: the rank's slice of rows, the
+all-reduced normaliser, the padding of micro-batch counts (every rank must run the same number
+of forward and backward passes, or FSDP's collectives hang) and the all-reduced metrics sit in
+the middle of :meth:`Learner.update`. Two hooks in that method (``_local_rows`` and
+``_global_sum``) would let this class drop its copy; until then the equivalence test pins the
+two loops to the same result.
+
+Not here: tensor or pipeline parallelism of the learner (FSDP only), CPU offload of
+parameters, sharded checkpoint files (full state dicts are gathered on rank 0), generation.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
+
+from pilotcommit.config import LearnerConfig
+from pilotcommit.learner.loss import policy_loss
+from pilotcommit.learner.update import Learner, NonFiniteLossError, pack_batch
+from pilotcommit.types import TrainBatch
+
+TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """Where this process sits in the job."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(backend: str | None = None, timeout_s: float = 1800.0) -> DistributedContext:
+    """Join the process group described by ``torchrun``'s environment variables.
+
+    ``backend`` defaults to ``nccl`` when CUDA is available (each process then uses GPU
+    ``LOCAL_RANK``), else ``gloo`` on CPU. Calling it again in the same process returns the
+    existing group's context.
+    """
+    missing = [name for name in TORCHRUN_ENV if name not in os.environ]
+    if missing and not dist.is_initialized():
+        raise RuntimeError(
+            f"init_distributed: environment variables {missing} are not set; start the job with "
+            "`torchrun --nproc-per-node N ...` (or set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR "
+            "and MASTER_PORT yourself)"
+        )
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+        if backend == "nccl":
+            # before the group exists, so NCCL binds this process to its own GPU
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+    backend = dist.get_backend()
+    device = torch.device("cuda", local_rank) if backend == "nccl" else torch.device("cpu")
+    return DistributedContext(
+        rank=dist.get_rank(),
+        world_size=dist.get_world_size(),
+        local_rank=local_rank,
+        device=device,
+        backend=backend,
+    )
+
+
+def decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The transformer blocks of a ``transformers`` causal LM (``model.model.layers`` for
+    Qwen2/Qwen3/Llama), the units FSDP shards one at a time."""
+    inner = getattr(model, "model", None)
+    layers = getattr(inner, "layers", None)
+    if isinstance(layers, nn.ModuleList) and len(layers):
+        return list(layers)
+    raise ValueError(
+        f"shard_model: {type(model).__name__} has no `model.layers` ModuleList; shard its "
+        "transformer blocks explicitly with torch.distributed.fsdp.fully_shard"
+    )
+
+
+def shard_model(
+    model: nn.Module,
+    *,
+    mesh=None,
+    mp_policy: MixedPrecisionPolicy | None = None,
+    reshard_after_forward: bool = True,
+) -> nn.Module:
+    """Shard ``model`` in place with FSDP2 (each decoder layer, then the root) and return it.
+
+    ``mesh`` defaults to all processes of the default group; ``mp_policy`` (e.g. bf16 params
+    with fp32 gradient reduction) is passed to every unit. Build the optimizer AFTER this call:
+    the parameters become ``DTensor`` shards.
+    """
+    if not dist.is_initialized():
+        raise RuntimeError("shard_model: call init_distributed() first (no process group)")
+    kwargs = {"mesh": mesh, "reshard_after_forward": reshard_after_forward}
+    if mp_policy is not None:
+        kwargs["mp_policy"] = mp_policy
+    for layer in decoder_layers(model):
+        fully_shard(layer, **kwargs)
+    fully_shard(model, **kwargs)
+    # each rank divides its loss by the GLOBAL token count, so gradients must be summed; with a
+    # factor of 1 a plain SUM reduction needs no pre/post scaling (and gloo has no PREMUL_SUM)
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.set_gradient_divide_factor(1.0)
+            module.set_force_sum_reduction_for_comms(True)
+    return model
+
+
+def partition_rows(rows_N: Tensor, rank: int, world_size: int) -> Tensor:
+    """This rank's contiguous share of ``rows_N``: sizes differ by at most one across ranks."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"partition_rows: rank {rank} outside [0, {world_size})")
+    return torch.tensor_split(rows_N, world_size)[rank]
+
+
+def max_rows_per_rank(num_rows: int, world_size: int) -> int:
+    """The largest share :func:`partition_rows` hands any rank."""
+    return math.ceil(num_rows / world_size)
+
+
+def _as_local(value: Tensor) -> Tensor:
+    return value.full_tensor() if isinstance(value, DTensor) else value
+
+
+class DistributedLearner(Learner):
+    """:class:`Learner` on an FSDP2-sharded model; every rank calls :meth:`update` with the same batch."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: LearnerConfig,
+        *,
+        pad_id: int,
+        group: dist.ProcessGroup | None = None,
+    ) -> None:
+        if not dist.is_initialized():
+            raise RuntimeError(
+                "DistributedLearner: call init_distributed() and shard_model() first"
+            )
+        if not isinstance(model, FSDPModule):
+            raise TypeError(
+                "DistributedLearner: the model is not sharded; call shard_model(model) before "
+                "building the learner (the optimizer must see the sharded parameters)"
+            )
+        super().__init__(model, config, pad_id=pad_id)
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.world_size = dist.get_world_size(group)
+
+    # ------------------------------------------------------------------ collectives
+    def _all_reduce(self, values: list[float], op=dist.ReduceOp.SUM) -> list[float]:
+        # float64 on the device NCCL needs; exact for token counts up to 2**53
+        tensor = torch.tensor(values, dtype=torch.float64, device=self._comm_device())
+        dist.all_reduce(tensor, op=op, group=self.group)
+        return tensor.tolist()
+
+    def _comm_device(self) -> torch.device:
+        return self.device if dist.get_backend(self.group) == "nccl" else torch.device("cpu")
+
+    # ------------------------------------------------------------------ the update
+    def update(self, batch: TrainBatch, *, seed: int) -> dict[str, float]:
+        """One training step on this rank's slice of ``batch`` (same return value on every rank)."""
+        config = self.config
+        packed = pack_batch(batch, self.pad_id, config)
+        n = packed.input_ids_BT.shape[0]
+        # the same seeded order on every rank, so every rank sees the same mini-batches
+        order_N = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        minibatches = [m for m in order_N.chunk(config.optimizer_steps_per_batch) if len(m)]
+        tokens_B = packed.completion_mask_BT.sum(dim=1)
+        self.model.train()
+        # loss, clip*tokens, kl*tokens, ratio*tokens, tokens, trained rows (summed over ranks at the end)
+        totals = [0.0] * 6
+        grad_norms = []
+        for mini_rows in minibatches:
+            has_advantage_N = packed.advantages_B[mini_rows] != 0
+            active, inactive = mini_rows[has_advantage_N], mini_rows[~has_advantage_N]
+            my_rows = partition_rows(active, self.rank, self.world_size)
+            # this rank's share of the normaliser: its rows, plus its share of the zero-advantage
+            # rows (no gradient, but their tokens count in the token mean, as in Learner.update)
+            my_inactive = partition_rows(inactive, self.rank, self.world_size)
+            share = self._normalizer_share(tokens_B, my_rows, my_inactive)
+            local_full = self._normalizer_share(tokens_B, mini_rows, mini_rows[:0])
+            normalizer = self._all_reduce([share])[0]
+            if normalizer != local_full:
+                raise RuntimeError(
+                    f"training step {batch.step}: ranks disagree on the training batch (the "
+                    f"mini-batch normaliser is {normalizer} summed over ranks but {local_full} on "
+                    f"rank {self.rank}); every rank must build the same batch"
+                )
+            # every rank runs the same number of micro-batches (FSDP all-gathers parameters in
+            # every forward and reduce-scatters gradients in every backward)
+            num_micro = math.ceil(
+                max_rows_per_rank(len(active), self.world_size) / config.micro_batch_size
+            )
+            micro = list(my_rows.split(config.micro_batch_size)) if len(my_rows) else []
+            padding = num_micro - len(micro)
+            # a padding micro-batch is one real row with an empty mask: zero loss, same collectives
+            micro += [mini_rows[:1]] * padding
+            old = self._old_logprobs(packed, micro)
+            self.optimizer.zero_grad(set_to_none=True)
+            nonfinite_loss = 0.0
+            for i, rows in enumerate(micro):
+                ids, att, mask = self._rows_to_device(packed, rows)
+                is_padding = i >= num_micro - padding
+                if is_padding:
+                    mask = torch.zeros_like(mask)
+                logp_BT = self._logprobs(ids, att).float()
+                out = policy_loss(
+                    logp_BT,
+                    old[i],
+                    packed.advantages_B[rows].to(self.device),
+                    mask,
+                    eps_low=config.eps_low,
+                    eps_high=config.eps_high,
+                    aggregation=config.loss_aggregation,
+                    normalizer=max(normalizer, 1.0),
+                )
+                if not torch.isfinite(out.loss):
+                    # raised after the collectives below, on every rank at once (a lone raise
+                    # would leave the other ranks waiting in the next all-gather)
+                    nonfinite_loss = 1.0
+                out.loss.backward()
+                if is_padding:
+                    continue
+                tokens = float(out.num_tokens)
+                totals[0] += float(out.loss.detach())
+                totals[1] += float(out.clip_fraction) * tokens
+                totals[2] += float(out.approx_kl) * tokens
+                totals[3] += float(out.ratio_mean) * tokens
+                totals[4] += tokens
+                totals[5] += len(rows)
+            if self._all_reduce([nonfinite_loss], op=dist.ReduceOp.MAX)[0] > 0:
+                self.optimizer.zero_grad(set_to_none=True)
+                raise NonFiniteLossError(
+                    f"training step {batch.step}: loss is not finite on some rank"
+                )
+            # the global norm over all shards (DTensor reduction): the same value on every rank
+            grad_norm = _as_local(
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+            )
+            if not torch.isfinite(grad_norm):
+                self.optimizer.zero_grad(set_to_none=True)
+                raise NonFiniteLossError(
+                    f"training step {batch.step}: gradient norm is {float(grad_norm)}"
+                )
+            grad_norms.append(float(grad_norm))
+            self.optimizer.step()
+        self.scheduler.step()
+        self.model.eval()
+        loss, clip, kl, ratio, tokens_trained, trained_rows = self._all_reduce(totals)
+        tokens = max(tokens_trained, 1.0)
+        return {
+            "loss/policy": loss / max(len(minibatches), 1),
+            "loss/clip_fraction": clip / tokens,
+            "loss/approx_kl": kl / tokens,
+            "loss/ratio_mean": ratio / tokens if tokens_trained else 1.0,
+            "grad/norm": float(max(grad_norms)) if grad_norms else 0.0,
+            "learner/lr": self.optimizer.param_groups[0]["lr"],
+            "learner/optimizer_steps": float(len(minibatches)),
+            "learner/trained_sequences": float(trained_rows),
+            "learner/skipped_zero_advantage": float(n - trained_rows),
+            "learner/completion_tokens": float(packed.num_completion_tokens),
+        }
+
+    def _normalizer_share(self, tokens_B: Tensor, rows: Tensor, more_rows: Tensor) -> float:
+        both = torch.cat([rows, more_rows])
+        if self.config.loss_aggregation == "token_mean":
+            return float(tokens_B[both].sum())
+        return float((tokens_B[both] > 0).sum())
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        """Full (unsharded) optimizer state on rank 0 (empty on the others) and the scheduler."""
+        optimizer = get_optimizer_state_dict(
+            self.model,
+            self.optimizer,
+            options=StateDictOptions(full_state_dict=True, cpu_offload=True),
+        )
+        return {"optimizer": optimizer, "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Load a :meth:`state_dict` (read on rank 0 is enough: it is broadcast)."""
+        set_optimizer_state_dict(
+            self.model,
+            self.optimizer,
+            copy.deepcopy(state["optimizer"]),  # the loader shards the caller's dict in place
+            options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True),
+        )
+        self.scheduler.load_state_dict(state["scheduler"])
+
+
+# --------------------------------------------------------------------------- full weights
+
+
+def full_model_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """The unsharded weights as CPU tensors on rank 0 (an empty dict on the other ranks).
+
+    A collective: every rank must call it. Keys are the ``transformers`` names (FSDP2 keeps
+    them), so rank 0 can ``save_pretrained`` or ``torch.save`` the result directly.
+    """
+    return get_model_state_dict(
+        model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
+
+
+def load_full_model_state_dict(model: nn.Module, state: dict[str, Tensor]) -> None:
+    """Load full weights read on rank 0 into the sharded model (broadcast to the other ranks)."""
+    # a shallow copy: the loader replaces the dict's entries by their shards in place
+    set_model_state_dict(
+        model,
+        dict(state),
+        options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True),
+    )
+
+
+def iter_full_parameters(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
+    """``(name, full tensor)`` one parameter at a time, on every rank (a collective per
+    parameter: all ranks must iterate to the end). Peak memory is one unsharded parameter,
+    which is what a weight sync into an inference engine wants."""
+    for name, parameter in model.named_parameters():
+        yield name, _as_local(parameter.detach())
