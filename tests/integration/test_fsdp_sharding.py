@@ -42,6 +42,7 @@ LEARNER = LearnerConfig(
     optimizer_steps_per_batch=2,
     micro_batch_size=3,
     dtype="float32",
+    gradient_checkpointing=True,  # as in the paper configs: recompute inside FSDP units
 )
 WORLD_SIZE = 2
 STEPS = 3  # two before the checkpoint, one after it
