@@ -279,6 +279,12 @@ def train_run(
                 seed=derive_seed(seed, step, round_index), policy_step=step,
             )
             generated += engine.last_stats.num_generated_tokens
+            if not finite_sampling(results):
+                # a diverged policy samples garbage that scores 0 everywhere: its groups carry no
+                # gradient, so the loss alone would never turn NaN and the run would go on silently
+                raise _diverged(
+                    "the policy's sampled log-probabilities are NaN or infinite", step, run_dir
+                )
             score_results(results, answers, reward_fn, cfg)
             for result in results:
                 rewards = [r.reward for r in result.rollouts]
@@ -289,11 +295,10 @@ def train_run(
         try:
             learn_metrics = learner.update(batch, seed=derive_seed(seed, step, _LEARN_SEED_TAG))
         except NonFiniteLossError as err:
-            last = latest_checkpoint(run_dir)
-            raise TrainingDivergedError(
-                f"{err}; the run stopped at step {step + 1}. Last good checkpoint: "
-                f"{last if last is not None else 'none (no checkpoint was written yet)'}"
-            ) from err
+            raise _diverged(f"non-finite update (learner: {err})", step, run_dir) from err
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            # checked before the next checkpoint, so that a checkpoint never holds NaN weights
+            raise _diverged("the update left NaN or infinite weights", step, run_dir)
         engine.update_weights(model)
         t2 = time.perf_counter()
         state.steps += 1
@@ -342,6 +347,20 @@ def train_run(
     (run_dir / RESULT_FILE).write_text(json.dumps(result.to_dict(), indent=2))
     del final_checkpoint
     return result
+
+
+def finite_sampling(results: list[RequestResult]) -> bool:
+    """Whether every sampled log-probability is finite (one NaN or infinite term makes a sum NaN
+    or infinite, and summing each rollout's list is far cheaper than a Python check per token)."""
+    return all(math.isfinite(sum(r.sampler_logprobs)) for res in results for r in res.rollouts)
+
+
+def _diverged(reason: str, step: int, run_dir: Path) -> TrainingDivergedError:
+    last = latest_checkpoint(run_dir)
+    return TrainingDivergedError(
+        f"training diverged at step {step + 1}: {reason}; the run stopped. Last good checkpoint: "
+        f"{last if last is not None else 'none (no checkpoint was written yet)'}"
+    )
 
 
 def _evaluate(state: _LoopState, engine, eval_sets, reward_fn, cfg, tracker: Tracker, cumulative: int) -> None:

@@ -167,6 +167,9 @@ def _format_failures(
         column = case.column if isinstance(case.column, str) else "<table>"
         index = case.index
         if index is None or (isinstance(index, float) and pd.isna(index)):
+            if case.check == "column_in_dataframe":  # pandera reports the schema's name as the column
+                table_level.append(f"column {case.failure_case!r} is missing")
+                continue
             table_level.append(
                 f"column {column!r}: {case.check} (failure case: {case.failure_case!r})"
             )

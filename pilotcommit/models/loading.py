@@ -31,7 +31,8 @@ def load_policy(
     device = device or default_device()
     source = str(name_or_path)
     local = Path(source)
-    if local.is_absolute() or source.startswith("."):
+    # a tiny model is always a local directory: a missing one must not be looked up on the hub
+    if local.is_absolute() or source.startswith(".") or not isinstance(model_config, PretrainedModelConfig):
         if not (local / "config.json").is_file():
             raise FileNotFoundError(f"policy checkpoint not found: {local} has no config.json")
     kwargs: dict = {"trust_remote_code": False}
