@@ -587,7 +587,10 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             if not isinstance(child, dict):
                 raise ConfigError(f"override {item!r}: {part!r} is not a section")
             node = child
-        node[parts[-1]] = yaml.safe_load(text)
+        try:
+            node[parts[-1]] = yaml.safe_load(text)  # safe_load: an override cannot construct objects
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {item!r}: invalid YAML value: {err}") from None
     return result
 
 
