@@ -193,7 +193,8 @@ def prefect_env(home: Path, api_url: str | None = None) -> dict[str, str]:
         "PREFECT_UI_ENABLED": "true",
         "PREFECT_LOGGING_LEVEL": os.environ.get("PREFECT_LOGGING_LEVEL", "WARNING"),
     }
-    env["PREFECT_API_URL"] = api_url or ""
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
     return env
 
 
@@ -204,7 +205,6 @@ def start_prefect_server(
     port = port or free_port(host)
     url = f"http://{host}:{port}/api"
     env = prefect_env(home)
-    env.pop("PREFECT_API_URL")
     env["PREFECT_SERVER_API_HOST"] = host
     env["PREFECT_SERVER_API_PORT"] = str(port)
     args = [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)]

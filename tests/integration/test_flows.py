@@ -1,4 +1,4 @@
-"""The compare flow through a real (ephemeral) Prefect with a real MLflow SQLite store.
+"""The flows (compare, sweep, nightly) through a real (ephemeral) Prefect with a real MLflow SQLite store.
 
 Smoke config (conf/experiment/smoke.yaml): seconds per run. Checked: the parent run, one
 child per method with the tags and metric names of DESIGN.md (by_rollouts against cumulative
@@ -214,3 +214,55 @@ def test_prefect_retry_resumes_from_checkpoint(prefect_home, tmp_path):
     assert pc["final_metrics"] == pc_ref["final_metrics"]
     result = json.loads((Path(pc["run_dir"]) / "result.json").read_text())
     assert result["steps"] == 3
+
+
+def test_sweep_as_subflows(first_compare, runs_dir):
+    """conf/sweep/smoke.yaml: two model sizes x three methods, one child run each under the
+    sweep's parent; the model already trained by the compare is reused, not retrained."""
+    from flows.sweep import sweep_flow
+
+    out = sweep_flow(sweep_config="conf/sweep/smoke.yaml", runs_dir=str(runs_dir))
+    client = _client(out)
+    parent = client.get_run(out["parent_run_id"])
+    assert parent.data.tags["pilotcommit.kind"] == "sweep" and parent.info.status == "FINISHED"
+    children = client.search_runs([out["experiment_id"]],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{out['parent_run_id']}'")
+    cells = sorted((r.data.tags["model"], r.data.tags["method"], r.data.tags["seed"]) for r in children)
+    assert cells == sorted((m, k, "0") for m in ("tiny-h64-l1", "tiny-h64-l2") for k in ("grpo", "dapo", "pilot_commit"))
+    copied = [r for r in children if "pilotcommit.copied_from" in r.data.tags]
+    assert sorted(r.data.tags["model"] for r in copied) == ["tiny-h64-l2"] * 3
+    artifacts = {a.path for a in client.list_artifacts(out["parent_run_id"], "comparison")}
+    assert artifacts == {"comparison/tiny-h64-l1", "comparison/tiny-h64-l2"}
+    assert [a.path for a in client.list_artifacts(out["parent_run_id"], "sweep")] == ["sweep/scale_summary.csv"]
+    assert "comparison/tiny-h64-l1/target_accuracy" in parent.data.metrics
+
+
+def test_nightly_passes_unchanged_and_fails_on_injected_regression(first_compare, runs_dir):
+    """Accept the first comparison as baseline; a fresh rerun (refresh=True retrains every
+    stage) passes; a rerun with a weaker warm start (40 instead of 80 steps: the injected
+    regression) fails with a readable per-method report, recorded on its parent run."""
+    from flows.nightly import RegressionDetected, nightly_regression_flow
+    from pilotcommit import tracking
+
+    out, _ = first_compare
+    client = _client(out)
+    tracking.accept_baseline(client, out["parent_run_id"], note="test baseline")
+
+    passed = nightly_regression_flow(config_path=str(SMOKE_CONFIG), runs_dir=str(runs_dir), accuracy_drop=0.01)
+    assert passed["passed"] and passed["baseline_run_id"] == out["parent_run_id"]
+    assert passed["parent_run_id"] != out["parent_run_id"]  # a real rerun, not the cached runs
+    assert "nightly regression: PASSED" in passed["report"]
+    assert client.get_run(passed["parent_run_id"]).data.tags["pilotcommit.regression"] == "passed"
+
+    with pytest.raises(RegressionDetected) as info:
+        nightly_regression_flow(config_path=str(SMOKE_CONFIG), overrides=["model.warm_start.steps=40"],
+                                runs_dir=str(runs_dir), accuracy_drop=0.01)
+    report = str(info.value)
+    assert report.startswith("nightly regression: FAILED") and "REGRESSED" in report
+    assert "grpo: accuracy" in report and f"baseline run {out['parent_run_id']}" in report
+    failed_runs = client.search_runs([out["experiment_id"]], filter_string="tags.`pilotcommit.regression` = 'failed'")
+    assert len(failed_runs) == 1
+    texts = [a.path for a in client.list_artifacts(failed_runs[0].info.run_id, "nightly")]
+    assert texts == ["nightly/regression.txt"]
+    # The accepted baseline did not move.
+    assert tracking.find_accepted_baseline(client, out["experiment_id"], "smoke").info.run_id == out["parent_run_id"]

@@ -1,0 +1,101 @@
+"""The ``pilotcommit`` command as a user runs it (real subprocesses, ephemeral Prefect, SQLite
+MLflow, all under a temporary directory).
+
+Checked: config errors and an unreachable tracking server end with a clean message and exit
+codes 2 / 3 before any compute; ``compare`` on the smoke config prints the comparison table and
+a second identical ``compare`` is served from the cache (nothing retrained; both wall times
+printed); ``report``, ``accept`` and ``train`` work on what ``compare`` left in MLflow.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pilotcommit import services
+from tests.conftest import REPO_ROOT, SMOKE_CONFIG
+
+pytestmark = pytest.mark.integration
+
+
+def cli_env(tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    for key in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "PILOTCOMMIT_RUNS_DIR"):
+        env.pop(key, None)
+    env.update(services.prefect_env(tmp_path / "prefect"))
+    env["COLUMNS"] = "160"
+    return env
+
+
+def run_cli(args: list[str], env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pilotcommit.cli", *args], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_config_error_exits_2_before_compute(tmp_path):
+    env = cli_env(tmp_path)
+    runs = tmp_path / "runs"
+    done = run_cli(["compare", "-c", str(SMOKE_CONFIG), "--runs-dir", str(runs),
+                    "--set", "learner.lr=-1", "--set", "budget.typo=3"], env)
+    assert done.returncode == 2, done.stderr
+    assert "learner.lr" in done.stderr and "budget.typo" in done.stderr and "invalid configuration" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    assert not runs.exists()  # nothing was computed or even created
+
+    done = run_cli(["compare", "-c", str(tmp_path / "missing.yaml")], env)
+    assert done.returncode == 2 and "config file not found" in done.stderr
+
+
+def test_unreachable_tracking_server_exits_3_before_compute(tmp_path):
+    env = cli_env(tmp_path)
+    port = services.free_port()
+    env["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{port}"
+    done = run_cli(["compare", "-c", str(SMOKE_CONFIG), "--runs-dir", str(tmp_path / "runs")], env)
+    assert done.returncode == 3
+    assert f"http://127.0.0.1:{port} is unreachable" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "runs" / "data").exists()
+
+
+@pytest.mark.slow
+def test_compare_twice_then_report_accept_train(tmp_path):
+    env = cli_env(tmp_path)
+    runs = tmp_path / "runs"
+    common = ["-c", str(SMOKE_CONFIG), "--runs-dir", str(runs)]
+
+    started = time.perf_counter()
+    first = run_cli(["compare", *common], env)
+    first_s = time.perf_counter() - started
+    assert first.returncode == 0, first.stdout + first.stderr
+    for text in ("rollouts to target", "grpo", "dapo", "pilot_commit", "speed-up vs grpo", "parent run"):
+        assert text in first.stdout, text
+    results = {p: p.stat().st_mtime_ns for p in runs.glob("smoke/train/*/result.json")}
+    assert len(results) == 3
+
+    started = time.perf_counter()
+    second = run_cli(["compare", *common], env)
+    second_s = time.perf_counter() - started
+    print(f"`pilotcommit compare` on smoke: first {first_s:.1f} s, second (cached) {second_s:.1f} s wall")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert {p: p.stat().st_mtime_ns for p in results} == results  # nothing retrained
+    assert second_s < first_s
+
+    report = run_cli(["report", *common], env)
+    assert report.returncode == 0, report.stderr
+    assert "target eval/average_accuracy" in report.stdout and "pilot_commit" in report.stdout
+
+    accept = run_cli(["accept", *common, "--note", "cli test"], env)
+    assert accept.returncode == 0, accept.stderr
+    assert "is now the accepted baseline of 'smoke'" in accept.stdout
+
+    train = run_cli(["train", *common, "--method", "grpo"], env)
+    assert train.returncode == 0, train.stdout + train.stderr
+    assert "eval/average_accuracy" in train.stdout and "MLflow run" in train.stdout
+    assert {p: p.stat().st_mtime_ns for p in results} == results  # the compare's run was reused
+
+    bad_method = run_cli(["train", *common, "--method", "ppo"], env)
+    assert bad_method.returncode == 2 and "--method 'ppo'" in bad_method.stderr

@@ -1,0 +1,89 @@
+"""`pilotcommit serve` and the `sweep/model-scale` deployment, as on a laptop.
+
+The test starts ``pilotcommit serve`` (an MLflow server, a Prefect server and a process worker,
+all on 127.0.0.1 at free ports, plus ``prefect deploy --all`` of prefect.yaml), runs
+``prefect deployment run sweep/model-scale`` with the smoke sweep, waits until the flow run is
+Completed (its per-model cells dispatched with ``run_deployment`` to the same worker), checks
+the sweep's MLflow runs through the MLflow server, and stops ``serve`` with Ctrl-C (SIGINT),
+after which nothing answers on the ports any more.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pilotcommit import services, tracking
+from tests.conftest import REPO_ROOT
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def wait_for(predicate, timeout_s: float, what: str, process: subprocess.Popen, log) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"serve exited ({process.returncode}) before {what}:\n{log.read_text()[-4000:]}")
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}:\n{log.read_text()[-4000:]}")
+
+
+def test_serve_deploy_and_run_model_scale_sweep(tmp_path):
+    runs = tmp_path / "runs"
+    mlflow_port, prefect_port = services.free_port(), services.free_port()
+    env = dict(os.environ)
+    for key in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "PILOTCOMMIT_RUNS_DIR"):
+        env.pop(key, None)
+    log = tmp_path / "serve.log"
+    with log.open("w") as out:
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "pilotcommit.cli", "serve", "--runs-dir", str(runs),
+             "--mlflow-port", str(mlflow_port), "--prefect-port", str(prefect_port)],
+            cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )
+    mlflow_url = f"http://127.0.0.1:{mlflow_port}"
+    prefect_api = f"http://127.0.0.1:{prefect_port}/api"
+    try:
+        wait_for(lambda: "Ctrl-C stops everything" in log.read_text(), 420, "serve to be ready", serve, log)
+        assert services.http_ok(f"{mlflow_url}/health") and services.http_ok(f"{prefect_api}/health")
+
+        done = services.prefect_cli(
+            ["deployment", "run", "sweep/model-scale", "--param", "sweep_config=conf/sweep/smoke.yaml",
+             "--watch", "--watch-timeout", "480"],
+            runs / "prefect", prefect_api, cwd=REPO_ROOT, timeout_s=540,
+        )
+        assert "Completed" in done.stdout, done.stdout[-3000:]
+
+        client = tracking.mlflow_client(mlflow_url)
+        experiment = client.get_experiment_by_name("sweep-smoke")
+        parents = client.search_runs([experiment.experiment_id], filter_string="tags.`pilotcommit.kind` = 'sweep'")
+        assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+        parent = parents[0]
+        children = client.search_runs(
+            [experiment.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+        )
+        cells = sorted((r.data.tags["model"], r.data.tags["method"]) for r in children)
+        assert cells == sorted((m, k) for m in ("tiny-h64-l1", "tiny-h64-l2") for k in ("grpo", "dapo", "pilot_commit"))
+        cell_flow_runs = {r.data.tags["prefect_flow_run_id"] for r in children}
+        assert len(cell_flow_runs) == 2  # one sweep-model flow run per model, via run_deployment
+        for child in children:
+            assert child.info.status == "FINISHED"
+            assert "by_rollouts/eval/average_accuracy" in child.data.metrics
+        assert [a.path for a in client.list_artifacts(parent.info.run_id, "sweep")] == ["sweep/scale_summary.csv"]
+    finally:
+        if serve.poll() is None:
+            serve.send_signal(signal.SIGINT)
+            try:
+                serve.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                serve.kill()
+                serve.wait()
+    assert "stopped" in log.read_text()
+    assert not services.http_ok(f"{mlflow_url}/health") and not services.http_ok(f"{prefect_api}/health")
