@@ -1,0 +1,532 @@
+"""Rollouts from a colocated vLLM engine (the paper's rollout backend), behind the same protocol.
+
+:class:`VLLMEngine` implements :class:`pilotcommit.rollout.protocol.RolloutEngine` on a
+``vllm.LLM`` that lives in the learner's process and on the learner's GPU(s):
+
+- **Sampling.** One vLLM request per :class:`~pilotcommit.types.RolloutRequest`: a token-id
+  prompt (``TokensPrompt``) and ``SamplingParams(n=count, temperature, top_p, max_tokens,
+  seed, logprobs=0)``. ``logprobs=0`` returns the log-probability of the sampled token only,
+  and the engine is built with ``logprobs_mode="processed_logprobs"`` so that value is taken
+  AFTER temperature and top-p (vLLM's default, ``raw_logprobs``, is the unscaled model): the
+  protocol's "log-prob under the distribution actually sampled from". For greedy decoding
+  vLLM returns the plain log-softmax, as the protocol asks. Completion ids keep the stop
+  token (vLLM appends it before it stops), the text is decoded here without special tokens.
+- **Seeds.** Request ``i`` of a call gets ``request_seed(seed, i)``; vLLM gives the ``k``-th of
+  its ``n`` samples the seed ``+ k``. A rollout therefore depends on (weights, prompt, params,
+  call seed, request position), not on how vLLM batches the call, except for the float
+  differences any batched engine has.
+- **Sleep mode.** With ``enable_sleep_mode`` every ``generate`` ends with ``llm.sleep(level=1)``
+  (weights copied to CPU memory, KV cache freed) so the learner has the GPU; the next
+  ``generate`` wakes what is asleep. ``update_weights`` wakes only the weights
+  (``wake_up(tags=["weights"])``), loads the new ones, and leaves the KV cache asleep until
+  the next ``generate``.
+- **Weight sync.** ``update_weights(module_or_state_dict)`` streams ``(name, tensor)`` pairs,
+  one unsharded parameter at a time (``DTensor.full_tensor()`` for an FSDP2 model), into
+  ``worker.model_runner.model.load_weights`` through ``llm.collective_rpc``. The engine runs
+  vLLM's worker IN this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, or the
+  ``external_launcher`` backend under ``torchrun``), so the tensors are passed by reference,
+  never serialised. It checks that every vLLM parameter received a value (a renamed or
+  missing weight fails loudly instead of sampling from stale weights) and resets the prefix
+  cache, whose blocks were computed with the old weights.
+- **Parallelism.** Single process: one GPU, ``tensor_parallel_size`` 1. Under ``torchrun``
+  (the FSDP learner): ``distributed_executor_backend="external_launcher"``, consecutive ranks
+  form tensor-parallel groups of ``tensor_parallel_size``, each group is one replica; the
+  requests of a call are split between replicas (:func:`assign_requests_to_replicas`, whole
+  requests so seeds stay put), and the results are all-gathered so every rank returns the
+  full, identical list (every rank's learner needs the same batch).
+
+Supported vLLM versions: ``vllm>=0.29,<0.31`` (the ``[vllm]`` extra; 0.29 and 0.30 pin
+torch 2.13, the project's torch). The calls used, and where they were checked, are listed in
+docs/paper_scale.md; none of them ran in this repository's CI (no GPU there).
+
+Deliberately not here: vLLM's server mode, LoRA, speculative decoding, a separate inference
+cluster, rewards, and choosing seeds (``derive_seed`` at the call site, as for every engine).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from pilotcommit.rollout.protocol import (
+    EMPTY_STATS,
+    FINISH_LENGTH,
+    FINISH_STOP,
+    GenerationStats,
+    SamplingParams,
+    derive_seed,
+)
+from pilotcommit.types import RequestResult, Rollout, RolloutRequest
+
+if TYPE_CHECKING:
+    from pilotcommit.config import ExperimentConfig
+
+VLLM_INSTALL_HINT = "pip install 'pilotcommit[vllm]' (vllm>=0.29,<0.31, a CUDA machine)"
+SUPPORTED_VLLM = ((0, 29), (0, 31))  # [lower, upper) of (major, minor)
+SLEEP_TAGS = ("weights", "kv_cache")
+# vLLM gives the k-th of a request's n samples the seed `seed + k`; 62 bits leave room for k
+_SEED_MASK = (1 << 62) - 1
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def request_seed(seed: int, request_index: int) -> int:
+    """The vLLM seed of request ``request_index`` of a ``generate(..., seed=seed)`` call."""
+    return derive_seed(seed, request_index) & _SEED_MASK
+
+
+def sampled_token_logprobs(
+    position_logprobs: Sequence[Any] | None, token_ids: Sequence[int]
+) -> list[float]:
+    """The log-prob of each sampled token from vLLM's per-position ``{token_id: Logprob}``.
+
+    With ``logprobs=0`` each position holds the sampled token only (vLLM adds the sampled
+    token to the top-k it was asked for). A ``Logprob`` object's ``.logprob`` and a bare float
+    are both accepted.
+    """
+    if position_logprobs is None:
+        raise ValueError("vLLM returned no log-probs: the request must set logprobs=0")
+    if len(position_logprobs) != len(token_ids):
+        raise ValueError(
+            f"vLLM returned {len(position_logprobs)} log-prob positions for {len(token_ids)} tokens"
+        )
+    values = []
+    for position, (token_id, entry) in enumerate(zip(token_ids, position_logprobs)):
+        if token_id not in entry:
+            raise ValueError(
+                f"vLLM log-probs at position {position} do not include the sampled token {token_id}"
+            )
+        value = entry[token_id]
+        values.append(float(getattr(value, "logprob", value)))
+    return values
+
+
+def completion_to_rollout(
+    completion: Any,
+    *,
+    request: RolloutRequest,
+    prompt_token_ids: list[int],
+    policy_step: int,
+    tokenizer: Any,
+) -> Rollout:
+    """A :class:`Rollout` from one vLLM ``CompletionOutput`` (fields ``token_ids``,
+    ``logprobs``, ``finish_reason``)."""
+    token_ids = [int(t) for t in completion.token_ids]
+    if completion.finish_reason == "stop":
+        finish = FINISH_STOP
+    elif completion.finish_reason == "length":
+        finish = FINISH_LENGTH
+    else:  # "abort" or None: the request did not finish
+        raise RuntimeError(
+            f"vLLM did not finish a completion of prompt id {request.prompt_id!r} "
+            f"(finish_reason={completion.finish_reason!r})"
+        )
+    return Rollout(
+        prompt_id=request.prompt_id,
+        kind=request.kind,
+        prompt_token_ids=list(prompt_token_ids),
+        completion_token_ids=token_ids,
+        sampler_logprobs=sampled_token_logprobs(completion.logprobs, token_ids),
+        text=tokenizer.decode(token_ids, skip_special_tokens=True),
+        finish_reason=finish,
+        policy_step=policy_step,
+    )
+
+
+def request_output_to_result(
+    output: Any,
+    request: RolloutRequest,
+    prompt_token_ids: list[int],
+    *,
+    policy_step: int,
+    tokenizer: Any,
+    replicate: int = 1,
+) -> RequestResult:
+    """The :class:`RequestResult` of one vLLM ``RequestOutput`` (its ``outputs`` in sample
+    order). ``replicate`` repeats each completion (greedy requests are sampled once)."""
+    completions = sorted(output.outputs, key=lambda c: c.index)
+    if len(completions) * replicate != request.count:
+        raise RuntimeError(
+            f"vLLM returned {len(completions)} x {replicate} completions for prompt id "
+            f"{request.prompt_id!r}, which asked for {request.count}"
+        )
+    returned_prompt = getattr(output, "prompt_token_ids", None)
+    if returned_prompt is not None and list(returned_prompt) != list(prompt_token_ids):
+        raise RuntimeError(f"vLLM answered prompt id {request.prompt_id!r} with another prompt")
+    rollouts = []
+    for completion in completions:
+        rollout = completion_to_rollout(
+            completion,
+            request=request,
+            prompt_token_ids=prompt_token_ids,
+            policy_step=policy_step,
+            tokenizer=tokenizer,
+        )
+        rollouts.append(rollout)
+        for _ in range(replicate - 1):  # each copy its own record: rewards are filled in place
+            rollouts.append(_copy_rollout(rollout))
+    return RequestResult(request=request, rollouts=rollouts)
+
+
+def assign_requests_to_replicas(counts: Sequence[int], num_replicas: int) -> list[int]:
+    """The replica of each request: largest requests first, each to the least loaded replica
+    (ties to the lower replica), so replicas get about the same number of rollouts.
+    Deterministic: every rank computes the same assignment."""
+    if num_replicas < 1:
+        raise ValueError(
+            f"assign_requests_to_replicas: num_replicas must be >= 1, got {num_replicas}"
+        )
+    load = [0] * num_replicas
+    assignment = [0] * len(counts)
+    for index in sorted(range(len(counts)), key=lambda i: (-counts[i], i)):
+        replica = min(range(num_replicas), key=lambda r: (load[r], r))
+        assignment[index] = replica
+        load[replica] += counts[index]
+    return assignment
+
+
+def generation_stats(results: Sequence[RequestResult], wall_s: float) -> GenerationStats:
+    rollouts = [r for result in results for r in result.rollouts]
+    return GenerationStats(
+        num_rollouts=len(rollouts),
+        num_prompt_tokens=sum(len(r.prompt_token_ids) for r in rollouts),
+        num_generated_tokens=sum(r.num_completion_tokens for r in rollouts),
+        wall_s=wall_s,
+    )
+
+
+def stop_token_ids_of(model: Any, tokenizer: Any) -> list[int]:
+    """The tokenizer's EOS plus the model's generation-config EOS ids (as the transformers engine)."""
+    ids: set[int] = set()
+    if getattr(tokenizer, "eos_token_id", None) is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    generation_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(generation_eos, int):
+        ids.add(generation_eos)
+    elif generation_eos is not None:
+        ids.update(int(i) for i in generation_eos)
+    return sorted(ids)
+
+
+def full_parameters(weights: Any) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(name, tensor)`` pairs of a module (unsharded one at a time: a collective for FSDP2
+    parameters, so every rank must iterate to the end) or of a state dict."""
+    if isinstance(weights, torch.nn.Module):
+        from torch.distributed.tensor import DTensor
+
+        for name, parameter in weights.named_parameters():
+            tensor = parameter.detach()
+            yield name, tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+    elif isinstance(weights, Mapping):
+        yield from weights.items()
+    else:
+        raise TypeError(
+            "VLLMEngine.update_weights: expected an nn.Module or a state dict, "
+            f"got {type(weights).__name__}"
+        )
+
+
+def load_weights_on_worker(
+    worker: Any, weights: Iterable[tuple[str, torch.Tensor]]
+) -> list[str] | None:
+    """Runs inside vLLM's worker (``collective_rpc``): load ``weights`` into its model and
+    return the names of vLLM parameters that received nothing (None when the model class does
+    not report what it loaded)."""
+    model = worker.model_runner.model
+    loaded = model.load_weights(weights)
+    if loaded is None:
+        return None
+    return sorted({name for name, _ in model.named_parameters()} - set(loaded))
+
+
+def _copy_rollout(rollout: Rollout) -> Rollout:
+    return Rollout(
+        prompt_id=rollout.prompt_id,
+        kind=rollout.kind,
+        prompt_token_ids=list(rollout.prompt_token_ids),
+        completion_token_ids=list(rollout.completion_token_ids),
+        sampler_logprobs=list(rollout.sampler_logprobs),
+        text=rollout.text,
+        finish_reason=rollout.finish_reason,
+        policy_step=rollout.policy_step,
+    )
+
+
+def _check_vllm_version(version: str) -> None:
+    parts = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+    if not SUPPORTED_VLLM[0] <= parts < SUPPORTED_VLLM[1]:
+        raise RuntimeError(
+            f"vllm {version} is installed; this engine supports {VLLM_INSTALL_HINT}. Other "
+            "versions moved the APIs it uses (sleep mode, collective_rpc, logprobs_mode)"
+        )
+
+
+# --------------------------------------------------------------------------- engine
+
+
+class VLLMEngine:
+    """Samples rollouts with a colocated ``vllm.LLM`` (see the module docstring).
+
+    Build it with :meth:`from_config`; the constructor takes an already built ``llm`` (and the
+    ``SamplingParams`` class to use) so the orchestration can be exercised with a stand-in.
+    """
+
+    def __init__(
+        self,
+        llm: Any,
+        tokenizer: Any,
+        *,
+        sampling_params_cls: Any,
+        stop_token_ids: Sequence[int],
+        sleep_mode: bool = True,
+        replica: int = 0,
+        num_replicas: int = 1,
+        process_group: Any = None,
+    ) -> None:
+        if not 0 <= replica < num_replicas:
+            raise ValueError(f"VLLMEngine: replica {replica} outside [0, {num_replicas})")
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self.sampling_params_cls = sampling_params_cls
+        self.stop_token_ids = sorted({int(t) for t in stop_token_ids})
+        self.sleep_mode = sleep_mode
+        self.replica = replica
+        self.num_replicas = num_replicas
+        self.process_group = process_group
+        self.last_stats: GenerationStats = EMPTY_STATS
+        self.weights_version = 0
+        self._asleep: set[str] = set()
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def from_config(
+        cls, cfg: ExperimentConfig, model: torch.nn.Module, tokenizer: Any
+    ) -> VLLMEngine:
+        """A colocated engine for ``cfg`` (``cfg.rollout.vllm``) holding ``model``'s weights.
+
+        The vLLM copy is loaded from the model's source (the hub name of a pretrained config,
+        else the checkpoint directory ``model`` was loaded from), then overwritten with
+        ``model``'s current weights, which are the truth (a resumed or warm-started policy).
+        """
+        try:
+            import vllm
+        except ImportError as err:
+            raise ImportError(f"the vLLM rollout engine needs vLLM: {VLLM_INSTALL_HINT}") from err
+        _check_vllm_version(vllm.__version__)
+        from pilotcommit.config import PretrainedModelConfig
+
+        settings = cfg.rollout.vllm
+        replica, num_replicas, backend = _parallel_layout(settings.tensor_parallel_size)
+        # the worker must run in this process: weights are handed over by reference
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        if isinstance(cfg.model, PretrainedModelConfig):
+            source, revision, dtype = cfg.model.name_or_path, cfg.model.revision, cfg.model.dtype
+            max_model_len = cfg.model.max_prompt_length + cfg.rollout.max_new_tokens
+        else:
+            source = getattr(model, "name_or_path", "") or ""
+            revision, dtype = None, str(next(model.parameters()).dtype).removeprefix("torch.")
+            max_model_len = int(model.config.max_position_embeddings)
+            if not os.path.isdir(source):
+                raise ValueError(
+                    "VLLMEngine.from_config: vLLM loads a model from a directory or hub name, and "
+                    f"this model's name_or_path ({source!r}) is neither; load it with "
+                    "pilotcommit.models.loading.load_policy(checkpoint_dir, ...)"
+                )
+        _check_context_length(model, max_model_len)
+        llm = vllm.LLM(
+            model=source,
+            revision=revision,
+            dtype=dtype,
+            tensor_parallel_size=settings.tensor_parallel_size,
+            distributed_executor_backend=backend,
+            gpu_memory_utilization=settings.gpu_memory_utilization,
+            enable_sleep_mode=settings.enable_sleep_mode,
+            max_num_seqs=settings.max_num_seqs,
+            max_model_len=max_model_len,
+            # log-probs after temperature and top-p: the distribution the tokens were drawn from
+            logprobs_mode="processed_logprobs",
+            enable_prefix_caching=True,  # the n samples of a prompt share its prefill
+            seed=replica,
+            trust_remote_code=False,
+        )
+        engine = cls(
+            llm,
+            tokenizer,
+            sampling_params_cls=vllm.SamplingParams,
+            stop_token_ids=stop_token_ids_of(model, tokenizer),
+            sleep_mode=settings.enable_sleep_mode,
+            replica=replica,
+            num_replicas=num_replicas,
+        )
+        engine.update_weights(model)
+        engine.release_memory()
+        return engine
+
+    # ----------------------------------------------------------------- protocol
+    def generate(
+        self,
+        requests: Sequence[RolloutRequest],
+        prompt_token_ids: Mapping[str, list[int]],
+        params: SamplingParams,
+        *,
+        seed: int,
+        policy_step: int = 0,
+    ) -> list[RequestResult]:
+        """``request.count`` completions per request, in request order (protocol contract)."""
+        start = time.perf_counter()
+        prompts = _validated_prompts(requests, prompt_token_ids)
+        assignment = assign_requests_to_replicas([r.count for r in requests], self.num_replicas)
+        mine = [i for i, r in enumerate(requests) if assignment[i] == self.replica and r.count > 0]
+        local: dict[int, RequestResult] = {}
+        if mine:
+            self._wake(SLEEP_TAGS)
+            # greedy samples are all the same: ask once, copy
+            per_request = 1 if params.greedy else None
+            sampling = [
+                self.sampling_params_cls(
+                    n=per_request or requests[i].count,
+                    temperature=params.temperature,
+                    top_p=params.top_p,
+                    max_tokens=params.max_new_tokens,
+                    seed=request_seed(seed, i),
+                    logprobs=0,
+                    stop_token_ids=self.stop_token_ids,
+                    detokenize=False,  # decoded here, with the project's tokenizer
+                )
+                for i in mine
+            ]
+            # TokensPrompt is a TypedDict: a plain dict is one
+            outputs = self.llm.generate(
+                [{"prompt_token_ids": prompts[i]} for i in mine], sampling, use_tqdm=False
+            )
+            if len(outputs) != len(mine):
+                raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(mine)} requests")
+            for i, output in zip(mine, outputs):
+                local[i] = request_output_to_result(
+                    output,
+                    requests[i],
+                    prompts[i],
+                    policy_step=policy_step,
+                    tokenizer=self.tokenizer,
+                    replicate=requests[i].count if params.greedy else 1,
+                )
+            self.release_memory()
+        merged = self._gather(local)
+        results = [
+            merged.get(i) or RequestResult(request=request, rollouts=[])
+            for i, request in enumerate(requests)
+        ]
+        self.last_stats = generation_stats(results, time.perf_counter() - start)
+        return results
+
+    def update_weights(self, weights: Any) -> None:
+        """Load the learner's weights (an ``nn.Module``, FSDP2-sharded or not, or a state dict)."""
+        self._wake(("weights",))
+        missing_per_worker = self.llm.collective_rpc(
+            load_weights_on_worker, args=(full_parameters(weights),)
+        )
+        for missing in missing_per_worker:
+            if missing:
+                raise RuntimeError(
+                    f"VLLMEngine.update_weights: {len(missing)} vLLM parameters received no "
+                    f"weights (first: {missing[:5]}); the learner's parameter names do not match "
+                    "the vLLM model's"
+                )
+        # cached prefixes hold keys and values computed with the old weights
+        self.llm.reset_prefix_cache()
+        self.weights_version += 1
+
+    # ----------------------------------------------------------------- memory
+    def release_memory(self) -> None:
+        """Sleep (level 1: weights to CPU memory, KV cache freed) when sleep mode is on."""
+        if self.sleep_mode and self._asleep != set(SLEEP_TAGS):
+            self.llm.sleep(level=1)
+            self._asleep = set(SLEEP_TAGS)
+
+    def _wake(self, tags: Sequence[str]) -> None:
+        to_wake = [tag for tag in SLEEP_TAGS if tag in tags and tag in self._asleep]
+        if to_wake:
+            self.llm.wake_up(tags=to_wake)
+            self._asleep -= set(to_wake)
+
+    # ----------------------------------------------------------------- replicas
+    def _gather(self, local: dict[int, RequestResult]) -> dict[int, RequestResult]:
+        if self.num_replicas == 1:
+            return local
+        import torch.distributed as dist
+
+        gathered: list[dict[int, RequestResult] | None] = [None] * dist.get_world_size(
+            self.process_group
+        )
+        dist.all_gather_object(gathered, local, group=self.process_group)
+        merged: dict[int, RequestResult] = {}
+        for part in gathered:
+            # the ranks of one tensor-parallel group return the same results; keep one copy
+            for index, result in (part or {}).items():
+                merged.setdefault(index, result)
+        return merged
+
+
+def _validated_prompts(
+    requests: Sequence[RolloutRequest], prompt_token_ids: Mapping[str, list[int]]
+) -> list[list[int]]:
+    prompts = []
+    for index, request in enumerate(requests):
+        if request.count < 0:
+            raise ValueError(
+                f"request {index} (prompt id {request.prompt_id!r}) asks for {request.count} rollouts"
+            )
+        if request.prompt_id not in prompt_token_ids:
+            raise KeyError(
+                f"no prompt token ids for prompt id {request.prompt_id!r} (request {index})"
+            )
+        ids = [int(t) for t in prompt_token_ids[request.prompt_id]]
+        if not ids:
+            raise ValueError(f"prompt id {request.prompt_id!r} has no token ids")
+        prompts.append(ids)
+    return prompts
+
+
+def _parallel_layout(tensor_parallel_size: int) -> tuple[int, int, str | None]:
+    """(replica, number of replicas, vLLM executor backend) for this process."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        world = dist.get_world_size()
+        if world % tensor_parallel_size:
+            raise ValueError(
+                f"rollout.vllm.tensor_parallel_size ({tensor_parallel_size}) must divide the "
+                f"torchrun world size ({world})"
+            )
+        return (
+            dist.get_rank() // tensor_parallel_size,
+            world // tensor_parallel_size,
+            "external_launcher",
+        )
+    if tensor_parallel_size > 1:
+        raise ValueError(
+            f"rollout.vllm.tensor_parallel_size is {tensor_parallel_size} but this is a single "
+            "process: start the run under `torchrun --nproc-per-node N` (N a multiple of it), "
+            "where each rank hosts one tensor-parallel shard next to its FSDP learner shard"
+        )
+    return 0, 1, None
+
+
+def _check_context_length(model: torch.nn.Module, max_model_len: int) -> None:
+    declared = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if (
+        declared is not None
+        and max_model_len > declared
+        and not os.environ.get("VLLM_ALLOW_LONG_MAX_MODEL_LEN")
+    ):
+        raise ValueError(
+            f"model.max_prompt_length + rollout.max_new_tokens = {max_model_len} tokens exceeds "
+            f"the model's max_position_embeddings ({declared}); vLLM refuses it unless "
+            "VLLM_ALLOW_LONG_MAX_MODEL_LEN=1 is set (the paper's 1.5B run needs it, see "
+            "docs/paper_scale.md) or the lengths are lowered"
+        )
