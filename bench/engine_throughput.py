@@ -5,7 +5,8 @@ temperature 1, on a random tiny ``Qwen2ForCausalLM`` (hidden 128, 3 layers, 4
 heads, FFN 512, tied embeddings; 0.79 M parameters) with the character
 tokenizer, ``torch.set_num_threads(2)``. Prints wall time per call (median and
 min over ``--calls``; the machine is shared, so the median is the number to
-quote and the min the uncontended cost), rollouts/s and generated tokens/s, for:
+quote and the min the uncontended cost), rollouts/s and generated tokens/s, and
+the process CPU seconds per call (less sensitive to other processes), for:
 
 - ``engine``: :class:`TransformersEngine` (shared-prompt prefill, finished rows
   dropped, log-probs returned);
@@ -85,12 +86,14 @@ def time_engine(
     engine = TransformersEngine(model, tokenizer, compact_fraction=compact_fraction)
     params = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=MAX_NEW_TOKENS)
     engine.generate(requests, prompt_ids, params, seed=-1)  # warm-up
-    walls, tokens = [], []
+    walls, cpus, tokens = [], [], []
     for seed in range(calls):
+        cpu_start = time.process_time()
         engine.generate(requests, prompt_ids, params, seed=seed)
+        cpus.append(time.process_time() - cpu_start)
         walls.append(engine.last_stats.wall_s)
         tokens.append(engine.last_stats.num_generated_tokens)
-    return walls, tokens
+    return walls, cpus, tokens
 
 
 def time_hf_generate(model, tokenizer, calls: int) -> tuple[list[float], list[int]]:
@@ -98,9 +101,10 @@ def time_hf_generate(model, tokenizer, calls: int) -> tuple[list[float], list[in
     input_ids = batch["input_ids"].repeat_interleave(ROLLOUTS_PER_PROMPT, dim=0)
     attention_mask = batch["attention_mask"].repeat_interleave(ROLLOUTS_PER_PROMPT, dim=0)
     eos = tokenizer.eos_token_id
-    walls, tokens = [], []
+    walls, cpus, tokens = [], [], []
     for seed in range(calls + 1):
         torch.manual_seed(seed)
+        cpu_start = time.process_time()
         start = time.perf_counter()
         with torch.inference_mode():
             out = model.generate(
@@ -120,6 +124,7 @@ def time_hf_generate(model, tokenizer, calls: int) -> tuple[list[float], list[in
             logp_BTV = torch.log_softmax(torch.stack(out.logits, dim=1).float(), dim=-1)
             logp_BTV.gather(2, completions_BT.unsqueeze(2))
         wall = time.perf_counter() - start
+        cpu = time.process_time() - cpu_start
         # tokens up to and including the first EOS
         is_eos_BT = completions_BT == eos
         first_eos_B = torch.where(
@@ -127,18 +132,22 @@ def time_hf_generate(model, tokenizer, calls: int) -> tuple[list[float], list[in
         )
         if seed > 0:  # the first call is a warm-up
             walls.append(wall)
+            cpus.append(cpu)
             tokens.append(int(first_eos_B.sum()))
-    return walls, tokens
+    return walls, cpus, tokens
 
 
-def report(name: str, eos_bias: float, walls: list[float], tokens: list[int]) -> None:
+def report(
+    name: str, eos_bias: float, walls: list[float], cpus: list[float], tokens: list[int]
+) -> None:
     rollouts = NUM_PROMPTS * ROLLOUTS_PER_PROMPT
     median = statistics.median(walls)
     mean_tokens = statistics.mean(tokens)
     print(
         f"{name:<22} eos_bias={eos_bias:<4} tokens/rollout {mean_tokens / rollouts:4.2f}  "
         f"wall median {median * 1e3:7.1f} ms (min {min(walls) * 1e3:6.1f})  "
-        f"rollouts/s {rollouts / median:7.0f}  tokens/s {mean_tokens / median:7.0f}"
+        f"rollouts/s {rollouts / median:7.0f}  tokens/s {mean_tokens / median:7.0f}  "
+        f"cpu s/call median {statistics.median(cpus):5.3f}"
     )
 
 
@@ -154,11 +163,11 @@ def main() -> None:
     for eos_bias in args.eos_bias:
         model = tiny_model(tokenizer, eos_bias)
         for fraction in args.compact_fraction:
-            walls, tokens = time_engine(model, tokenizer, args.calls, fraction)
-            report(f"engine (compact {fraction})", eos_bias, walls, tokens)
+            walls, cpus, tokens = time_engine(model, tokenizer, args.calls, fraction)
+            report(f"engine (compact {fraction})", eos_bias, walls, cpus, tokens)
         if not args.skip_hf:
-            walls, tokens = time_hf_generate(model, tokenizer, args.calls)
-            report("hf-generate", eos_bias, walls, tokens)
+            walls, cpus, tokens = time_hf_generate(model, tokenizer, args.calls)
+            report("hf-generate", eos_bias, walls, cpus, tokens)
 
 
 if __name__ == "__main__":
