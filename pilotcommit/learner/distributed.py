@@ -15,6 +15,8 @@ What this module does:
   the root takes the embeddings, the final norm and the head. Gradients are SUMMED across
   ranks (divide factor 1), not averaged: each rank's loss is already divided by the token
   count of the whole mini-batch, so the sum is the single-process gradient.
+- :func:`make_learner` is the one call a training loop makes: a :class:`DistributedLearner`
+  on the sharded model under ``torchrun``, the plain ``Learner`` in a single process.
 - :class:`DistributedLearner` is :class:`~pilotcommit.learner.update.Learner` on the sharded
   module. Every rank holds the same :class:`~pilotcommit.types.TrainBatch` (the loop runs the
   same allocation with the same seeds everywhere), packs all of it (a group's advantage needs
@@ -156,6 +158,15 @@ def shard_model(
             module.set_gradient_divide_factor(1.0)
             module.set_force_sum_reduction_for_comms(True)
     return model
+
+
+def make_learner(model: nn.Module, config: LearnerConfig, *, pad_id: int) -> Learner:
+    """The learner for this process: under ``torchrun`` with more than one process, shard
+    ``model`` (in place) and return a :class:`DistributedLearner`; otherwise a plain
+    :class:`Learner`. The one call the training loop needs to run on several GPUs."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return DistributedLearner(shard_model(model), config, pad_id=pad_id)
+    return Learner(model, config, pad_id=pad_id)
 
 
 def partition_rows(rows_N: Tensor, rank: int, world_size: int) -> Tensor:

@@ -105,6 +105,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         full_model_state_dict,
         init_distributed,
         load_full_model_state_dict,
+        make_learner,
         shard_model,
     )
 
@@ -112,7 +113,8 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     assert context.backend == "gloo" and context.world_size == WORLD_SIZE
     try:
         model, pad_id = _tiny_model()
-        learner = DistributedLearner(shard_model(model), LEARNER, pad_id=pad_id)
+        learner = make_learner(model, LEARNER, pad_id=pad_id)  # shards the model in place
+        assert isinstance(learner, DistributedLearner)
         metrics = [learner.update(make_batch(s), seed=s) for s in range(STEPS - 1)]
         weights = full_model_state_dict(model)
         learner_state = learner.state_dict()
@@ -269,3 +271,11 @@ def test_shard_model_without_a_process_group_fails_clearly():
 
     with pytest.raises(RuntimeError, match="init_distributed"):
         shard_model(_tiny_model()[0])
+
+
+def test_make_learner_in_a_single_process_is_the_plain_learner():
+    from pilotcommit.learner.distributed import make_learner
+
+    model, pad_id = _tiny_model()
+    learner = make_learner(model, LEARNER, pad_id=pad_id)
+    assert type(learner) is Learner and learner.model is model
