@@ -348,6 +348,11 @@ class VLLMSettings(StrictModel):
     gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0, description="KV-cache share.")
     enable_sleep_mode: bool = Field(True, description="Free GPU memory between rollouts.")
     max_num_seqs: int = Field(256, ge=1, description="Concurrent sequences.")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto",
+        description="Weights dtype of the vLLM copy (auto: the checkpoint's). The learner may keep "
+        "float32 master weights (model.dtype) while vLLM samples in bfloat16.",
+    )
 
 
 class RolloutConfig(StrictModel):
