@@ -163,9 +163,16 @@ def shard_model(
 def make_learner(model: nn.Module, config: LearnerConfig, *, pad_id: int) -> Learner:
     """The learner for this process: under ``torchrun`` with more than one process, shard
     ``model`` (in place) and return a :class:`DistributedLearner`; otherwise a plain
-    :class:`Learner`. The one call the training loop needs to run on several GPUs."""
+    :class:`Learner`. The one call the training loop needs to run on several GPUs.
+
+    With ``config.dtype == "bfloat16"`` the shards stay in their own dtype (float32 master
+    weights) and FSDP all-gathers them in bfloat16 for compute, reducing gradients in float32.
+    """
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        return DistributedLearner(shard_model(model), config, pad_id=pad_id)
+        mp_policy = None
+        if config.dtype == "bfloat16":
+            mp_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        return DistributedLearner(shard_model(model, mp_policy=mp_policy), config, pad_id=pad_id)
     return Learner(model, config, pad_id=pad_id)
 
 

@@ -325,11 +325,10 @@ class VLLMEngine:
         # the worker must run in this process: weights are handed over by reference
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         if isinstance(cfg.model, PretrainedModelConfig):
-            source, revision, dtype = cfg.model.name_or_path, cfg.model.revision, cfg.model.dtype
+            source, revision = cfg.model.name_or_path, cfg.model.revision
             max_model_len = cfg.model.max_prompt_length + cfg.rollout.max_new_tokens
         else:
-            source = getattr(model, "name_or_path", "") or ""
-            revision, dtype = None, str(next(model.parameters()).dtype).removeprefix("torch.")
+            source, revision = getattr(model, "name_or_path", "") or "", None
             max_model_len = int(model.config.max_position_embeddings)
             if not os.path.isdir(source):
                 raise ValueError(
@@ -341,7 +340,8 @@ class VLLMEngine:
         llm = vllm.LLM(
             model=source,
             revision=revision,
-            dtype=dtype,
+            # may differ from the learner's: float32 master weights, bfloat16 sampling
+            dtype=settings.dtype,
             tensor_parallel_size=settings.tensor_parallel_size,
             distributed_executor_backend=backend,
             gpu_memory_utilization=settings.gpu_memory_utilization,
