@@ -461,7 +461,11 @@ class TestRealVLLM:
 
         cfg = load_experiment_config(
             SMOKE_CONFIG,
-            overrides=["rollout.engine=vllm", "rollout.vllm.gpu_memory_utilization=0.3"],
+            overrides=[
+                "rollout.engine=vllm",
+                "rollout.vllm.gpu_memory_utilization=0.3",
+                "rollout.vllm.dtype=float32",  # the tiny checkpoint is float32 (auto would be fp16)
+            ],
         )
         directory = tmp_path_factory.mktemp("tiny-policy")
         build_tiny_model(cfg.model, TOKENIZER, seed=0).save_pretrained(directory)
