@@ -45,6 +45,7 @@ cluster, rewards, and choosing seeds (``derive_seed`` at the call site, as for e
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -442,6 +443,20 @@ class VLLMEngine:
         self.weights_version += 1
 
     # ----------------------------------------------------------------- memory
+    def close(self) -> None:
+        """Shut the vLLM engine down and free its GPU memory (call once a run is over: a
+        process that runs several trainings one after the other needs the memory back)."""
+        llm, self.llm = self.llm, None
+        if llm is None:
+            return
+        engine_core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if engine_core is not None:
+            engine_core.shutdown()
+        del llm
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
     def release_memory(self) -> None:
         """Sleep (level 1: weights to CPU memory, KV cache freed) when sleep mode is on."""
         if self.sleep_mode and self._asleep != set(SLEEP_TAGS):

@@ -160,6 +160,12 @@ class FakeLLM:
     def reset_prefix_cache(self):
         self.calls.append(("reset_prefix_cache",))
 
+    @property
+    def llm_engine(self):
+        return SimpleNamespace(
+            engine_core=SimpleNamespace(shutdown=lambda: self.calls.append(("shutdown",)))
+        )
+
 
 def tiny_model(seed: int) -> torch.nn.Module:
     return build_tiny_model(TINY, TOKENIZER, seed=seed)
@@ -520,3 +526,11 @@ class TestRealVLLM:
         for rollout in result[0].rollouts:
             expected = self._learner_logprobs(model, rollout)
             assert torch.allclose(torch.tensor(rollout.sampler_logprobs), expected, atol=2e-2)
+
+
+def test_close_shuts_the_engine_down_once():
+    engine, llm = make_engine()
+    engine.close()
+    engine.close()
+    assert [c for c in llm.calls if c[0] == "shutdown"] == [("shutdown",)]
+    assert engine.llm is None
