@@ -238,8 +238,9 @@ class DistributedLearner(Learner):
         minibatches = [m for m in order_N.chunk(config.optimizer_steps_per_batch) if len(m)]
         tokens_B = packed.completion_mask_BT.sum(dim=1)
         self.model.train()
-        # loss, clip*tokens, kl*tokens, ratio*tokens, tokens, trained rows (summed over ranks at the end)
-        totals = [0.0] * 6
+        # loss, clip*tokens, kl*tokens, ratio*tokens, tokens, trained rows, |old - sampler| logp sum
+        # (summed over ranks at the end)
+        totals = [0.0] * 7
         grad_norms = []
         for mini_rows in minibatches:
             has_advantage_N = packed.advantages_B[mini_rows] != 0
@@ -292,6 +293,9 @@ class DistributedLearner(Learner):
                 out.loss.backward()
                 if is_padding:
                     continue
+                # engine vs learner disagreement (a different kernel, dtype or stale weights)
+                sampler_BT = packed.sampler_logp_BT[rows].to(self.device)[:, : mask.shape[1]]
+                totals[6] += float(((old[i] - sampler_BT).abs() * mask).sum())
                 tokens = float(out.num_tokens)
                 totals[0] += float(out.loss.detach())
                 totals[1] += float(out.clip_fraction) * tokens
@@ -317,13 +321,14 @@ class DistributedLearner(Learner):
             self.optimizer.step()
         self.scheduler.step()
         self.model.eval()
-        loss, clip, kl, ratio, tokens_trained, trained_rows = self._all_reduce(totals)
+        loss, clip, kl, ratio, tokens_trained, trained_rows, sampler_gap = self._all_reduce(totals)
         tokens = max(tokens_trained, 1.0)
         return {
             "loss/policy": loss / max(len(minibatches), 1),
             "loss/clip_fraction": clip / tokens,
             "loss/approx_kl": kl / tokens,
             "loss/ratio_mean": ratio / tokens if tokens_trained else 1.0,
+            "loss/sampler_logp_gap": sampler_gap / tokens,
             "grad/norm": float(max(grad_norms)) if grad_norms else 0.0,
             "learner/lr": self.optimizer.param_groups[0]["lr"],
             "learner/optimizer_steps": float(len(minibatches)),

@@ -200,22 +200,11 @@ def test_sharded_update_equals_the_single_process_update(sharded, single_process
     for single, distributed in zip(single_metrics, sharded["metrics"]):
         # clipping was active: the global norm over both shards is what the single process saw
         assert single["grad/norm"] > LEARNER.grad_clip
-        for key in (
-            "grad/norm",
-            "loss/policy",
-            "loss/clip_fraction",
-            "loss/approx_kl",
-            "loss/ratio_mean",
-        ):
-            assert distributed[key] == pytest.approx(single[key], rel=1e-4, abs=1e-6), key
-        for key in (
-            "learner/trained_sequences",
-            "learner/skipped_zero_advantage",
-            "learner/completion_tokens",
-            "learner/optimizer_steps",
-            "learner/lr",
-        ):
-            assert distributed[key] == single[key], key
+        # every metric of the single-process learner, with the same value (a metric added to
+        # Learner.update and not to DistributedLearner.update fails here)
+        assert set(single) <= set(distributed), sorted(set(single) - set(distributed))
+        for key, value in single.items():
+            assert distributed[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
     # the equal-reward groups were skipped, the others trained once each
     assert sharded["metrics"][0]["learner/skipped_zero_advantage"] == 4 * len(ZERO_ADVANTAGE_GROUPS)
 
