@@ -4,7 +4,7 @@ For each method, a real training run (tiny model, transformers engine, learner,
 allocation policy) runs in a subprocess (tests/integration/_train_subprocess.py)
 and is killed with SIGKILL mid-way: after a checkpoint exists and before the
 run finishes, at a different point for each method (right after the first
-checkpoint, in the middle of a step, a step after a later checkpoint). The same
+checkpoint, during the step after a later one, ...: see KILL_POINTS). The same
 command is then run again: it resumes from the last checkpoint. Its final
 evaluation history, rollout counts, per-step metrics, weights, optimizer state
 and allocation state must equal those of an uninterrupted run with the same seed,
@@ -15,7 +15,7 @@ A second test kills a process that does nothing but write checkpoints, at
 random moments, and checks that the latest checkpoint always loads whole.
 
 The smoke data and warm-started policy are built once per session (conftest) and
-shared by every run; each run is 6 steps of seconds. Nothing here is a test double.
+shared by every run; each run is 12 steps of seconds. Nothing here is a test double.
 """
 
 from __future__ import annotations
@@ -43,8 +43,10 @@ from tests.conftest import REPO_ROOT, SMOKE_CONFIG
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 TRAIN_SCRIPT = Path(__file__).with_name("_train_subprocess.py")
-OVERRIDES = ["budget.max_steps=6", "checkpoint.every_steps=2"]
-MAX_STEPS = 6
+# Enough steps after every kill point that the run cannot finish before the kill lands, even
+# when this process is starved of CPU for a second or two on a loaded machine.
+MAX_STEPS = 12
+OVERRIDES = [f"budget.max_steps={MAX_STEPS}", "checkpoint.every_steps=3", "eval.every_steps=3"]
 # metrics that measure the machine, not the run
 TIMING_PREFIXES = ("time/", "throughput/")
 START_TIMEOUT_S = 180.0  # a cold subprocess imports torch + transformers on a shared 2-core box
@@ -109,30 +111,33 @@ def _mid_step(step: int):
 
 
 KILL_POINTS = {
-    "grpo": ("after the first checkpoint", _checkpoint_written),
-    "dapo": ("while step 3 is being evaluated", _mid_step(3)),
-    "pilot_commit": ("after step 5, a step past the step-4 checkpoint", _mid_step(5)),
+    "grpo": ("right after the first checkpoint (step 3)", _checkpoint_written),
+    "dapo": ("right after step 4 logged its metrics, a step past the step-3 checkpoint", _mid_step(4)),
+    "pilot_commit": ("right after step 7, a step past the step-6 checkpoint", _mid_step(7)),
 }
 
 
 def _kill_when(command: list[str], run_dir: Path, metrics_log: Path, trigger) -> int:
     """Start ``command``, SIGKILL it as soon as ``trigger`` holds; return the checkpoint step it
     left behind. Fails if the run finished before it could be killed."""
-    proc = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # output to a file, not a pipe: a pipe nobody reads until the end would stall a chatty run
+    log = metrics_log.with_name("killed-run.log")
+    with log.open("w") as output:
+        proc = subprocess.Popen(command, env=_env(), stdout=output, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + START_TIMEOUT_S
     try:
         while not trigger(run_dir, metrics_log):
             if proc.poll() is not None:
-                out, err = proc.communicate()
-                pytest.fail(f"the run ended (exit {proc.returncode}) before it could be killed:\n{err[-3000:]}")
+                pytest.fail(f"the run ended (exit {proc.returncode}) before it could be killed:\n"
+                            f"{log.read_text()[-3000:]}")
             if time.monotonic() > deadline:
                 pytest.fail(f"no kill point within {START_TIMEOUT_S} s")
             time.sleep(0.005)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
-        if proc.poll() is None and time.monotonic() > deadline:
+        if proc.poll() is None:  # also when the test itself fails: never leave the run behind
             proc.kill()
-        proc.communicate()
+        proc.wait()
     assert proc.returncode == -signal.SIGKILL, f"exit {proc.returncode}: the run was not killed mid-way"
     assert not (run_dir / RESULT_FILE).exists(), "a killed run left a result.json that looks complete"
     latest = latest_checkpoint(run_dir)
