@@ -26,13 +26,18 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from pilotcommit.checkpoint import STATE_FILE, CheckpointError, checkpoint_root, latest_checkpoint, load_checkpoint
+from pilotcommit.checkpoint import (
+    STATE_FILE,
+    CheckpointError,
+    checkpoint_root,
+    latest_checkpoint,
+    load_checkpoint,
+)
 from pilotcommit.config import ConfigError, load_experiment_config
 from pilotcommit.data.loaders import DatasetColumnError
 from pilotcommit.data.schema import DatasetValidationError
 from pilotcommit.loop import FINAL_POLICY_DIR, RESULT_FILE, TrainingDivergedError, train_run
 from pilotcommit.pipeline import PreparedData, prepare_data, read_prompt_table
-
 from tests.conftest import CONF_DIR, SMOKE_CONFIG
 
 pytestmark = pytest.mark.integration

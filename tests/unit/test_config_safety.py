@@ -28,7 +28,6 @@ from pilotcommit.config import (
     load_experiment_config,
 )
 from pilotcommit.rewards import REWARDS
-
 from tests.conftest import CONF_DIR, REPO_ROOT, SMOKE_CONFIG
 
 SMOKE_TEXT = SMOKE_CONFIG.read_text()
