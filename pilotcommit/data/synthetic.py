@@ -42,38 +42,60 @@ _DIGIT, _PLUS_MINUS = "d", "±"
 
 @dataclass(frozen=True)
 class _Template:
-    widths: tuple[int, ...]  # digits of each operand
+    # one pattern per operand: "d" is a random digit, a literal digit stands for itself
+    operands: tuple[str, ...]
     operators: tuple[str, ...]  # one entry per gap; "±" means + or -
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        return tuple(len(o) for o in self.operands)
 
 
 def parse_template(template: str) -> _Template:
-    """Split ``"dd*d±dd"`` into operand widths ``(2, 1, 2)`` and operators ``("*", "±")``."""
-    widths: list[int] = []
+    """Split ``"dd*d±dd"`` into operands ``("dd", "d", "dd")`` and operators ``("*", "±")``.
+
+    Operands are runs of ``d`` (a random digit) and literal digits: ``"dd+0"`` is a two-digit
+    number plus zero. A literal multi-digit operand must not start with 0.
+    """
+    operands: list[str] = []
     operators: list[str] = []
-    run = 0
+    run = ""
     for char in template:
-        if char == _DIGIT:
-            run += 1
+        if char == _DIGIT or char.isdigit():
+            run += char
         elif char in OPERATORS or char == _PLUS_MINUS:
-            if run == 0:
+            if not run:
                 raise ValueError(f"template {template!r}: operator {char!r} without a left operand")
-            widths.append(run)
+            operands.append(run)
             operators.append(char)
-            run = 0
+            run = ""
         else:
             raise ValueError(f"template {template!r}: unknown symbol {char!r}")
-    if run == 0:
+    if not run:
         raise ValueError(f"template {template!r}: must end with an operand")
-    widths.append(run)
-    return _Template(tuple(widths), tuple(operators))
+    operands.append(run)
+    for operand in operands:
+        if len(operand) > 1 and operand[0] == "0":
+            raise ValueError(f"template {template!r}: operand {operand!r} has a leading zero")
+    return _Template(tuple(operands), tuple(operators))
+
+
+def _draw_operand(pattern: str, rng: np.random.Generator) -> str:
+    digits = []
+    for position, char in enumerate(pattern):
+        if char != _DIGIT:
+            digits.append(char)
+        else:
+            # a multi-digit operand has a non-zero leading digit, so "dd" is 10..99
+            low = 1 if position == 0 and len(pattern) > 1 else 0
+            digits.append(str(int(rng.integers(low, 10))))
+    return "".join(digits)
 
 
 def _draw_problem(template: _Template, rng: np.random.Generator) -> str:
     parts: list[str] = []
-    for i, width in enumerate(template.widths):
-        # a multi-digit operand has a non-zero leading digit, so "dd" is 10..99
-        low = 0 if width == 1 else 10 ** (width - 1)
-        parts.append(str(int(rng.integers(low, 10**width))))
+    for i, pattern in enumerate(template.operands):
+        parts.append(_draw_operand(pattern, rng))
         if i < len(template.operators):
             op = template.operators[i]
             parts.append(("+", "-")[int(rng.integers(2))] if op == _PLUS_MINUS else op)
@@ -98,20 +120,19 @@ class ArithLevel:
             raise ValueError(f"level {self.level}: n_train and n_test must be >= 0")
 
 
-# The default mix (docs/embedded_task.md explains the choice). Levels are graded finely in
-# the middle, where a tiny model trained for a minute is partly right: that is where RL has
-# signal. Level 0-1 are near-certain, the last levels mostly out of reach (too hard).
+# The default mix, the same as conf/data/arith.yaml (docs/embedded_task.md explains it): trivial
+# identities the warm-started policy always solves, graded middle levels it partly solves (where
+# RL has signal), and multi-digit sums and products it never solves.
 DEFAULT_LEVELS: tuple[ArithLevel, ...] = (
-    ArithLevel(0, ("d+d",), n_train=60, n_test=40),
-    ArithLevel(1, ("d*d",), n_train=60, n_test=40),
-    ArithLevel(2, ("dd±d",), n_train=900, n_test=60),
-    ArithLevel(3, ("dd±dd",), n_train=2500, n_test=60),
-    ArithLevel(4, ("dd*d",), n_train=700, n_test=60),
-    ArithLevel(5, ("d*d±dd", "dd±d*d"), n_train=2500, n_test=60),
-    ArithLevel(6, ("dd*d±d",), n_train=2500, n_test=60),
-    ArithLevel(7, ("dd*d±dd",), n_train=3000, n_test=60),
-    ArithLevel(8, ("ddd±ddd",), n_train=3000, n_test=60),
-    ArithLevel(9, ("dd*dd",), n_train=3000, n_test=60),
+    ArithLevel(0, ("dd+0", "0+dd", "dd*1", "1*dd", "dd-0"), n_train=350, n_test=100),
+    ArithLevel(1, ("d+d",), n_train=60, n_test=40),
+    ArithLevel(2, ("dd+d", "d+dd"), n_train=1500, n_test=70),
+    ArithLevel(3, ("dd+dd",), n_train=3000, n_test=70),
+    ArithLevel(4, ("dd-d", "dd-dd"), n_train=3000, n_test=70),
+    ArithLevel(5, ("dd*d",), n_train=700, n_test=70),
+    ArithLevel(6, ("d*d+dd", "dd+d*d"), n_train=3000, n_test=70),
+    ArithLevel(7, ("ddd+ddd",), n_train=3000, n_test=55),
+    ArithLevel(8, ("dd*dd",), n_train=3000, n_test=55),
 )
 
 

@@ -161,7 +161,7 @@ class Learner:
         order_N = torch.randperm(n, generator=generator)
         minibatches = [m for m in order_N.chunk(config.optimizer_steps_per_batch) if len(m)]
         self.model.train()
-        totals = {"loss": 0.0, "clip": 0.0, "kl": 0.0, "ratio": 0.0, "tokens": 0.0}
+        totals = {"loss": 0.0, "clip": 0.0, "kl": 0.0, "ratio": 0.0, "tokens": 0.0, "sampler_gap": 0.0}
         grad_norms = []
         trained_rows = 0
         for mini_rows in minibatches:
@@ -176,6 +176,9 @@ class Learner:
             self.optimizer.zero_grad(set_to_none=True)
             for i, rows in enumerate(micro):
                 ids, att, mask = self._rows_to_device(packed, rows)
+                # engine vs learner disagreement (a different kernel, dtype or stale weights)
+                sampler_BT = packed.sampler_logp_BT[rows].to(self.device)[:, : mask.shape[1]]
+                totals["sampler_gap"] += float(((old[i] - sampler_BT).abs() * mask).sum())
                 logp_BT = self._logprobs(ids, att).float()
                 out = policy_loss(
                     logp_BT,
@@ -211,6 +214,7 @@ class Learner:
             "loss/clip_fraction": totals["clip"] / tokens,
             "loss/approx_kl": totals["kl"] / tokens,
             "loss/ratio_mean": totals["ratio"] / tokens if totals["tokens"] else 1.0,
+            "loss/sampler_logp_gap": totals["sampler_gap"] / tokens,
             "grad/norm": float(max(grad_norms)) if grad_norms else 0.0,
             "learner/lr": self.optimizer.param_groups[0]["lr"],
             "learner/optimizer_steps": float(len(minibatches)),
