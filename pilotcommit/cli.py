@@ -28,6 +28,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+# Prefect's ephemeral API server gets 20 s to start by default; a busy laptop needs more.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 app = typer.Typer(
@@ -158,10 +161,17 @@ def _print_report(result: dict, title: str) -> None:
 
 
 def _print_where(out: dict) -> None:
+    from pilotcommit import tracking
+
     uri = out["tracking_uri"]
     console.print(f"MLflow: experiment {out['experiment_id']}, parent run [bold]{out['parent_run_id']}[/] in {uri}")
+    ui = uri if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
     if uri.startswith("sqlite:"):
-        console.print(f"  browse: mlflow ui --backend-store-uri {uri} --host 127.0.0.1")
+        console.print(f"  browse: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
+    run_ids = [r["mlflow_run_id"] for r in out.get("runs", [])]
+    if run_ids:
+        console.print("  accuracy against rollouts, all runs: "
+                      + tracking.metric_chart_url(ui, out["experiment_id"], run_ids), soft_wrap=True)
 
 
 # --------------------------------------------------------------------------- commands

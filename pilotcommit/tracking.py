@@ -108,6 +108,7 @@ TAG_LOST_METRICS = "pilotcommit.tracking.lost_metrics"
 TAG_SPOOL = "pilotcommit.tracking.spool_file"
 PARENT_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 
 BY_ROLLOUTS_PREFIX = "by_rollouts/"
 
@@ -288,13 +289,19 @@ def ensure_experiment(client, name: str, artifact_location: str | None = None) -
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         try:
-            return client.create_experiment(name, artifact_location=artifact_location)
+            return client.create_experiment(
+                name, artifact_location=artifact_location,
+                tags={EXPERIMENT_KIND_TAG: "custom_model_development"},
+            )
         except Exception:  # a concurrent worker created it first
             experiment = client.get_experiment_by_name(name)
             if experiment is None:
                 raise
     if experiment.lifecycle_stage == "deleted":
         client.restore_experiment(experiment.experiment_id)
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        # MLflow 3's UI opens GenAI (traces) views unless an experiment says it is model training.
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, "custom_model_development")
     return experiment.experiment_id
 
 
@@ -470,6 +477,20 @@ def flatten_params(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             flat[name] = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
     return flat
+
+
+def metric_chart_url(ui_url: str, experiment_id: str, run_ids: list[str],
+                     metric: str = "by_rollouts/eval/average_accuracy") -> str:
+    """The MLflow UI page charting ``metric`` for ``run_ids`` against MLflow's step (for
+    ``by_rollouts/`` metrics: the cumulative rollout budget). Same query as the UI builds."""
+    from urllib.parse import quote
+
+    return (
+        f"{ui_url.rstrip('/')}/#/metric?runs={json.dumps(run_ids)}&metric={quote(json.dumps(metric))}"
+        f"&experiments={json.dumps([experiment_id])}&plot_metric_keys={quote(json.dumps([metric]))}"
+        "&plot_layout={}&x_axis=step&y_axis_scale=linear&line_smoothness=1&show_point=true"
+        "&deselected_curves=[]&last_linear_y_axis_range=[]"
+    ).replace(" ", "")
 
 
 def metric_history(client, run_id: str, key: str) -> list[tuple[int, float]]:

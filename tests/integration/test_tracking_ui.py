@@ -1,0 +1,67 @@
+"""A real browser check of the MLflow UI on a finished comparison.
+
+``pilotcommit compare`` on the smoke config, then ``mlflow server`` on 127.0.0.1 over its store,
+then headless Chromium (Debian's ``chromium``) on the UI page that charts
+``by_rollouts/eval/average_accuracy`` for the comparison's child runs: the three methods' runs
+must be on the rendered page. A screenshot is written to the test's directory, or to
+``docs/mlflow_by_rollouts.png`` with ``PILOTCOMMIT_UPDATE_DOCS_SCREENSHOT=1``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from pilotcommit import services, tracking
+from tests.conftest import REPO_ROOT, SMOKE_CONFIG
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium package"),
+]
+
+
+def chromium(args: list[str], url: str) -> subprocess.CompletedProcess:
+    base = ["chromium", "--headless=new", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=25000",
+            "--window-size=1600,1000"]
+    return subprocess.run(base + args + [url], capture_output=True, text=True, timeout=240)
+
+
+def test_mlflow_ui_shows_the_three_methods_by_rollouts(tmp_path):
+    env = dict(os.environ)
+    for key in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "PILOTCOMMIT_RUNS_DIR"):
+        env.pop(key, None)
+    env.update(services.prefect_env(tmp_path / "prefect"))
+    runs = tmp_path / "runs"
+    done = subprocess.run([sys.executable, "-m", "pilotcommit.cli", "compare", "-c", str(SMOKE_CONFIG),
+                           "--runs-dir", str(runs)], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    store = f"sqlite:///{runs / 'mlflow.db'}"
+    client = tracking.mlflow_client(store)
+    experiment = client.get_experiment_by_name("smoke")
+    assert experiment.tags.get("mlflow.experimentKind") == "custom_model_development"
+    parent = tracking.latest_parent_run(client, experiment.experiment_id, "smoke")
+    children = tracking.child_runs(client, experiment.experiment_id, parent.info.run_id)
+    names = sorted(r.info.run_name for r in children)
+    assert len(names) == 3
+
+    server = services.start_mlflow_server(store, runs / "mlartifacts", tmp_path / "mlflow.log")
+    try:
+        url = tracking.metric_chart_url(server.url, experiment.experiment_id, [r.info.run_id for r in children])
+        page = chromium(["--dump-dom"], url)
+        for name in names:
+            assert name in page.stdout, f"{name} not on the rendered page"
+        assert "by_rollouts/eval/average_accuracy" in page.stdout
+        target = (REPO_ROOT / "docs" / "mlflow_by_rollouts.png"
+                  if os.environ.get("PILOTCOMMIT_UPDATE_DOCS_SCREENSHOT") else tmp_path / "mlflow_by_rollouts.png")
+        chromium([f"--screenshot={target}"], url)
+        assert target.is_file() and target.stat().st_size > 10_000
+    finally:
+        server.stop()
