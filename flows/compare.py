@@ -16,7 +16,12 @@ from prefect import flow
 
 from flows import stages
 from pilotcommit import report, tracking
-from pilotcommit.config import ExperimentConfig, config_hash, demo_config_path, load_experiment_config
+from pilotcommit.config import (
+    ExperimentConfig,
+    config_hash,
+    demo_config_path,
+    load_experiment_config,
+)
 
 
 def comparison_tags(ctx: stages.Context, cfg: ExperimentConfig, kind: str) -> dict[str, str]:

@@ -22,7 +22,6 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows import stages
 from flows.compare import compare_flow
 from pilotcommit import report, tracking
 from pilotcommit.config import demo_config_path, load_experiment_config

@@ -37,7 +37,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from pilotcommit import tracking
-from pilotcommit.config import ExperimentConfig, config_hash
+from pilotcommit.config import ExperimentConfig
 
 STAGE_FILE = "stage.json"
 TRACKING_FILE = "tracking.json"
@@ -118,7 +118,7 @@ class Context:
                 "git_sha": self.git_sha}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Context":
+    def from_dict(cls, data: dict) -> Context:
         return cls(Path(data["runs_root"]), data["tracking_uri"], data["experiment_id"],
                    data["code_version"], data["git_sha"])
 
@@ -230,7 +230,7 @@ def stage_options(ctx: Context, refresh: bool) -> dict:
 
 # --------------------------------------------------------------------------- tasks
 
-_TASK_DEFAULTS = dict(persist_result=True, cache_key_fn=_key_from_parameters, result_serializer="json")
+_TASK_DEFAULTS = {"persist_result": True, "cache_key_fn": _key_from_parameters, "result_serializer": "json"}
 
 
 @task(name="prepare-data", **_TASK_DEFAULTS)

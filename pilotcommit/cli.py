@@ -18,11 +18,18 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 # Quiet Prefect's per-task INFO lines unless asked (--verbose); must precede the first import.
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
@@ -46,10 +53,10 @@ EXIT_CONFIG = 2
 EXIT_SERVICE = 3
 EXIT_FAILED = 1
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="Experiment YAML (default: the embedded demo).")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override KEY=VALUE (repeatable), e.g. learner.lr=1e-4.")]
-RunsDirOpt = Annotated[Optional[Path], typer.Option("--runs-dir", help="Runs, caches and the default MLflow store (default ./runs or $PILOTCOMMIT_RUNS_DIR).")]
-UriOpt = Annotated[Optional[str], typer.Option("--tracking-uri", help="MLflow tracking URI (default: config, $MLFLOW_TRACKING_URI, SQLite in the runs dir).")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Experiment YAML (default: the embedded demo).")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override KEY=VALUE (repeatable), e.g. learner.lr=1e-4.")]
+RunsDirOpt = Annotated[Path | None, typer.Option("--runs-dir", help="Runs, caches and the default MLflow store (default ./runs or $PILOTCOMMIT_RUNS_DIR).")]
+UriOpt = Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI (default: config, $MLFLOW_TRACKING_URI, SQLite in the runs dir).")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's logs.")]
 
 
@@ -147,7 +154,7 @@ def _run_flow(call, verbose: bool):
         return call()
     except KeyboardInterrupt:
         _fail("interrupted; rerun the same command to resume from the last checkpoints", 130)
-    except Exception as err:  # noqa: BLE001 (the CLI boundary: one clear line, then exit)
+    except Exception as err:
         if verbose:
             raise
         _fail(f"{type(err).__name__}: {err}", EXIT_FAILED)
@@ -211,7 +218,7 @@ def compare(
 def train(
     method: Annotated[str, typer.Option("--method", "-m", help="Method label of the config: grpo, dapo or pilot_commit.")],
     config: ConfigOpt = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed (default: the config's first).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed (default: the config's first).")] = None,
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Resume from the run's last checkpoint.")] = True,
     set_: SetOpt = None,
     runs_dir: RunsDirOpt = None,
@@ -318,7 +325,7 @@ def _client_and_experiment(config: Path | None, set_: list[str] | None, runs_dir
 
 @app.command()
 def report(
-    run_id: Annotated[Optional[str], typer.Option("--run-id", help="Parent run of a comparison (default: the latest of the config).")] = None,
+    run_id: Annotated[str | None, typer.Option("--run-id", help="Parent run of a comparison (default: the latest of the config).")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     runs_dir: RunsDirOpt = None,
@@ -349,7 +356,7 @@ def report(
 
 @app.command()
 def accept(
-    run_id: Annotated[Optional[str], typer.Option("--run-id", help="Parent run to accept (default: the latest comparison of the config).")] = None,
+    run_id: Annotated[str | None, typer.Option("--run-id", help="Parent run to accept (default: the latest comparison of the config).")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     runs_dir: RunsDirOpt = None,

@@ -169,7 +169,7 @@ class ComparisonSummary:
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ComparisonSummary":
+    def from_dict(cls, data: Mapping[str, Any]) -> ComparisonSummary:
         """Inverse of :meth:`to_dict` (cached flow results are JSON)."""
         def seeds(d: Mapping[str, Any]) -> dict[int, Any]:
             return {int(k): v for k, v in d.items()}

@@ -24,6 +24,7 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 LOCALHOST = "127.0.0.1"
 DEFAULT_WORK_POOL = "pilotcommit-local"
@@ -43,7 +44,7 @@ def free_port(host: str = LOCALHOST) -> int:
 def http_ok(url: str, timeout_s: float = 2.0) -> bool:
     """True when ``GET url`` answers 200 within ``timeout_s``."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 (local URLs)
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
             return response.status == 200
     except (urllib.error.URLError, OSError, TimeoutError, ValueError):
         return False
@@ -226,7 +227,7 @@ def prefect_cli(
     env.update(prefect_env(home, api_url))
     env.update(extra_env or {})
     command = [sys.executable, "-m", "prefect", "--no-prompt", *args]
-    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout_s)
+    done = subprocess.run(command, check=False, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout_s)
     if done.returncode != 0:
         raise ServiceError(
             f"`prefect {' '.join(args)}` failed with code {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
@@ -280,7 +281,7 @@ class ServiceStack:
         while self.services:
             self.services.pop().stop()
 
-    def __enter__(self) -> "ServiceStack":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -35,7 +35,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, Self, runtime_checkable
 
 import pandas as pd
 
@@ -235,7 +235,7 @@ def check_tracking_server(uri: str, timeout_s: float = 5.0) -> None:
     if parsed.scheme in ("http", "https"):
         url = uri.rstrip("/") + "/health"
         try:
-            with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 (http(s) only)
+            with urllib.request.urlopen(url, timeout=timeout_s) as response:
                 status = response.status
         except urllib.error.HTTPError as err:
             status = err.code
@@ -764,7 +764,7 @@ class MlflowTracker:
         _remove_tree(self._tmpdir)
         return self.gap
 
-    def __enter__(self) -> "MlflowTracker":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

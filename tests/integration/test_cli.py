@@ -33,7 +33,7 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
 
 
 def run_cli(args: list[str], env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pilotcommit.cli", *args], cwd=REPO_ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "pilotcommit.cli", *args], check=False, cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 

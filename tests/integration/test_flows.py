@@ -33,16 +33,20 @@ DESIGN_METRICS = [
 @pytest.fixture(scope="module")
 def prefect_home(tmp_path_factory):
     from prefect.settings import (
-        PREFECT_HOME, PREFECT_LOCAL_STORAGE_PATH, PREFECT_LOGGING_LEVEL, PREFECT_SERVER_ANALYTICS_ENABLED,
+        PREFECT_HOME,
+        PREFECT_LOCAL_STORAGE_PATH,
+        PREFECT_LOGGING_LEVEL,
+        PREFECT_SERVER_ANALYTICS_ENABLED,
         temporary_settings,
     )
     from prefect.testing.utilities import prefect_test_harness
 
     home = tmp_path_factory.mktemp("prefect-home")
-    with temporary_settings(updates={PREFECT_HOME: home, PREFECT_LOCAL_STORAGE_PATH: home / "storage",
-                                     PREFECT_SERVER_ANALYTICS_ENABLED: False, PREFECT_LOGGING_LEVEL: "WARNING"}):
-        with prefect_test_harness(server_startup_timeout=240):
-            yield home
+    settings = {PREFECT_HOME: home, PREFECT_LOCAL_STORAGE_PATH: home / "storage",
+                PREFECT_SERVER_ANALYTICS_ENABLED: False, PREFECT_LOGGING_LEVEL: "WARNING"}
+    # The harness's database and server are temporary too (its own temp dir).
+    with temporary_settings(updates=settings), prefect_test_harness(server_startup_timeout=240):
+        yield home
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ blocking the caller, and the gap is reported.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
