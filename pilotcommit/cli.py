@@ -147,9 +147,16 @@ class TrainingProgress:
         self.progress.stop()
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def _run_flow(call, verbose: bool):
     """Run a flow; print a failure's message (not Prefect's traceback) and exit 1."""
     _quiet_prefect(verbose)
+    # SIGTERM (a scheduler, `kill`) unwinds like Ctrl-C: runs are marked FAILED, the last
+    # checkpoint stays, Prefect's ephemeral server is stopped; rerunning resumes.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         return call()
     except KeyboardInterrupt:
