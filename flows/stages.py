@@ -34,7 +34,7 @@ from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prefect.runtime import flow_run
+from prefect.runtime import flow_run, task_run
 
 from pilotcommit import tracking
 from pilotcommit.config import ExperimentConfig
@@ -284,23 +284,24 @@ def train_task(
 
     run_path = Path(run_dir)
     client = tracking.mlflow_client(tracking_uri)
+    if task_run.run_count > 1:
+        fresh = False  # a Prefect retry continues the attempt that failed, never restarts it
     done = None if fresh else read_train_outputs(run_path)
     if done is not None:
         source = done.get("mlflow_run_id")
         if source == mlflow_run_id and client.get_run(mlflow_run_id).info.status == "FINISHED":
             return done
         if source != mlflow_run_id and tracking.run_exists(client, source):
-            tracking.copy_run_contents(client, source, mlflow_run_id)
+            if not client.get_run(mlflow_run_id).data.metrics:  # not already copied by an earlier try
+                tracking.copy_run_contents(client, source, mlflow_run_id)
             client.set_terminated(mlflow_run_id, status="FINISHED")
             return {**done, "mlflow_run_id": mlflow_run_id, "copied_from": source}
         fresh = source != mlflow_run_id  # the metrics are lost: train again into this run
 
     if client.get_run(mlflow_run_id).info.status != "RUNNING":
         client.update_run(mlflow_run_id, status="RUNNING")
-    tracker = tracking.MlflowTracker(
-        mlflow_run_id, client, skip_logged_steps=not fresh,
-        spool_path=run_path / "tracking-undelivered.jsonl",
-    )
+    # Fresh runs log into a new MLflow run, so skipping logged steps only ever matters on resume.
+    tracker = tracking.MlflowTracker(mlflow_run_id, client, spool_path=run_path / "tracking-undelivered.jsonl")
 
     def progress(step: int, metrics: dict) -> None:
         emit_progress({"stage": "train", "method": label, "seed": seed, "model": cfg.model.label,

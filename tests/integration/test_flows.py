@@ -74,8 +74,18 @@ def _task_states(flow_run_id: str) -> dict[str, list[str]]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    # Task-run records reach the API asynchronously (events): wait until every state is final.
+    deadline = time.monotonic() + 60
+    previous = -1
+    while True:
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        settled = all(r.state is not None and r.state.is_final() for r in runs)
+        if runs and settled and len(runs) == previous:  # the same count twice: all arrived
+            break
+        previous = len(runs)
+        assert time.monotonic() < deadline, f"task runs of {flow_run_id} not final: {runs}"
+        time.sleep(1)
     states: dict[str, list[str]] = {}
     for run in runs:
         states.setdefault(run.name.rsplit("-", 1)[0], []).append(run.state.name)
@@ -270,3 +280,20 @@ def test_nightly_passes_unchanged_and_fails_on_injected_regression(first_compare
     assert texts == ["nightly/regression.txt"]
     # The accepted baseline did not move.
     assert tracking.find_accepted_baseline(client, out["experiment_id"], "smoke").info.run_id == out["parent_run_id"]
+
+
+def test_evaluate_flow_on_a_trained_checkpoint(first_compare, runs_dir):
+    from flows.evaluate import evaluate_flow
+
+    out, _ = first_compare
+    grpo = next(r for r in out["runs"] if r["method"] == "grpo")
+    checkpoint = str(Path(grpo["run_dir"]) / "final_policy")
+    first = evaluate_flow(checkpoint=checkpoint, config_path=str(SMOKE_CONFIG), runs_dir=str(runs_dir))
+    # The same seed and checkpoint as the run's own last evaluation: the same numbers.
+    assert first["metrics"]["eval/average_accuracy"] == grpo["final_metrics"]["eval/average_accuracy"]
+    run = _client(out).get_run(first["mlflow_run_id"])
+    assert run.data.tags["pilotcommit.kind"] == "evaluation"
+    assert run.data.metrics["eval/average_accuracy"] == first["metrics"]["eval/average_accuracy"]
+    again = evaluate_flow(checkpoint=checkpoint, config_path=str(SMOKE_CONFIG), runs_dir=str(runs_dir))
+    assert again == first
+    assert set(_task_states(_latest_flow_run_id("evaluate"))["evaluate"]) == {"Cached"}
