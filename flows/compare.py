@@ -86,9 +86,8 @@ def run_model_cells(
     for label in cfg.methods:
         for seed in cfg.seeds:
             run_cfg = stages.run_config(cfg, label, seed)
-            run_hash = config_hash(run_cfg)
             train_key = train_stage_key(ctx, run_cfg, upstream)
-            run_dir = ctx.train_dir(cfg.name, label, seed, run_hash[:12])
+            run_dir = ctx.train_dir(cfg.name, label, seed, train_key)
             child = stages.open_run_task(
                 ctx_dict,
                 tracking.run_key(parent_key, label, seed, cfg.model.label, train_key),

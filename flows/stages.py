@@ -5,7 +5,7 @@ Stages and their cache keys (every key also holds the code version,
 
     prepare-data     hash(cfg.data)                               -> <runs>/data/<key>/
     initial-policy   hash(cfg.model) + data key                   -> <runs>/policies/<key>/
-    train            hash(run config) + policy key + data key     -> <runs>/<name>/train/<label>-seed<s>-<hash>/
+    train            hash(run config) + policy key + data key     -> <runs>/<name>/train/<label>-seed<s>-<key>/
     report           comparison key + train keys + report.py hash -> <runs>/<name>/reports/<key>/
 
 The *run config* of a training run is the experiment config narrowed to that run (its one
@@ -103,8 +103,10 @@ class Context:
     def policy_dir(self, key: str) -> Path:
         return self.runs_root / "policies" / key
 
-    def train_dir(self, name: str, label: str, seed: int, run_hash: str) -> Path:
-        return self.runs_root / name / "train" / f"{label}-seed{seed}-{run_hash}"
+    def train_dir(self, name: str, label: str, seed: int, train_key: str) -> Path:
+        # Named by the stage key, not the config alone: new code or a new initial policy must
+        # train into a new directory, never resume (or reuse) a run made by the old one.
+        return self.runs_root / name / "train" / f"{label}-seed{seed}-{train_key.split('-', 1)[-1][:16]}"
 
     def report_dir(self, name: str, key: str) -> Path:
         return self.runs_root / name / "reports" / key

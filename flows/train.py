@@ -12,7 +12,7 @@ from prefect import flow
 from flows import stages
 from flows.compare import prepare_stages, train_stage_key, train_tags
 from pilotcommit import tracking
-from pilotcommit.config import config_hash, demo_config_path, load_experiment_config
+from pilotcommit.config import demo_config_path, load_experiment_config
 
 
 @flow(name="train")
@@ -33,9 +33,8 @@ def train_flow(
                               tracking_uri or cfg.tracking.tracking_uri)
     upstream = prepare_stages(ctx, cfg)
     run_cfg = stages.run_config(cfg, method, seed)
-    run_hash = config_hash(run_cfg)
     train_key = train_stage_key(ctx, run_cfg, upstream)
-    run_dir = ctx.train_dir(cfg.name, method, seed, run_hash[:12])
+    run_dir = ctx.train_dir(cfg.name, method, seed, train_key)
     attempt = "" if resume else stages.current_flow_run_id()
     run = stages.open_run_task(
         ctx.to_dict(), tracking.run_key("train", train_key, attempt), f"{method}-{cfg.model.label}-seed{seed}",

@@ -297,3 +297,27 @@ def test_evaluate_flow_on_a_trained_checkpoint(first_compare, runs_dir):
     again = evaluate_flow(checkpoint=checkpoint, config_path=str(SMOKE_CONFIG), runs_dir=str(runs_dir))
     assert again == first
     assert set(_task_states(_latest_flow_run_id("evaluate"))["evaluate"]) == {"Cached"}
+
+
+def test_a_code_change_retrains_into_new_directories(first_compare, runs_dir, monkeypatch):
+    """New code (another source hash) must not resume or reuse the runs of the old code."""
+    from flows.compare import compare_flow
+    from pilotcommit import tracking
+
+    out, _ = first_compare
+    monkeypatch.setattr(tracking, "source_hash", lambda *args: "0" * 16)
+    tracking.code_version.cache_clear()
+    try:
+        changed = compare_flow(config_path=str(SMOKE_CONFIG), runs_dir=str(runs_dir))
+    finally:
+        monkeypatch.undo()
+        tracking.code_version.cache_clear()
+    assert changed["parent_run_id"] != out["parent_run_id"]
+    old_dirs = {r["run_dir"] for r in out["runs"]}
+    assert not old_dirs & {r["run_dir"] for r in changed["runs"]}
+    states = _task_states(_latest_flow_run_id("compare"))
+    for stage in ("prepare-data", "initial-policy", "train"):
+        assert set(states[stage]) == {"Completed"}, (stage, states[stage])
+    client = _client(out)
+    for run in changed["runs"]:
+        assert "pilotcommit.copied_from" not in client.get_run(run["mlflow_run_id"]).data.tags
