@@ -43,7 +43,7 @@ def prepare_stages(ctx: stages.Context, cfg: ExperimentConfig, refresh: bool = F
     data_stage = stages.read_stage(data_dir)
     stale = refresh or not (data_stage and stages.prepared_valid(data_stage))
     prepared = stages.prepare_data_task.with_options(**stages.stage_options(ctx, stale))(
-        cfg, data_key, str(data_dir)
+        cfg, data_key, str(data_dir), rebuild=refresh
     )["prepared"]
 
     policy_key = stages.stage_key("policy", config_hash(cfg.model), data_key, ctx.code_version)
@@ -51,7 +51,7 @@ def prepare_stages(ctx: stages.Context, cfg: ExperimentConfig, refresh: bool = F
     policy_stage = stages.read_stage(policy_dir)
     stale = refresh or not (policy_stage and stages.policy_valid(policy_stage))
     initial_policy = stages.initial_policy_task.with_options(**stages.stage_options(ctx, stale))(
-        cfg, policy_key, prepared, str(policy_dir)
+        cfg, policy_key, prepared, str(policy_dir), rebuild=refresh
     )["initial_policy"]
     return {"prepared": prepared, "initial_policy": initial_policy, "data_key": data_key, "policy_key": policy_key}
 

@@ -168,13 +168,16 @@ def read_stage(out_dir: Path) -> dict | None:
         return None
 
 
-def materialise(out_dir: Path, build: Callable[[Path], dict], valid: Callable[[dict], bool]) -> dict:
+def materialise(
+    out_dir: Path, build: Callable[[Path], dict], valid: Callable[[dict], bool], rebuild: bool = False
+) -> dict:
     """Run ``build(tmp_dir)`` and move its directory into ``out_dir`` in one rename, so a crash
     or a concurrent worker never leaves a half-written stage that looks complete. Paths in the
-    returned dict are rewritten from the temporary directory to ``out_dir``."""
+    returned dict are rewritten from the temporary directory to ``out_dir``. A valid existing
+    stage is returned as it is unless ``rebuild`` (then it is replaced)."""
     out_dir = Path(out_dir)
     existing = read_stage(out_dir)
-    if existing is not None and valid(existing):
+    if existing is not None and valid(existing) and not rebuild:
         return existing
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -184,9 +187,11 @@ def materialise(out_dir: Path, build: Callable[[Path], dict], valid: Callable[[d
         (tmp / STAGE_FILE).write_text(json.dumps(result, indent=2))
         if out_dir.exists():
             existing = read_stage(out_dir)
-            if existing is not None and valid(existing):  # another worker finished first
+            if existing is not None and valid(existing) and not rebuild:  # another worker was first
                 return existing
-            shutil.rmtree(out_dir)  # an invalid leftover of ours
+            retired = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(out_dir, retired)  # an invalid leftover, or the stage being rebuilt
+            shutil.rmtree(retired, ignore_errors=True)
         os.rename(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -236,15 +241,18 @@ _TASK_DEFAULTS = {"persist_result": True, "cache_key_fn": _key_from_parameters, 
 
 
 @task(name="prepare-data", **_TASK_DEFAULTS)
-def prepare_data_task(cfg: ExperimentConfig, stage_key: str, out_dir: str) -> dict:
+def prepare_data_task(cfg: ExperimentConfig, stage_key: str, out_dir: str, rebuild: bool = False) -> dict:
     """:func:`pilotcommit.pipeline.prepare_data` into ``out_dir`` (validated parquet files)."""
     from pilotcommit.pipeline import prepare_data
 
-    return materialise(Path(out_dir), lambda tmp: {"prepared": prepare_data(cfg, tmp).to_dict()}, prepared_valid)
+    return materialise(Path(out_dir), lambda tmp: {"prepared": prepare_data(cfg, tmp).to_dict()},
+                       prepared_valid, rebuild)
 
 
 @task(name="initial-policy", **_TASK_DEFAULTS)
-def initial_policy_task(cfg: ExperimentConfig, stage_key: str, prepared: dict, out_dir: str) -> dict:
+def initial_policy_task(
+    cfg: ExperimentConfig, stage_key: str, prepared: dict, out_dir: str, rebuild: bool = False
+) -> dict:
     """:func:`pilotcommit.pipeline.build_initial_policy`: the warm start (tiny model) or a hub name."""
     from pilotcommit.config import TinyModelConfig
     from pilotcommit.pipeline import PreparedData, build_initial_policy
@@ -258,7 +266,7 @@ def initial_policy_task(cfg: ExperimentConfig, stage_key: str, prepared: dict, o
         emit_progress({"stage": "initial-policy", "model": cfg.model.label, "status": "done"})
         return {"initial_policy": path, "local": True}
 
-    return materialise(Path(out_dir), build, policy_valid)
+    return materialise(Path(out_dir), build, policy_valid, rebuild)
 
 
 @task(name="train", retries=1, retry_delay_seconds=2, **_TASK_DEFAULTS)
