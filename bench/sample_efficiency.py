@@ -1,0 +1,432 @@
+"""Sample efficiency over seeds: GRPO vs DAPO vs Pilot-Commit under equal rollout budgets.
+
+Runs the comparison through the project's own pipeline (the ``compare`` Prefect flow: cached
+data and warm start, one MLflow child run per method x seed, resumable) with the seeds
+replaced by ``--seeds`` (default 0-4), then reports:
+
+- per method: rollouts to target (mean, std over the seeds that reached it, and how many
+  did), final and best accuracy (mean, std over seeds), generated tokens, training steps and
+  wall time per run;
+- speed-ups of Pilot-Commit over GRPO and DAPO (ratio of mean rollouts to target, as
+  ``pilotcommit report`` prints it) with a 95% percentile bootstrap interval: seeds are
+  resampled with replacement, the same resampled seeds for every method (a seed fixes the
+  initial data order of all three), and the target is recomputed from the resampled GRPO
+  runs, so the interval includes the uncertainty of the target itself. Resamples where a
+  ratio is undefined (a method never reaches the target) are counted and left out;
+- the allocation diagnostics logged per training step (means over steps and seeds):
+  prompts piloted / informative / too hard / too easy per step, how well pilot pass rates
+  predicted commit pass rates (``alloc/pilot_commit_agreement``), zero-variance groups in
+  the trained batch, sampling rounds, evictions;
+- the accuracy-versus-cumulative-rollouts figure (``report.accuracy_figure``: seed mean,
+  min-max band, target, each method's mean rollouts to target).
+
+The target, rollouts to target and speed-ups are ``pilotcommit.report``'s pure functions;
+nothing here re-implements them. A benchmark, not a test: the numbers and the command are
+recorded in docs/benchmarks.md.
+
+    python bench/sample_efficiency.py                        # the demo, seeds 0-4 (long)
+    python bench/sample_efficiency.py --config conf/experiment/smoke.yaml --seeds 0 1 --bootstrap 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+# Prefect and MLflow read these at import: keep their INFO lines out of the tables
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import numpy as np
+
+from pilotcommit import report
+from pilotcommit.evaluation import EvalRecord
+from pilotcommit.report import RunHistory
+
+DEFAULT_RUNS_DIR = REPO_ROOT / "runs" / "bench" / "sample-efficiency"
+# per-step allocation metrics summarised per method (DESIGN.md metric names)
+ALLOC_METRICS = (
+    "rollouts/sampled",
+    "rollouts/pilot",
+    "rollouts/commit",
+    "alloc/rounds",
+    "alloc/informative",
+    "alloc/too_hard",
+    "alloc/too_easy",
+    "alloc/dropped_groups",
+    "alloc/pilot_commit_agreement",
+    "alloc/pilot_pass_rate_mean",
+    "alloc/commit_pass_rate_mean",
+    "alloc/staleness_mean",
+    "alloc/evicted_total",
+    "reward/mean",
+    "reward/zero_variance_groups",
+)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One finished training run as this benchmark needs it."""
+
+    method: str
+    seed: int
+    history: list[EvalRecord]
+    generated_tokens: float
+    steps: int
+    wall_s: float
+    mlflow_run_id: str
+    step_metrics: dict[str, list[float]]  # per-step values of ALLOC_METRICS that were logged
+
+
+# --------------------------------------------------------------------------- pure statistics
+
+
+def best_accuracy(history: Sequence[EvalRecord], metric: str) -> float:
+    return max(r.metrics.get(metric, -math.inf) for r in history)
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return math.nan, math.nan
+    return float(np.mean(values)), float(np.std(values))
+
+
+def bootstrap_speedups(
+    runs: Sequence[RunHistory],
+    target_cfg,
+    *,
+    resamples: int,
+    seed: int = 0,
+    candidate: str = report.CANDIDATE_METHOD,
+    baselines: Sequence[str] = report.BASELINE_METHODS,
+) -> dict[str, dict[str, float]]:
+    """95% percentile bootstrap of ``report``'s speed-up (ratio of mean rollouts to target).
+
+    Each resample draws seeds with replacement, the same draw for every method (runs of one
+    seed share their data order), relabels the draw 0..k-1 so that ``report`` sees distinct
+    seeds, recomputes the target from the resampled reference runs and calls
+    :func:`pilotcommit.report.summarize_comparison`. Returns per baseline the point estimate,
+    the interval, and the fraction of resamples with an undefined ratio (left out).
+    """
+    by_method_seed = {(r.method, r.seed): r for r in runs}
+    seeds = sorted({r.seed for r in runs})
+    methods = sorted({r.method for r in runs})
+    point = report.summarize_comparison(runs, target_cfg, candidate=candidate, baselines=baselines)
+    rng = np.random.default_rng(seed)
+    samples: dict[str, list[float]] = {b: [] for b in baselines}
+    undefined = {b: 0 for b in baselines}
+    for _ in range(resamples):
+        draw = rng.choice(seeds, size=len(seeds), replace=True)
+        resampled = [
+            RunHistory(m, new_seed, by_method_seed[(m, old_seed)].history)
+            for new_seed, old_seed in enumerate(draw)
+            for m in methods
+            if (m, old_seed) in by_method_seed
+        ]
+        try:
+            summary = report.summarize_comparison(
+                resampled, target_cfg, candidate=candidate, baselines=baselines
+            )
+        except ValueError:
+            for b in baselines:
+                undefined[b] += 1
+            continue
+        for s in summary.speedups:
+            if s.ratio_of_means is None:
+                undefined[s.baseline] += 1
+            else:
+                samples[s.baseline].append(s.ratio_of_means)
+    out = {}
+    for s in point.speedups:
+        values = samples[s.baseline]
+        low, high = np.percentile(values, [2.5, 97.5]) if values else (math.nan, math.nan)
+        out[s.baseline] = {
+            "speedup": s.ratio_of_means if s.ratio_of_means is not None else math.nan,
+            "partial": s.partial,
+            "note": s.note,
+            "ci_low": float(low),
+            "ci_high": float(high),
+            "undefined_fraction": undefined[s.baseline] / resamples,
+            "paired": s.paired,
+        }
+    return out
+
+
+def method_table(records: Sequence[RunRecord], summary: report.ComparisonSummary) -> list[dict]:
+    """One row per method: rollouts to target, final and best accuracy, tokens, steps, wall time."""
+    rows = []
+    metric = summary.metric
+    for method, m in summary.methods.items():
+        mine = [r for r in records if r.method == method]
+        final = mean_std([r.history[-1].metrics.get(metric, math.nan) for r in mine if r.history])
+        best = mean_std([best_accuracy(r.history, metric) for r in mine if r.history])
+        initial = mean_std([r.history[0].metrics.get(metric, math.nan) for r in mine if r.history])
+        rows.append(
+            {
+                "method": method,
+                "reached": f"{m.reached}/{m.seeds}",
+                "rollouts_to_target_mean": m.mean,
+                "rollouts_to_target_std": m.std,
+                "rollouts_to_target_per_seed": m.rollouts_to_target,
+                "initial_accuracy_mean": initial[0],
+                "final_accuracy_mean": final[0],
+                "final_accuracy_std": final[1],
+                "best_accuracy_mean": best[0],
+                "best_accuracy_std": best[1],
+                "final_rollouts_mean": m.final_rollouts_mean,
+                "generated_tokens_mean": mean_std([r.generated_tokens for r in mine])[0],
+                "steps_mean": mean_std([r.steps for r in mine])[0],
+                "wall_s_mean": mean_std([r.wall_s for r in mine])[0],
+            }
+        )
+    return rows
+
+
+def allocation_table(records: Sequence[RunRecord]) -> dict[str, dict[str, float]]:
+    """Per method, each allocation metric's mean over all logged steps of all seeds
+    (``alloc/evicted_total``: the final value, averaged over seeds)."""
+    out: dict[str, dict[str, float]] = {}
+    for method in sorted({r.method for r in records}):
+        mine = [r for r in records if r.method == method]
+        row = {}
+        for key in ALLOC_METRICS:
+            if key == "alloc/evicted_total":
+                finals = [r.step_metrics[key][-1] for r in mine if r.step_metrics.get(key)]
+                if finals:
+                    row[key] = float(np.mean(finals))
+                continue
+            values = [v for r in mine for v in r.step_metrics.get(key, [])]
+            if values:
+                row[key] = float(np.mean(values))
+        out[method] = row
+    return out
+
+
+# --------------------------------------------------------------------------- running
+
+
+def run_comparison(config: Path, overrides: list[str], runs_dir: Path) -> dict:
+    """The ``compare`` flow (cached stages, MLflow child runs) with a progress line per run."""
+    from flows import stages
+    from flows.compare import compare_flow
+
+    last: dict[tuple, float] = {}
+
+    def progress(event: dict) -> None:
+        if event.get("stage") == "initial-policy":
+            print(f"  warm start {event['model']}: {event['status']}", flush=True)
+        elif event.get("stage") == "train":
+            key = (event["method"], event["seed"])
+            now = time.monotonic()
+            if now - last.get(key, 0.0) > 60:
+                last[key] = now
+                print(
+                    f"  {event['method']:<13} seed {event['seed']}: step {event['step']}, "
+                    f"{event.get('rollouts') or 0:,.0f} rollouts",
+                    flush=True,
+                )
+
+    stages.set_progress_sink(progress)
+    try:
+        return compare_flow(config_path=str(config), overrides=overrides, runs_dir=str(runs_dir))
+    finally:
+        stages.set_progress_sink(None)
+
+
+def collect_records(flow_out: dict) -> list[RunRecord]:
+    from pilotcommit import tracking
+    from pilotcommit.loop import RunResult
+
+    client = tracking.mlflow_client(flow_out["tracking_uri"])
+    records = []
+    for run in flow_out["runs"]:
+        result = RunResult.from_dict(json.loads((Path(run["run_dir"]) / "result.json").read_text()))
+        step_metrics = {}
+        for key in ALLOC_METRICS:
+            history = tracking.metric_history(client, run["mlflow_run_id"], key)
+            if history:
+                step_metrics[key] = [v for _, v in history]
+        records.append(
+            RunRecord(
+                method=run["method"],
+                seed=int(run["seed"]),
+                history=result.eval_history,
+                generated_tokens=float(
+                    result.final_metrics.get("tokens/generated_cumulative", math.nan)
+                ),
+                steps=result.steps,
+                wall_s=result.wall_s,
+                mlflow_run_id=run["mlflow_run_id"],
+                step_metrics=step_metrics,
+            )
+        )
+    return records
+
+
+# --------------------------------------------------------------------------- printing
+
+
+def _num(value, fmt: str = ",.0f") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "not reached" if fmt == ",.0f" else "-"
+    return format(value, fmt)
+
+
+def print_report(rows, speedups, alloc, summary, cfg, seeds, flow_out) -> None:
+    print(
+        f"\n## {cfg.name}: {', '.join(cfg.methods)} x seeds {list(seeds)}, "
+        f"budget {cfg.budget.max_rollouts or '-'} rollouts / {cfg.budget.max_steps or '-'} steps"
+    )
+    print(
+        f"target {summary.metric} = {summary.target:.4f} (best seed-mean of {cfg.target.reference_method})\n"
+    )
+    print(
+        "| method | rollouts to target (mean ± std) | reached | initial acc. | final acc. (mean ± std) "
+        "| best acc. (mean ± std) | rollouts sampled | tokens generated | steps | wall s / run |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        std = (
+            f" ± {r['rollouts_to_target_std']:,.0f}"
+            if r["rollouts_to_target_std"] is not None
+            else ""
+        )
+        print(
+            f"| {r['method']} | {_num(r['rollouts_to_target_mean'])}{std} | {r['reached']} "
+            f"| {r['initial_accuracy_mean']:.4f} "
+            f"| {r['final_accuracy_mean']:.4f} ± {r['final_accuracy_std']:.4f} "
+            f"| {r['best_accuracy_mean']:.4f} ± {r['best_accuracy_std']:.4f} "
+            f"| {r['final_rollouts_mean']:,.0f} | {r['generated_tokens_mean']:,.0f} "
+            f"| {r['steps_mean']:.1f} | {r['wall_s_mean']:.0f} |"
+        )
+    print("\nrollouts to target per seed:")
+    for r in rows:
+        per_seed = ", ".join(f"{s}: {_num(v)}" for s, v in r["rollouts_to_target_per_seed"].items())
+        print(f"  {r['method']}: {per_seed}")
+    print(
+        "\n| speed-up of pilot_commit | ratio of means | 95% bootstrap interval | undefined resamples "
+        "| paired per seed |"
+    )
+    print("|---|---|---|---|---|")
+    for baseline, s in speedups.items():
+        paired = ", ".join(f"{k}: {v:.2f}" for k, v in s["paired"].items()) or "-"
+        ratio = _num(s["speedup"], ".2f") + ("x (partial)" if s["partial"] else "x")
+        if s["note"]:
+            ratio = f"n/a ({s['note']})"
+        print(
+            f"| vs {baseline} | {ratio} | [{_num(s['ci_low'], '.2f')}, {_num(s['ci_high'], '.2f')}] "
+            f"| {s['undefined_fraction']:.1%} | {paired} |"
+        )
+    print("\nallocation per training step (mean over steps and seeds; evicted: final total):\n")
+    keys = [k for k in ALLOC_METRICS if any(k in row for row in alloc.values())]
+    print("| metric | " + " | ".join(alloc) + " |")
+    print("|---|" + "---|" * len(alloc))
+    for key in keys:
+        print(f"| {key} | " + " | ".join(_num(alloc[m].get(key), ".3f") for m in alloc) + " |")
+    print(f"\nMLflow: parent run {flow_out['parent_run_id']} in {flow_out['tracking_uri']}")
+
+
+def main() -> None:
+    from pilotcommit.config import demo_config_path, load_experiment_config
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--config", type=Path, default=demo_config_path(), help="experiment YAML (default: demo)"
+    )
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], help="KEY=VALUE override"
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR)
+    parser.add_argument(
+        "--out", type=Path, default=None, help="report directory (default: <runs-dir>/report)"
+    )
+    parser.add_argument("--figure", type=Path, default=None, help="also copy the figure here")
+    parser.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap resamples")
+    args = parser.parse_args()
+
+    overrides = [*args.overrides, f"seeds=[{','.join(str(s) for s in args.seeds)}]"]
+    cfg = load_experiment_config(args.config, overrides)
+    out_dir = args.out or args.runs_dir / "report"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    print(
+        f"{cfg.name}: {len(cfg.methods)} methods x {len(cfg.seeds)} seeds into {args.runs_dir}",
+        flush=True,
+    )
+    flow_out = run_comparison(args.config, overrides, args.runs_dir)
+    elapsed = time.perf_counter() - started
+
+    records = collect_records(flow_out)
+    runs = [RunHistory(r.method, r.seed, r.history) for r in records]
+    summary = report.summarize_comparison(runs, cfg.target)
+    rows = method_table(records, summary)
+    speedups = bootstrap_speedups(runs, cfg.target, resamples=args.bootstrap)
+    alloc = allocation_table(records)
+    print_report(rows, speedups, alloc, summary, cfg, cfg.seeds, flow_out)
+
+    import matplotlib.pyplot as plt
+
+    fig = report.accuracy_figure(
+        runs,
+        summary,
+        title=f"{cfg.name}: accuracy against rollout budget, "
+        f"{len(cfg.seeds)} seeds (mean, min-max shaded)",
+    )
+    figure_path = out_dir / "accuracy_vs_rollouts.png"
+    fig.savefig(figure_path, dpi=110)
+    plt.close(fig)
+    if args.figure:
+        args.figure.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(figure_path, args.figure)
+    (out_dir / "sample_efficiency.json").write_text(
+        json.dumps(
+            {
+                "config": str(args.config),
+                "overrides": overrides,
+                "target": summary.target,
+                "methods": rows,
+                "speedups": speedups,
+                "allocation": alloc,
+                "runs": [
+                    {
+                        "method": r.method,
+                        "seed": r.seed,
+                        "steps": r.steps,
+                        "wall_s": r.wall_s,
+                        "mlflow_run_id": r.mlflow_run_id,
+                        "history": [h.to_dict() for h in r.history],
+                    }
+                    for r in records
+                ],
+                "wall_s": elapsed,
+                "parent_run_id": flow_out["parent_run_id"],
+            },
+            indent=2,
+            default=str,
+        )
+    )
+    print(
+        f"figure {figure_path}{' and ' + str(args.figure) if args.figure else ''}; "
+        f"table {out_dir / 'sample_efficiency.json'}; {elapsed:.0f} s "
+        f"(load average {', '.join(f'{x:.1f}' for x in os.getloadavg())})"
+    )
+
+
+if __name__ == "__main__":
+    main()
