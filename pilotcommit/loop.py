@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -35,7 +36,7 @@ import pandas as pd
 import torch
 
 from pilotcommit.allocation import make_policy
-from pilotcommit.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from pilotcommit.checkpoint import checkpoint_root, latest_checkpoint, load_checkpoint, save_checkpoint
 from pilotcommit.config import ExperimentConfig, MathDataConfig, PretrainedModelConfig, config_hash
 from pilotcommit.evaluation import EvalRecord, EvalSet, evaluate_policy
 from pilotcommit.learner.update import Learner, NonFiniteLossError
@@ -209,13 +210,18 @@ def train_run(
     started = time.perf_counter()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    sharding = _Sharding.from_environment()  # several processes under torchrun, else None
+    if sharding is not None and not sharding.is_main:
+        tracker = MemoryTracker()  # one process logs: rank 0
     tracker = tracker or MemoryTracker()
     resume = cfg.checkpoint.resume if resume is None else resume
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
 
     train_df = read_prompt_table(prepared.train_path)
-    model, tokenizer = load_policy(initial_policy, cfg.model)
+    model, tokenizer = load_policy(
+        initial_policy, cfg.model, device=sharding.device if sharding is not None else None
+    )
     train_ids = train_df["prompt_id"].tolist()
     prompt_token_ids = dict(zip(train_ids, encode_prompts(train_df["problem"].tolist(), tokenizer, cfg)))
     answers = dict(zip(train_ids, train_df["answer"].tolist()))
@@ -223,7 +229,10 @@ def train_run(
     reward_fn = reward_function(cfg)
 
     policy = make_policy(cfg.methods[method_label], train_ids, seed=seed)
-    learner = Learner(model, cfg.learner, pad_id=tokenizer.pad_token_id)
+    if sharding is None:
+        learner = Learner(model, cfg.learner, pad_id=tokenizer.pad_token_id)
+    else:  # shards the model in place (FSDP2); every rank builds the same batches
+        learner = sharding.make_learner(model, cfg.learner, pad_id=tokenizer.pad_token_id)
     engine = make_engine(cfg, model, tokenizer)
     params = SamplingParams(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.max_new_tokens)
     state = _LoopState()
@@ -238,7 +247,7 @@ def train_run(
                 f"method {saved['method']}, seed {saved['seed']}); use a new run directory or "
                 "--no-resume"
             )
-        model.load_state_dict(saved["model"])
+        _load_weights(model, saved["model"], sharding)
         learner.load_state_dict(saved["learner"])
         policy.load_state_dict(saved["policy"])
         state = saved["loop"]
@@ -249,6 +258,10 @@ def train_run(
         _evaluate(state, engine, eval_sets, reward_fn, cfg, tracker, policy.cumulative_sampled)
 
     def save(final: bool = False) -> Path:
+        weights = _full_weights(model, sharding)  # a collective under torchrun: every rank calls
+        learner_state = learner.state_dict()
+        if sharding is not None and not sharding.is_main:
+            return checkpoint_root(run_dir) / f"step-{state.steps:06d}"
         return save_checkpoint(
             run_dir,
             state.steps,
@@ -256,8 +269,8 @@ def train_run(
                 "config_hash": run_hash,
                 "method": method_label,
                 "seed": seed,
-                "model": model.state_dict(),
-                "learner": learner.state_dict(),
+                "model": weights,
+                "learner": learner_state,
                 "policy": policy.state_dict(),
                 "loop": state,
                 "torch_rng": torch.get_rng_state(),
@@ -296,7 +309,7 @@ def train_run(
             learn_metrics = learner.update(batch, seed=derive_seed(seed, step, _LEARN_SEED_TAG))
         except NonFiniteLossError as err:
             raise _diverged(f"non-finite update (learner: {err})", step, run_dir) from err
-        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        if not all(bool(torch.isfinite(_local(p)).all()) for p in model.parameters()):
             # checked before the next checkpoint, so that a checkpoint never holds NaN weights
             raise _diverged("the update left NaN or infinite weights", step, run_dir)
         engine.update_weights(model)
@@ -322,10 +335,12 @@ def train_run(
         if progress is not None:
             progress(state.steps, metrics)
 
-    final_checkpoint = save(final=True)
+    save(final=True)
     final_dir = run_dir / FINAL_POLICY_DIR
-    model.save_pretrained(final_dir)
-    tokenizer.save_pretrained(final_dir)
+    final_weights = _full_weights(model, sharding)
+    if sharding is None or sharding.is_main:
+        model.save_pretrained(final_dir, state_dict=final_weights)
+        tokenizer.save_pretrained(final_dir)
     final_metrics = dict(state.eval_history[-1].metrics) if state.eval_history else {}
     final_metrics["rollouts/cumulative"] = float(policy.cumulative_sampled)
     final_metrics["tokens/generated_cumulative"] = float(state.generated_tokens)
@@ -344,9 +359,67 @@ def train_run(
             f"median_{k}": float(np.median(v)) if v else math.nan for k, v in state.timings.items()
         },
     )
-    (run_dir / RESULT_FILE).write_text(json.dumps(result.to_dict(), indent=2))
-    del final_checkpoint
+    if sharding is None or sharding.is_main:
+        (run_dir / RESULT_FILE).write_text(json.dumps(result.to_dict(), indent=2))
     return result
+
+
+# --------------------------------------------------------------------------- several processes
+
+
+@dataclass
+class _Sharding:
+    """This process's place in a ``torchrun`` job (see pilotcommit/learner/distributed.py).
+
+    Every rank runs the same loop with the same seeds, so all ranks build identical batches;
+    the learner shards the model and splits each batch's rows. Rank 0 alone writes
+    checkpoints, the final policy, the result file and tracking data; full weights are
+    gathered for it by collectives that every rank joins.
+    """
+
+    rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_environment(cls) -> "_Sharding | None":
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return None
+        from pilotcommit.learner.distributed import init_distributed
+
+        context = init_distributed()
+        return cls(context.rank, context.device)
+
+    @staticmethod
+    def make_learner(model, config, *, pad_id: int) -> Learner:
+        from pilotcommit.learner.distributed import make_learner
+
+        return make_learner(model, config, pad_id=pad_id)
+
+
+def _full_weights(model: torch.nn.Module, sharding: _Sharding | None) -> dict:
+    if sharding is None:
+        return model.state_dict()
+    from pilotcommit.learner.distributed import full_model_state_dict
+
+    return full_model_state_dict(model)
+
+
+def _load_weights(model: torch.nn.Module, weights: dict, sharding: _Sharding | None) -> None:
+    if sharding is None:
+        model.load_state_dict(weights)
+        return
+    from pilotcommit.learner.distributed import load_full_model_state_dict
+
+    load_full_model_state_dict(model, weights)
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """The local shard of a DTensor parameter (the tensor itself otherwise)."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
 
 
 def finite_sampling(results: list[RequestResult]) -> bool:

@@ -273,7 +273,7 @@ class TransformersEngine:
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.inference_mode():
+            with _grad_free(self.model):
                 for chunk in self._chunks(requests, prompts, row_offsets):
                     rows_B = torch.cat(
                         [
@@ -534,3 +534,12 @@ def _new_cache(model: PreTrainedModel) -> DynamicCache:
         return DynamicCache(config=model.config)
     except TypeError:  # transformers < 4.56 builds layers lazily without a config
         return DynamicCache()
+
+
+def _grad_free(model: torch.nn.Module):
+    """``inference_mode`` (fastest), except on an FSDP-sharded model: there the parameters
+    all-gathered during sampling are reused in place by the learner's next forward, which
+    inference tensors forbid, so plain ``no_grad`` is used."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return torch.no_grad() if isinstance(model, FSDPModule) else torch.inference_mode()
