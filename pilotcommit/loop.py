@@ -329,7 +329,8 @@ def train_run(
         tracker.log_metrics(metrics, state.steps)
         done = budget_reached(cfg, state.steps, policy.cumulative_sampled)
         if done or state.steps % cfg.eval.every_steps == 0:
-            _evaluate(state, engine, eval_sets, reward_fn, cfg, tracker, policy.cumulative_sampled)
+            _evaluate(state, engine, eval_sets, reward_fn, cfg, tracker, policy.cumulative_sampled,
+                      final=done)
         if not done and state.steps % cfg.checkpoint.every_steps == 0:
             save()
         if progress is not None:
@@ -436,12 +437,16 @@ def _diverged(reason: str, step: int, run_dir: Path) -> TrainingDivergedError:
     )
 
 
-def _evaluate(state: _LoopState, engine, eval_sets, reward_fn, cfg, tracker: Tracker, cumulative: int) -> None:
+def _evaluate(
+    state: _LoopState, engine, eval_sets, reward_fn, cfg, tracker: Tracker, cumulative: int,
+    final: bool = False,
+) -> None:
+    """Evaluate, record, and log per-prompt tables every k-th evaluation and at the end."""
     outcome = evaluate_policy(engine, eval_sets, reward_fn, cfg.eval, max_new_tokens=cfg.rollout.max_new_tokens)
     record = EvalRecord(state.steps, int(cumulative), outcome.metrics)
     state.eval_history.append(record)
     tracker.log_evaluation(outcome.metrics, state.steps, int(cumulative))
-    if state.evaluations % cfg.eval.prompt_stats_every_evals == 0:
+    if final or state.evaluations % cfg.eval.prompt_stats_every_evals == 0:
         tracker.log_prompt_stats(outcome.per_prompt, state.steps, "eval")
         if state.train_pass_rates:
             ids = list(state.train_pass_rates)
