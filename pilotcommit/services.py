@@ -278,8 +278,14 @@ class ServiceStack:
         return service
 
     def stop(self) -> None:
-        while self.services:
-            self.services.pop().stop()
+        """SIGTERM to every service at once, then wait for each (SIGKILL after its timeout):
+        the stack stops in about the time of its slowest service, not the sum."""
+        services, self.services = list(reversed(self.services)), []
+        for service in services:
+            if service.running:
+                _signal_group(service.process, signal.SIGTERM)
+        for service in services:
+            service.stop()
 
     def __enter__(self) -> Self:
         return self

@@ -81,7 +81,7 @@ def test_serve_deploy_and_run_model_scale_sweep(tmp_path):
         if serve.poll() is None:
             serve.send_signal(signal.SIGINT)
             try:
-                serve.wait(timeout=90)
+                serve.wait(timeout=180)
             except subprocess.TimeoutExpired:
                 serve.kill()
                 serve.wait()
