@@ -10,7 +10,6 @@ function; this file only decides keys, directories and which cached results to t
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from prefect import flow
@@ -83,7 +82,7 @@ def run_model_cells(
     ctx_dict = ctx.to_dict()
     upstream = prepare_stages(ctx, cfg, refresh)
     prepared, initial_policy = upstream["prepared"], upstream["initial_policy"]
-    cells = []
+    runs = []
     for label in cfg.methods:
         for seed in cfg.seeds:
             run_cfg = stages.run_config(cfg, label, seed)
@@ -100,35 +99,15 @@ def run_model_cells(
             )
             # Trust a cached result only if its files are still there and it belongs to this run.
             stale = refresh or child["created"] or stages.read_train_outputs(run_dir) is None
-            cells.append((label, seed, run_cfg, train_key, run_dir, child, stale))
-    runs = []
-    # Runs are independent: train them in waves of `parallel_runs` threads (each run's torch
-    # work is single-threaded in the demo, so two runs use a 2-core laptop fully).
-    width = parallel_runs()
-    for start in range(0, len(cells), width):
-        wave = cells[start : start + width]
-        futures = [
-            stages.train_task.with_options(**stages.stage_options(ctx, stale)).submit(
+            out = stages.train_task.with_options(**stages.stage_options(ctx, stale))(
                 run_cfg, label, seed, train_key, prepared, initial_policy, str(run_dir),
                 ctx.tracking_uri, child["run_id"], fresh=refresh,
             )
-            for label, seed, run_cfg, train_key, run_dir, child, stale in wave
-        ]
-        for (label, seed, _, train_key, run_dir, child, _), future in zip(wave, futures):
-            out = future.result()
             runs.append({"method": label, "seed": seed, "model": cfg.model.label, "stage_key": train_key,
                          "mlflow_run_id": child["run_id"], "run_dir": str(run_dir),
                          "final_metrics": out["result"]["final_metrics"],
                          "tracking_gap": out.get("tracking_gap", "")})
     return runs
-
-
-def parallel_runs() -> int:
-    """Training runs at a time: ``$PILOTCOMMIT_PARALLEL_RUNS``, default 2 (a laptop's cores)."""
-    value = os.environ.get("PILOTCOMMIT_PARALLEL_RUNS", "2")
-    if not value.isdigit() or int(value) < 1:
-        raise ValueError(f"PILOTCOMMIT_PARALLEL_RUNS must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def report_stage(ctx: stages.Context, cfg: ExperimentConfig, parent: dict, parent_key: str,
