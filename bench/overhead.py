@@ -1,34 +1,40 @@
 """The cost of the pipeline itself: Prefect orchestration and MLflow tracking around training.
 
-On a shortened demo (the demo config with ``--set`` overrides, by default one seed and a
-smaller rollout budget; the same data, model, warm start and methods), it measures:
+On a shortened demo (the demo config with ``--set`` overrides, by default one seed and an
+8192-rollout budget; the same data, model, warm start and methods), it measures:
 
 1. **Bare loop**: ``pilotcommit.loop.train_run`` of every method with a ``MemoryTracker``,
-   in this process, from the cached prepared data and initial policy (wall time and steps).
-2. **Tracking cost, isolated**: everything the bare runs logged (params, per-step metrics,
-   evaluations, per-prompt histograms and tables) is replayed into a real ``MlflowTracker``
-   on a fresh SQLite store. Reported: the seconds the training thread is blocked inside
-   tracker calls (the histogram figures are drawn there), and the wall and CPU seconds until
-   everything is delivered (the background writer thread included). Replaying the logged
-   calls isolates tracking from the training's own run-to-run noise, which on a shared
-   2-core machine is far larger than the effect measured.
+   in this process, from the cached prepared data and initial policy (wall time, steps).
+2. **Tracking cost, isolated**: what the bare runs logged is replayed into a real
+   ``MlflowTracker`` on a fresh SQLite store, in two parts (params and per-step metrics;
+   evaluation metrics and per-prompt histograms and tables), so that it can be scaled by the
+   steps and the evaluations of a full run separately. Reported: the seconds the training
+   thread is blocked inside tracker calls (the histogram figures are drawn there) and the CPU
+   seconds until everything is delivered (the background writer included). Replaying isolates
+   tracking from the training's own run-to-run noise, which on a shared 2-core machine is
+   larger than the effect measured.
 3. **Through the pipeline**: ``pilotcommit compare`` with the same overrides as a subprocess
-   (CLI start-up, imports, ephemeral Prefect, MLflow store, parent and child runs, cached
-   data and policy stages, training with ``MlflowTracker``, report stage). Its wall time
-   minus the training runs' own wall time (``result.json``) is the fixed orchestration cost;
-   the training runs' wall time minus the bare runs' is the per-step cost, as a difference
-   of two noisy numbers (shown, with the steps' median compute, for what it is worth).
-4. **Fully cached compare**: the same command again; every stage is a cache hit.
-5. **Start-up**: ``python -c "import flows.compare"`` and ``pilotcommit --help``.
+   (CLI, imports, ephemeral Prefect, MLflow store, parent and child runs, cached data and
+   policy stages, training with ``MlflowTracker``, report stage; its training runs one after
+   another, like the bare loop). Its wall time minus its training runs' own wall time
+   (``result.json``) is the orchestration cost.
+4. **Fully cached compare**: the same command again (every stage a cache hit), then once more
+   against an already running Prefect server (``PREFECT_API_URL``, as after ``pilotcommit
+   serve``) instead of the ephemeral server each CLI call starts.
+5. **Start-up pieces**: ``import flows.compare``, ``import prefect.server.api.server`` (the
+   ephemeral client imports it), the ephemeral server's start and stop, ``pilotcommit --help``.
 
-The overhead is then expressed as a share of a full demo run: the fixed cost (once per
-``compare``) plus the tracking cost per step times the demo's steps, over the demo's wall
-time, taken from a finished ``bench/sample_efficiency.py`` report (``--demo-report``) when
-given, else extrapolated from the bare runs by rollout budget and seeds.
+The overhead of a full demo compare is then estimated as: the cached compare's wall time
+(start-up and cache checks) + the orchestration per training run beyond it x the demo's runs
++ tracking CPU per step x steps + per evaluation x evaluations; over the demo's training wall
+time, runs one after another, taken from a finished ``bench/sample_efficiency.py`` report
+(``--demo-report``), else extrapolated from the bare runs.
 
 A unique MLflow experiment name per invocation (``tracking.experiment_name``) gives fresh
-training-stage keys while the data and warm-start stages stay cached. A benchmark, not a
-test; results and commands are in docs/benchmarks.md.
+training-stage keys while the data and warm-start stages stay cached. Every cache key holds the
+code version, so an edit to ``pilotcommit/`` during the run spoils the cached timings: the
+script checks and says so. A benchmark, not a test; results and commands are in
+docs/benchmarks.md.
 
     python bench/overhead.py [--set budget.max_rollouts=8192] [--demo-report PATH]
 """
@@ -74,22 +80,13 @@ class BareRun:
 # --------------------------------------------------------------------------- stages
 
 
-def prepare(cfg, runs_dir: Path, reuse_from: Path | None) -> dict:
+def prepare(cfg, runs_dir: Path) -> dict:
     """The cached data and warm-start stages of ``cfg`` under ``runs_dir`` (the same stage
     keys and directories the compare flow uses, so its run hits them)."""
     from prefect import flow
 
     from flows import stages
     from flows.compare import prepare_stages
-
-    if reuse_from is not None:
-        # a finished warm start of the same config elsewhere: copy its stage directories
-        # (their stage.json files point at the originals, which stay in place)
-        for sub in ("data", "policies"):
-            for src in (reuse_from / sub).glob("*"):
-                dst = runs_dir / sub / src.name
-                if src.is_dir() and (src / "stage.json").is_file() and not dst.exists():
-                    shutil.copytree(src, dst)
 
     @flow(name="overhead-prepare")
     def prepare_flow() -> dict:
@@ -137,8 +134,13 @@ def bare_runs(cfg, upstream: dict, work_dir: Path) -> list[BareRun]:
     return out
 
 
-def replay_tracking(run: BareRun, store_dir: Path) -> dict[str, float]:
-    """Replay one bare run's logging into a real MlflowTracker; seconds blocked and to deliver."""
+def replay_tracking(run: BareRun, store_dir: Path, part: str) -> dict[str, float]:
+    """Replay one bare run's logging into a real MlflowTracker (a new run on ``store_dir``);
+    seconds the caller was blocked, and wall and CPU seconds until all was delivered.
+
+    ``part``: ``"steps"`` replays the params and the per-step metrics, ``"evaluations"`` the
+    evaluation metrics and per-prompt histograms and tables, so that the cost can be scaled by
+    the number of steps and of evaluations of a longer run separately."""
     from pilotcommit import tracking
 
     uri = f"sqlite:///{store_dir / 'mlflow.db'}"
@@ -156,7 +158,8 @@ def replay_tracking(run: BareRun, store_dir: Path) -> dict[str, float]:
         call(*args)
         blocked += time.perf_counter() - t
 
-    timed(tracker.log_params, memory.params)
+    if part == "steps":
+        timed(tracker.log_params, memory.params)
     # the loop's order: evaluation 0, then per step metrics and every k steps an evaluation
     evaluations = {step: (rollouts, metrics) for step, rollouts, metrics in memory.evaluations}
     prompt_stats: dict[int, list] = {}
@@ -164,6 +167,8 @@ def replay_tracking(run: BareRun, store_dir: Path) -> dict[str, float]:
         prompt_stats.setdefault(step, []).append((name, table))
 
     def evaluate(step: int) -> None:
+        if part != "evaluations":
+            return
         if step in evaluations:
             rollouts, metrics = evaluations[step]
             timed(tracker.log_evaluation, metrics, step, rollouts)
@@ -172,13 +177,19 @@ def replay_tracking(run: BareRun, store_dir: Path) -> dict[str, float]:
 
     evaluate(0)
     for step, metrics in memory.metrics:
-        timed(tracker.log_metrics, metrics, step)
+        if part == "steps":
+            timed(tracker.log_metrics, metrics, step)
         evaluate(step)
     gap = tracker.close(status="FINISHED")
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu0
     if gap.any:
         raise RuntimeError(f"replay into {uri} lost or delayed metrics: {gap.summary()}")
-    return {"blocked_s": blocked, "delivered_wall_s": wall, "cpu_s": cpu}
+    return {
+        "blocked_s": blocked,
+        "delivered_wall_s": wall,
+        "cpu_s": cpu,
+        "count": len(memory.metrics) if part == "steps" else len(memory.evaluations),
+    }
 
 
 def cli_compare(
@@ -195,7 +206,8 @@ def cli_compare(
     for item in overrides:
         cmd += ["--set", item]
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+    env = {**os.environ, **(env or {})}
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
     return time.perf_counter() - start
 
 
@@ -241,33 +253,40 @@ def flow_training_walls(runs_dir: Path, cfg_name: str, since: float) -> dict[str
     return out
 
 
-def demo_wall_s(args, bare: list[BareRun], demo_cfg) -> tuple[float, int, str]:
-    """The wall time and total steps of a full demo compare, measured or extrapolated."""
-    if args.demo_report and Path(args.demo_report).is_file():
-        data = json.loads(Path(args.demo_report).read_text())
-        runs = data["runs"]
+def demo_size(report_path: Path | None, bare: list[BareRun], demo_cfg) -> dict:
+    """Runs, steps, evaluations and summed training wall time of a full demo compare: from a
+    finished ``bench/sample_efficiency.py`` report (means per method x the demo's seeds), else
+    extrapolated from the bare runs by rollout budget and seeds."""
+    seeds = len(demo_cfg.seeds)
+    if report_path is not None and Path(report_path).is_file():
         per_method: dict[str, list] = {}
-        for r in runs:
+        for r in json.loads(Path(report_path).read_text())["runs"]:
             per_method.setdefault(r["method"], []).append(r)
-        # the demo compare runs len(demo seeds) seeds of each method
-        seeds = len(demo_cfg.seeds)
-        wall = sum(statistics.mean(x["wall_s"] for x in rs) * seeds for rs in per_method.values())
-        steps = sum(
-            round(statistics.mean(x["steps"] for x in rs) * seeds) for rs in per_method.values()
-        )
-        return wall, steps, f"measured: mean run wall time of {args.demo_report} x {seeds} seeds"
+
+        def total(value) -> float:
+            return sum(statistics.mean(value(r) for r in rs) * seeds for rs in per_method.values())
+
+        return {
+            "runs": len(per_method) * seeds,
+            "steps": round(total(lambda r: r["steps"])),
+            "evaluations": round(total(lambda r: len(r["history"]))),
+            "train_wall_s": total(lambda r: r["wall_s"]),
+            "how": f"measured ({report_path}: mean per method x {seeds} seeds)",
+        }
     if demo_cfg.budget.max_rollouts is not None:
         scale = demo_cfg.budget.max_rollouts / max(
             statistics.mean(b.cumulative_rollouts for b in bare), 1
         )
     else:
         scale = demo_cfg.budget.max_steps / max(statistics.mean(b.steps for b in bare), 1)
-    # bare holds every method once per bench seed; the demo runs each method for its seeds
-    per_seed = len(demo_cfg.seeds) / len({b.seed for b in bare})
-    wall = sum(b.wall_s for b in bare) * scale * per_seed
-    steps = round(sum(b.steps for b in bare) * scale * per_seed)
-    seeds = len(demo_cfg.seeds)
-    return wall, steps, f"extrapolated from the bare runs x {scale:.1f} (budget) x {seeds} seeds"
+    per_seed = seeds / len({b.seed for b in bare})
+    return {
+        "runs": len(demo_cfg.methods) * seeds,
+        "steps": round(sum(b.steps for b in bare) * scale * per_seed),
+        "evaluations": round(sum(len(b.tracker.evaluations) for b in bare) * scale * per_seed),
+        "train_wall_s": sum(b.wall_s for b in bare) * scale * per_seed,
+        "how": f"extrapolated from the bare runs x {scale:.1f} (budget) x {per_seed:g} (seeds)",
+    }
 
 
 # --------------------------------------------------------------------------- main
@@ -289,12 +308,6 @@ def main() -> None:
     )
     parser.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR)
     parser.add_argument(
-        "--reuse-stages-from",
-        type=Path,
-        default=None,
-        help="a runs dir holding the demo's finished data and warm-start stages",
-    )
-    parser.add_argument(
         "--demo-report",
         type=Path,
         default=None,
@@ -314,7 +327,9 @@ def main() -> None:
     print(f"shortened demo: {' '.join(overrides)}; runs dir {runs_dir}", flush=True)
 
     print("1. cached stages (data, warm start) ...", flush=True)
-    upstream = prepare(cfg, runs_dir, args.reuse_stages_from)
+    prepare_start = time.perf_counter()
+    upstream = prepare(cfg, runs_dir)
+    prepare_s = time.perf_counter() - prepare_start
     import torch
 
     if cfg.torch_threads:
@@ -324,8 +339,11 @@ def main() -> None:
     bare = bare_runs(cfg, upstream, work / "bare")
     print("3. tracking replayed into MLflow ...", flush=True)
     replays = {
-        b.method: replay_tracking(b, Path(tempfile.mkdtemp(prefix="replay-", dir=work)))
+        (b.method, part): replay_tracking(
+            b, Path(tempfile.mkdtemp(prefix="replay-", dir=work)), part
+        )
         for b in bare
+        for part in ("steps", "evaluations")
     }
     from pilotcommit.tracking import code_version
 
@@ -371,18 +389,26 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
 
     steps = sum(b.steps for b in bare)
+    evaluations = sum(len(b.tracker.evaluations) for b in bare)
     bare_wall = sum(b.wall_s for b in bare)
     flow_train_wall = sum(r["wall_s"] for r in flow_runs.values())
-    fixed = first - flow_train_wall
-    blocked = sum(r["blocked_s"] for r in replays.values())
-    cpu = sum(r["cpu_s"] for r in replays.values())
-    demo_wall, demo_steps, demo_how = demo_wall_s(args, bare, demo_cfg)
-    per_step_cpu = cpu / steps
-    demo_overhead = fixed + per_step_cpu * demo_steps
+    orchestration = first - flow_train_wall  # start-up, MLflow runs, cache checks, report
+    per_run = (orchestration - second) / len(bare)  # beyond what the cached compare also pays
+
+    def replayed(part: str, key: str) -> float:
+        return sum(r[key] for (_, p), r in replays.items() if p == part)
+
+    per_step_cpu = replayed("steps", "cpu_s") / steps
+    per_eval_cpu = replayed("evaluations", "cpu_s") / evaluations
+    demo = demo_size(args.demo_report, bare, demo_cfg)
+    demo_fixed = second + per_run * demo["runs"]
+    demo_tracking = per_step_cpu * demo["steps"] + per_eval_cpu * demo["evaluations"]
+    demo_overhead = demo_fixed + demo_tracking
 
     print(
-        "\n| method | steps | bare wall s | median step compute s (bare) | through compare: train wall s "
-        "| median step compute s (compare) | tracking replay: blocked s | delivered wall s | CPU s |"
+        "\n| method | steps | evaluations | bare wall s | median step compute s (bare) "
+        "| compare: train wall s | median step compute s (compare) "
+        "| tracking replay, steps: blocked / CPU s | evaluations: blocked / CPU s |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for b in bare:
@@ -391,44 +417,73 @@ def main() -> None:
         flow_compute = timings.get("median_generate_s", float("nan")) + timings.get(
             "median_learn_s", float("nan")
         )
-        r = replays[b.method]
+        rs, re = replays[(b.method, "steps")], replays[(b.method, "evaluations")]
         print(
-            f"| {b.method} | {b.steps} | {b.wall_s:.1f} | {b.median_step_compute_s:.3f} | {f.get('wall_s', float('nan')):.1f} "
-            f"| {flow_compute:.3f} | {r['blocked_s']:.2f} | {r['delivered_wall_s']:.2f} | {r['cpu_s']:.2f} |"
+            f"| {b.method} | {b.steps} | {len(b.tracker.evaluations)} | {b.wall_s:.1f} "
+            f"| {b.median_step_compute_s:.3f} | {f.get('wall_s', float('nan')):.1f} | {flow_compute:.3f} "
+            f"| {rs['blocked_s']:.2f} / {rs['cpu_s']:.2f} | {re['blocked_s']:.2f} / {re['cpu_s']:.2f} |"
         )
+    rows = [
+        ("prepare stages s (data + warm start; about 0 when cached)", f"{prepare_s:.1f}"),
+        ("training steps / evaluations (all methods)", f"{steps} / {evaluations}"),
+        ("bare train_run, sum of wall s", f"{bare_wall:.1f}"),
+        ("compare: the training runs' own wall s (result.json)", f"{flow_train_wall:.1f}"),
+        (
+            "per-step difference (compare - bare) / steps, s (noise-dominated)",
+            f"{(flow_train_wall - bare_wall) / steps:+.3f}",
+        ),
+        (
+            "tracking per step: blocked s / CPU s incl. background (replay)",
+            f"{replayed('steps', 'blocked_s') / steps:.4f} / {per_step_cpu:.4f}",
+        ),
+        (
+            "tracking per evaluation: blocked s / CPU s incl. background (replay)",
+            f"{replayed('evaluations', 'blocked_s') / evaluations:.3f} / {per_eval_cpu:.3f}",
+        ),
+        ("`pilotcommit compare` wall s (first: trains)", f"{first:.1f}"),
+        ("orchestration s (first compare wall - its training runs' wall)", f"{orchestration:.1f}"),
+        ("`pilotcommit compare` wall s (second: fully cached)", f"{second:.1f}"),
+        ("orchestration per training run beyond the cached compare's, s", f"{per_run:.1f}"),
+        (
+            "`pilotcommit compare` wall s (fully cached, Prefect server already running)",
+            f"{with_server:.1f}",
+        ),
+        ("`python -c 'import flows.compare'` s", f"{import_s:.1f}"),
+        (
+            "`import prefect.server.api.server` s (the ephemeral client imports it)",
+            f"{server_import_s:.1f}",
+        ),
+        ("ephemeral Prefect server start + stop s (after that import)", f"{ephemeral_s:.1f}"),
+        ("`pilotcommit --help` s", f"{help_s:.1f}"),
+        (
+            f"full demo compare ({demo['how']}): runs / steps / evaluations",
+            f"{demo['runs']} / {demo['steps']} / {demo['evaluations']}",
+        ),
+        (
+            "full demo compare: training wall s, runs one after another",
+            f"{demo['train_wall_s']:.0f}",
+        ),
+        (
+            "demo overhead: cached-compare start-up + per-run orchestration x runs, s",
+            f"{demo_fixed:.1f}",
+        ),
+        (
+            "demo overhead: tracking CPU (per step x steps + per evaluation x evaluations), s",
+            f"{demo_tracking:.1f}",
+        ),
+        (
+            "demo overhead, % of the demo's training wall time",
+            f"{100 * demo_overhead / demo['train_wall_s']:.2f}%",
+        ),
+    ]
     print("\n| quantity | value |")
     print("|---|---|")
-    print(f"| training steps (all methods) | {steps} |")
-    print(f"| bare train_run, sum of wall s | {bare_wall:.1f} |")
-    print(f"| compare: training runs' own wall s | {flow_train_wall:.1f} |")
-    print(
-        f"| per-step difference (compare - bare) / steps, s | {(flow_train_wall - bare_wall) / steps:+.3f} (noise) |"
-    )
-    print(f"| tracking per step, blocked s (replay) | {blocked / steps:.4f} |")
-    print(f"| tracking per step, CPU s incl. background (replay) | {per_step_cpu:.4f} |")
-    print(f"| `pilotcommit compare` wall s (first, trains) | {first:.1f} |")
-    print(f"| fixed orchestration s (compare wall - training wall) | {fixed:.1f} |")
-    print(f"| `pilotcommit compare` wall s (second, fully cached) | {second:.1f} |")
-    print(
-        f"| `pilotcommit compare` wall s (fully cached, running Prefect server) | {with_server:.1f} |"
-    )
-    print(f"| `python -c 'import flows.compare'` s | {import_s:.1f} |")
-    print(
-        f"| `import prefect.server.api.server` s (the ephemeral client imports it) | {server_import_s:.1f} |"
-    )
-    print(f"| ephemeral Prefect server start + stop s (after that import) | {ephemeral_s:.1f} |")
-    print(f"| `pilotcommit --help` s | {help_s:.1f} |")
-    print(f"| full demo compare: wall s ({demo_how}) | {demo_wall:.0f} |")
-    print(f"| full demo compare: steps | {demo_steps} |")
-    print(
-        f"| pipeline overhead on the demo: fixed + per-step tracking CPU x steps, s | {demo_overhead:.1f} |"
-    )
-    print(
-        f"| pipeline overhead, % of the demo's wall time | {100 * demo_overhead / demo_wall:.2f}% |"
-    )
+    for label, value in rows:
+        print(f"| {label} | {value} |")
     print(
         f"\nload average before {', '.join(f'{x:.2f}' for x in load_before)}, after "
-        f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}; {os.cpu_count()} cores; torch threads {cfg.torch_threads}"
+        f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}; {os.cpu_count()} cores; "
+        f"torch threads {cfg.torch_threads}; code version {version_before}"
     )
 
 

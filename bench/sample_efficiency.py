@@ -17,6 +17,13 @@ replaced by ``--seeds`` (default 0-4), then reports:
   prompts piloted / informative / too hard / too easy per step, how well pilot pass rates
   predicted commit pass rates (``alloc/pilot_commit_agreement``), zero-variance groups in
   the trained batch, sampling rounds, evictions;
+- the same speed-ups for lower targets (``--fractions``: a fraction of the reference's best
+  gain over the initial accuracy, ``TargetConfig.fraction_of_reference``), because a target
+  at the very end of the reference's budget turns "rollouts to target" into a test of
+  evaluation noise at the last few evaluations;
+- accuracy at equal budgets (``--budgets``): each run's curve interpolated at the same
+  cumulative rollouts, seed means, and Pilot-Commit minus each baseline paired by seed with a
+  95% bootstrap interval;
 - the accuracy-versus-cumulative-rollouts figure (``report.accuracy_figure``: seed mean,
   min-max band, target, each method's mean rollouts to target).
 
@@ -167,6 +174,54 @@ def bootstrap_speedups(
     return out
 
 
+def accuracy_at(history: Sequence[EvalRecord], rollouts: float, metric: str) -> float:
+    """The metric at ``rollouts`` cumulative rollouts, linearly interpolated between evaluations
+    (NaN past the run's last evaluation: no extrapolation)."""
+    x = np.array([r.cumulative_rollouts for r in history], float)
+    if rollouts > x[-1]:
+        return math.nan
+    return float(np.interp(rollouts, x, [r.metrics[metric] for r in history]))
+
+
+def equal_budget_table(
+    runs: Sequence[RunHistory],
+    budgets: Sequence[float],
+    metric: str,
+    *,
+    resamples: int,
+    seed: int = 0,
+    candidate: str = report.CANDIDATE_METHOD,
+) -> list[dict]:
+    """Accuracy of every method at the same cumulative budgets (seed means), and the paired
+    difference candidate - other per budget with a 95% bootstrap interval over seeds. The
+    headline metric only looks at the first crossing of one target; this looks at whole curves."""
+    by = {(r.method, r.seed): r.history for r in runs}
+    methods = sorted({r.method for r in runs})
+    rng = np.random.default_rng(seed)
+    rows = []
+    for budget in budgets:
+        row: dict = {"rollouts": budget}
+        acc = {
+            m: {s: accuracy_at(h, budget, metric) for (mm, s), h in by.items() if mm == m}
+            for m in methods
+        }
+        for m in methods:
+            row[m] = float(np.nanmean(list(acc[m].values()))) if acc[m] else math.nan
+        for other in methods:
+            if other == candidate or candidate not in acc:
+                continue
+            seeds = sorted(set(acc[candidate]) & set(acc[other]))
+            diffs = np.array([acc[candidate][s] - acc[other][s] for s in seeds])
+            diffs = diffs[~np.isnan(diffs)]
+            if len(diffs) == 0:
+                continue
+            boot = rng.choice(diffs, size=(resamples, len(diffs)), replace=True).mean(axis=1)
+            row[f"diff_vs_{other}"] = float(diffs.mean())
+            row[f"diff_vs_{other}_ci"] = [float(v) for v in np.percentile(boot, [2.5, 97.5])]
+        rows.append(row)
+    return rows
+
+
 def method_table(records: Sequence[RunRecord], summary: report.ComparisonSummary) -> list[dict]:
     """One row per method: rollouts to target, final and best accuracy, tokens, steps, wall time."""
     rows = []
@@ -246,6 +301,23 @@ def run_comparison(config: Path, overrides: list[str], runs_dir: Path) -> dict:
         return compare_flow(config_path=str(config), overrides=overrides, runs_dir=str(runs_dir))
     finally:
         stages.set_progress_sink(None)
+
+
+def flow_out_from_json(saved: dict, runs_dir: Path, name: str) -> dict:
+    """The parts of the compare flow's output that :func:`collect_records` reads, rebuilt from a
+    saved report and the runs directory it was written from."""
+    runs = []
+    for r in saved["runs"]:
+        found = sorted(
+            (runs_dir / name / "train").glob(f"{r['method']}-seed{r['seed']}-*/result.json")
+        )
+        if len(found) != 1:
+            raise FileNotFoundError(
+                f"{runs_dir}: expected one result.json of {r['method']} seed {r['seed']}, found {len(found)}"
+            )
+        runs.append({**r, "run_dir": str(found[0].parent)})
+    uri = saved.get("tracking_uri") or f"sqlite:///{runs_dir.resolve() / 'mlflow.db'}"
+    return {"runs": runs, "tracking_uri": uri, "parent_run_id": saved["parent_run_id"]}
 
 
 def collect_records(flow_out: dict) -> list[RunRecord]:
@@ -341,6 +413,63 @@ def print_report(rows, speedups, alloc, summary, cfg, seeds, flow_out) -> None:
     print(f"\nMLflow: parent run {flow_out['parent_run_id']} in {flow_out['tracking_uri']}")
 
 
+def print_secondary(fraction_rows: list[tuple], budget_rows: list[dict], metric: str) -> None:
+    print("\nlower targets (a fraction of the reference's best gain over the initial accuracy):\n")
+    print(
+        "| fraction | target | rollouts to target (mean, reached) per method | PC vs grpo [95% CI] "
+        "| PC vs dapo [95% CI] |"
+    )
+    print("|---|---|---|---|---|")
+    for fraction, summary, speedups in fraction_rows:
+        per_method = "; ".join(
+            f"{m}: {_num(v.mean)} ({v.reached}/{v.seeds})" for m, v in summary.methods.items()
+        )
+        cells = []
+        for baseline in report.BASELINE_METHODS:
+            sp = speedups.get(baseline)
+            if sp is None or sp["note"]:
+                cells.append(f"n/a ({sp['note'] if sp else 'missing'})")
+            else:
+                cells.append(
+                    f"{sp['speedup']:.2f}x{' partial' if sp['partial'] else ''} "
+                    f"[{_num(sp['ci_low'], '.2f')}, {_num(sp['ci_high'], '.2f')}]"
+                )
+        print(f"| {fraction:g} | {summary.target:.4f} | {per_method} | {cells[0]} | {cells[1]} |")
+    if not budget_rows:
+        return
+    methods = [k for k in budget_rows[0] if k != "rollouts" and not k.startswith("diff_vs_")]
+    others = [
+        k.removeprefix("diff_vs_")
+        for k in budget_rows[0]
+        if k.startswith("diff_vs_") and not k.endswith("_ci")
+    ]
+    print(
+        f"\n{metric} at equal budgets (seed mean; PC minus baseline, paired by seed, 95% bootstrap CI):\n"
+    )
+    print(
+        "| rollouts | "
+        + " | ".join(methods)
+        + " | "
+        + " | ".join(f"PC - {o}" for o in others)
+        + " |"
+    )
+    print("|---|" + "---|" * (len(methods) + len(others)))
+    for row in budget_rows:
+        diffs = [
+            f"{row[f'diff_vs_{o}']:+.4f} [{row[f'diff_vs_{o}_ci'][0]:+.4f}, {row[f'diff_vs_{o}_ci'][1]:+.4f}]"
+            if f"diff_vs_{o}" in row
+            else "-"
+            for o in others
+        ]
+        print(
+            f"| {row['rollouts']:,.0f} | "
+            + " | ".join(_num(row[m], ".4f") for m in methods)
+            + " | "
+            + " | ".join(diffs)
+            + " |"
+        )
+
+
 def main() -> None:
     from pilotcommit.config import demo_config_path, load_experiment_config
 
@@ -358,6 +487,26 @@ def main() -> None:
     )
     parser.add_argument("--figure", type=Path, default=None, help="also copy the figure here")
     parser.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap resamples")
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        default=None,
+        help="re-analyse a saved sample_efficiency.json instead of running the comparison",
+    )
+    parser.add_argument(
+        "--fractions",
+        type=float,
+        nargs="*",
+        default=[0.5, 0.75],
+        help="also report lower targets: these fractions of the reference's best gain",
+    )
+    parser.add_argument(
+        "--budgets",
+        type=float,
+        nargs="*",
+        default=[10_000, 20_000, 30_000],
+        help="also report accuracy at these cumulative rollout budgets",
+    )
     args = parser.parse_args()
 
     overrides = [*args.overrides, f"seeds=[{','.join(str(s) for s in args.seeds)}]"]
@@ -369,9 +518,15 @@ def main() -> None:
         f"{cfg.name}: {len(cfg.methods)} methods x {len(cfg.seeds)} seeds into {args.runs_dir}",
         flush=True,
     )
-    flow_out = run_comparison(args.config, overrides, args.runs_dir)
-    elapsed = time.perf_counter() - started
-
+    if args.from_json:
+        # re-analyse a finished comparison without the flow (whose cache keys hold the code
+        # version: after any edit to pilotcommit/ it would train everything again)
+        saved = json.loads(args.from_json.read_text())
+        flow_out = flow_out_from_json(saved, args.runs_dir, cfg.name)
+        elapsed = float(saved["wall_s"])
+    else:
+        flow_out = run_comparison(args.config, overrides, args.runs_dir)
+        elapsed = time.perf_counter() - started
     records = collect_records(flow_out)
     runs = [RunHistory(r.method, r.seed, r.history) for r in records]
     summary = report.summarize_comparison(runs, cfg.target)
@@ -379,6 +534,20 @@ def main() -> None:
     speedups = bootstrap_speedups(runs, cfg.target, resamples=args.bootstrap)
     alloc = allocation_table(records)
     print_report(rows, speedups, alloc, summary, cfg, cfg.seeds, flow_out)
+    fraction_rows = []
+    for fraction in args.fractions:
+        target_cfg = cfg.target.model_copy(update={"fraction_of_reference": fraction})
+        fraction_rows.append(
+            (
+                fraction,
+                report.summarize_comparison(runs, target_cfg),
+                bootstrap_speedups(runs, target_cfg, resamples=args.bootstrap),
+            )
+        )
+    budget_rows = equal_budget_table(
+        runs, args.budgets, cfg.target.metric, resamples=args.bootstrap
+    )
+    print_secondary(fraction_rows, budget_rows, cfg.target.metric)
 
     import matplotlib.pyplot as plt
 
@@ -403,6 +572,11 @@ def main() -> None:
                 "methods": rows,
                 "speedups": speedups,
                 "allocation": alloc,
+                "lower_targets": [
+                    {"fraction": f, "summary": sm.to_dict(), "speedups": sp}
+                    for f, sm, sp in fraction_rows
+                ],
+                "equal_budgets": budget_rows,
                 "runs": [
                     {
                         "method": r.method,
@@ -410,12 +584,15 @@ def main() -> None:
                         "steps": r.steps,
                         "wall_s": r.wall_s,
                         "mlflow_run_id": r.mlflow_run_id,
+                        "generated_tokens": r.generated_tokens,
+                        "step_metrics": r.step_metrics,
                         "history": [h.to_dict() for h in r.history],
                     }
                     for r in records
                 ],
                 "wall_s": elapsed,
                 "parent_run_id": flow_out["parent_run_id"],
+                "tracking_uri": flow_out["tracking_uri"],
             },
             indent=2,
             default=str,
