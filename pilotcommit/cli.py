@@ -434,6 +434,9 @@ def serve(
     console.print("Ctrl-C stops everything.")
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    # a process started in the background by a non-interactive shell inherits SIGINT as
+    # *ignored*, and Python then never raises KeyboardInterrupt: make Ctrl-C/SIGINT work anyway
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         while not stop["now"]:
             for service in (mlflow_srv, prefect_srv, worker):
