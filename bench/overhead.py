@@ -24,7 +24,11 @@ On a shortened demo (the demo config with ``--set`` overrides, by default one se
 5. **Start-up pieces**: ``import flows.compare``, ``import prefect.server.api.server`` (the
    ephemeral client imports it), the ephemeral server's start and stop, ``pilotcommit --help``.
 
-The overhead of a full demo compare is then estimated as: the cached compare's wall time
+With ``--full-demo`` it also runs the unshortened demo through ``pilotcommit compare`` (fresh
+training runs, cached warm start) and measures the overhead on it directly: its wall time
+minus its training runs' own wall time, plus the replayed tracking rates x its steps and
+evaluations, as a share of its wall time. Without it, the overhead of a full demo compare is
+estimated as: the cached compare's wall time
 (start-up and cache checks) + the orchestration per training run beyond it x the demo's runs
 + tracking CPU per step x steps + per evaluation x evaluations; over the demo's training wall
 time, runs one after another, taken from a finished ``bench/sample_efficiency.py`` report
@@ -36,7 +40,7 @@ code version, so an edit to ``pilotcommit/`` during the run spoils the cached ti
 script checks and says so. A benchmark, not a test; results and commands are in
 docs/benchmarks.md.
 
-    python bench/overhead.py [--set budget.max_rollouts=8192] [--demo-report PATH]
+    python bench/overhead.py [--set budget.max_rollouts=8192] [--demo-report PATH] [--full-demo]
 """
 
 from __future__ import annotations
@@ -243,6 +247,12 @@ def timed_command(cmd: list[str], repeats: int = 3, env: dict | None = None) -> 
     return statistics.median(walls)
 
 
+def flow_training_walls_all(runs_dir: Path, cfg_name: str, since: float) -> list[dict]:
+    """Every ``result.json`` the compare flow wrote after ``since``."""
+    paths = (runs_dir / cfg_name / "train").glob("*/result.json")
+    return [json.loads(p.read_text()) for p in paths if p.stat().st_mtime >= since]
+
+
 def flow_training_walls(runs_dir: Path, cfg_name: str, since: float) -> dict[str, dict]:
     """``result.json`` of the training runs the compare flow wrote after ``since``."""
     out = {}
@@ -312,6 +322,11 @@ def main() -> None:
         type=Path,
         default=None,
         help="sample_efficiency.json of a full demo run (its wall times)",
+    )
+    parser.add_argument(
+        "--full-demo",
+        action="store_true",
+        help="also run the full demo through `pilotcommit compare` (minutes) and measure on it",
     )
     args = parser.parse_args()
 
@@ -387,6 +402,21 @@ def main() -> None:
     )
     shutil.rmtree(ephemeral_home, ignore_errors=True)
     shutil.rmtree(work, ignore_errors=True)
+    full = None
+    if args.full_demo:
+        print("8. the full demo through pilotcommit compare (trains every run) ...", flush=True)
+        since_full = time.time()
+        demo_overrides = [f"tracking.experiment_name=overhead-demo-{stamp}"]
+        full_wall = cli_compare(config_path, demo_overrides, runs_dir)
+        done = flow_training_walls_all(runs_dir, demo_cfg.name, since_full)
+        full = {
+            "wall_s": full_wall,
+            "runs": len(done),
+            "train_wall_s": sum(r["wall_s"] for r in done),
+            "steps": sum(r["steps"] for r in done),
+            "evaluations": sum(len(r["eval_history"]) for r in done),
+        }
+        print(f"   {full_wall:.1f} s", flush=True)
 
     steps = sum(b.steps for b in bare)
     evaluations = sum(len(b.tracker.evaluations) for b in bare)
@@ -476,6 +506,29 @@ def main() -> None:
             f"{100 * demo_overhead / demo['train_wall_s']:.2f}%",
         ),
     ]
+    if full is not None:
+        measured_orchestration = full["wall_s"] - full["train_wall_s"]
+        measured_tracking = per_step_cpu * full["steps"] + per_eval_cpu * full["evaluations"]
+        rows += [
+            ("full demo `pilotcommit compare` (first: trains), wall s", f"{full['wall_s']:.1f}"),
+            (
+                "full demo: runs / steps / evaluations",
+                f"{full['runs']} / {full['steps']} / {full['evaluations']}",
+            ),
+            ("full demo: the training runs' own wall s", f"{full['train_wall_s']:.1f}"),
+            (
+                "full demo: orchestration s (compare wall - training runs' wall)",
+                f"{measured_orchestration:.1f}",
+            ),
+            (
+                "full demo: tracking CPU inside the runs (replay rates x its steps, evaluations), s",
+                f"{measured_tracking:.1f}",
+            ),
+            (
+                "full demo: pipeline overhead, % of its wall time",
+                f"{100 * (measured_orchestration + measured_tracking) / full['wall_s']:.2f}%",
+            ),
+        ]
     print("\n| quantity | value |")
     print("|---|---|")
     for label, value in rows:

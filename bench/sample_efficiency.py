@@ -33,6 +33,7 @@ recorded in docs/benchmarks.md.
 
     python bench/sample_efficiency.py                        # the demo, seeds 0-4 (long)
     python bench/sample_efficiency.py --config conf/experiment/smoke.yaml --seeds 0 1 --bootstrap 200
+    python bench/sample_efficiency.py --from-json <runs-dir>/report/sample_efficiency.json   # re-analyse
 """
 
 from __future__ import annotations
