@@ -29,12 +29,11 @@ What this module does:
   :func:`full_model_state_dict`, :func:`load_full_model_state_dict`,
   :func:`iter_full_parameters`, and the learner's own ``state_dict`` (full optimizer state).
 
-Why the update loop is written out here rather than inherited: the rank's slice of rows, the
-all-reduced normaliser, the padding of micro-batch counts (every rank must run the same number
-of forward and backward passes, or FSDP's collectives hang) and the all-reduced metrics sit in
-the middle of :meth:`Learner.update`. Two hooks in that method (``_local_rows`` and
-``_global_sum``) would let this class drop its copy; until then the equivalence test pins the
-two loops to the same result.
+The update loop itself is :meth:`Learner.update`, written once; this class overrides its three
+hooks: ``_plan_minibatch`` (the rank's slice of rows, the all-reduced normaliser, the padding of
+micro-batch counts: every rank must run the same number of forward and backward passes, or
+FSDP's collectives hang), ``_any_rank`` (a non-finite loss stops every rank at once) and
+``_sum_over_ranks`` (the metrics).
 
 Not here: tensor or pipeline parallelism of the learner (FSDP only), CPU offload of
 parameters, sharded checkpoint files (full state dicts are gathered on rank 0), generation.
@@ -63,9 +62,7 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
 from pilotcommit.config import LearnerConfig
-from pilotcommit.learner.loss import policy_loss
-from pilotcommit.learner.update import Learner, NonFiniteLossError, pack_batch
-from pilotcommit.types import TrainBatch
+from pilotcommit.learner.update import Learner, PackedBatch
 
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -227,121 +224,47 @@ class DistributedLearner(Learner):
     def _comm_device(self) -> torch.device:
         return self.device if dist.get_backend(self.group) == "nccl" else torch.device("cpu")
 
-    # ------------------------------------------------------------------ the update
-    def update(self, batch: TrainBatch, *, seed: int) -> dict[str, float]:
-        """One training step on this rank's slice of ``batch`` (same return value on every rank)."""
-        config = self.config
-        packed = pack_batch(batch, self.pad_id, config)
-        n = packed.input_ids_BT.shape[0]
-        # the same seeded order on every rank, so every rank sees the same mini-batches
-        order_N = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-        minibatches = [m for m in order_N.chunk(config.optimizer_steps_per_batch) if len(m)]
+    # ------------------------------------------------------------------ Learner.update's hooks
+    def _plan_minibatch(
+        self, packed: PackedBatch, mini_rows: Tensor, step: int
+    ) -> tuple[float, list[Tensor], int]:
+        """This rank's slice of the mini-batch's rows with the GLOBAL normaliser, padded so every
+        rank runs the same number of micro-batches (FSDP all-gathers parameters in every forward
+        and reduce-scatters gradients in every backward)."""
         tokens_B = packed.completion_mask_BT.sum(dim=1)
-        self.model.train()
-        # loss, clip*tokens, kl*tokens, ratio*tokens, tokens, trained rows, |old - sampler| logp sum
-        # (summed over ranks at the end)
-        totals = [0.0] * 7
-        grad_norms = []
-        for mini_rows in minibatches:
-            has_advantage_N = packed.advantages_B[mini_rows] != 0
-            active, inactive = mini_rows[has_advantage_N], mini_rows[~has_advantage_N]
-            my_rows = partition_rows(active, self.rank, self.world_size)
-            # this rank's share of the normaliser: its rows, plus its share of the zero-advantage
-            # rows (no gradient, but their tokens count in the token mean, as in Learner.update)
-            my_inactive = partition_rows(inactive, self.rank, self.world_size)
-            share = self._normalizer_share(tokens_B, my_rows, my_inactive)
-            local_full = self._normalizer_share(tokens_B, mini_rows, mini_rows[:0])
-            normalizer = self._all_reduce([share])[0]
-            if normalizer != local_full:
-                raise RuntimeError(
-                    f"training step {batch.step}: ranks disagree on the training batch (the "
-                    f"mini-batch normaliser is {normalizer} summed over ranks but {local_full} on "
-                    f"rank {self.rank}); every rank must build the same batch"
-                )
-            # every rank runs the same number of micro-batches (FSDP all-gathers parameters in
-            # every forward and reduce-scatters gradients in every backward)
-            num_micro = math.ceil(
-                max_rows_per_rank(len(active), self.world_size) / config.micro_batch_size
+        has_advantage_N = packed.advantages_B[mini_rows] != 0
+        active, inactive = mini_rows[has_advantage_N], mini_rows[~has_advantage_N]
+        my_rows = partition_rows(active, self.rank, self.world_size)
+        # this rank's share of the normaliser: its rows, plus its share of the zero-advantage
+        # rows (no gradient, but their tokens count in the token mean, as in Learner)
+        my_inactive = partition_rows(inactive, self.rank, self.world_size)
+        share = self._normalizer_share(tokens_B, torch.cat([my_rows, my_inactive]))
+        local_full = self._normalizer_share(tokens_B, mini_rows)
+        normalizer = self._all_reduce([share])[0]
+        if normalizer != local_full:
+            raise RuntimeError(
+                f"training step {step}: ranks disagree on the training batch (the mini-batch "
+                f"normaliser is {normalizer} summed over ranks but {local_full} on rank "
+                f"{self.rank}); every rank must build the same batch"
             )
-            micro = list(my_rows.split(config.micro_batch_size)) if len(my_rows) else []
-            padding = num_micro - len(micro)
-            # a padding micro-batch is one real row with an empty mask: zero loss, same collectives
-            micro += [mini_rows[:1]] * padding
-            old = self._old_logprobs(packed, micro)
-            self.optimizer.zero_grad(set_to_none=True)
-            nonfinite_loss = 0.0
-            for i, rows in enumerate(micro):
-                ids, att, mask = self._rows_to_device(packed, rows)
-                is_padding = i >= num_micro - padding
-                if is_padding:
-                    mask = torch.zeros_like(mask)
-                logp_BT = self._logprobs(ids, att).float()
-                out = policy_loss(
-                    logp_BT,
-                    old[i],
-                    packed.advantages_B[rows].to(self.device),
-                    mask,
-                    eps_low=config.eps_low,
-                    eps_high=config.eps_high,
-                    aggregation=config.loss_aggregation,
-                    normalizer=max(normalizer, 1.0),
-                )
-                if not torch.isfinite(out.loss):
-                    # raised after the collectives below, on every rank at once (a lone raise
-                    # would leave the other ranks waiting in the next all-gather)
-                    nonfinite_loss = 1.0
-                out.loss.backward()
-                if is_padding:
-                    continue
-                # engine vs learner disagreement (a different kernel, dtype or stale weights)
-                sampler_BT = packed.sampler_logp_BT[rows].to(self.device)[:, : mask.shape[1]]
-                totals[6] += float(((old[i] - sampler_BT).abs() * mask).sum())
-                tokens = float(out.num_tokens)
-                totals[0] += float(out.loss.detach())
-                totals[1] += float(out.clip_fraction) * tokens
-                totals[2] += float(out.approx_kl) * tokens
-                totals[3] += float(out.ratio_mean) * tokens
-                totals[4] += tokens
-                totals[5] += len(rows)
-            if self._all_reduce([nonfinite_loss], op=dist.ReduceOp.MAX)[0] > 0:
-                self.optimizer.zero_grad(set_to_none=True)
-                raise NonFiniteLossError(
-                    f"training step {batch.step}: loss is not finite on some rank"
-                )
-            # the global norm over all shards (DTensor reduction): the same value on every rank
-            grad_norm = _as_local(
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
-            )
-            if not torch.isfinite(grad_norm):
-                self.optimizer.zero_grad(set_to_none=True)
-                raise NonFiniteLossError(
-                    f"training step {batch.step}: gradient norm is {float(grad_norm)}"
-                )
-            grad_norms.append(float(grad_norm))
-            self.optimizer.step()
-        self.scheduler.step()
-        self.model.eval()
-        loss, clip, kl, ratio, tokens_trained, trained_rows, sampler_gap = self._all_reduce(totals)
-        tokens = max(tokens_trained, 1.0)
-        return {
-            "loss/policy": loss / max(len(minibatches), 1),
-            "loss/clip_fraction": clip / tokens,
-            "loss/approx_kl": kl / tokens,
-            "loss/ratio_mean": ratio / tokens if tokens_trained else 1.0,
-            "loss/sampler_logp_gap": sampler_gap / tokens,
-            "grad/norm": float(max(grad_norms)) if grad_norms else 0.0,
-            "learner/lr": self.optimizer.param_groups[0]["lr"],
-            "learner/optimizer_steps": float(len(minibatches)),
-            "learner/trained_sequences": float(trained_rows),
-            "learner/skipped_zero_advantage": float(n - trained_rows),
-            "learner/completion_tokens": float(packed.num_completion_tokens),
-        }
+        num_micro = math.ceil(max_rows_per_rank(len(active), self.world_size) / self.config.micro_batch_size)
+        micro = list(my_rows.split(self.config.micro_batch_size)) if len(my_rows) else []
+        padding = num_micro - len(micro)
+        # a padding micro-batch is one real row; Learner.update gives it an empty mask
+        micro += [mini_rows[:1]] * padding
+        return normalizer, micro, padding
 
-    def _normalizer_share(self, tokens_B: Tensor, rows: Tensor, more_rows: Tensor) -> float:
-        both = torch.cat([rows, more_rows])
+    def _any_rank(self, flag: bool) -> bool:
+        # every rank learns it at once: a lone raise would leave the others in the next all-gather
+        return self._all_reduce([1.0 if flag else 0.0], op=dist.ReduceOp.MAX)[0] > 0
+
+    def _sum_over_ranks(self, values: list[float]) -> list[float]:
+        return self._all_reduce(values)
+
+    def _normalizer_share(self, tokens_B: Tensor, rows: Tensor) -> float:
         if self.config.loss_aggregation == "token_mean":
-            return float(tokens_B[both].sum())
-        return float((tokens_B[both] > 0).sum())
+            return float(tokens_B[rows].sum())
+        return float((tokens_B[rows] > 0).sum())
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:

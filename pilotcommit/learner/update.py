@@ -10,12 +10,15 @@ What one training step does (ALGORITHMS.md, "Shared learner"):
 1. Pack every rollout as ``prompt + completion`` (right-padded) with a mask
    over the completion tokens.
 2. Advantages: one scalar per rollout from its group's rewards.
-3. Old log-probs are the current weights' log-probs just before the update
-   (so the first ratio is exactly 1); the sampler's own log-probs are only a
-   diagnostic. They are taken from the gradient forward pass itself (detached)
-   rather than from a separate no-grad pass: no optimizer step happens between
-   the two within a mini-batch, so both are the same numbers (bitwise on CPU),
-   and the separate pass cost about a quarter of the learner's time.
+3. Old log-probs are the current weights' log-probs just before the update,
+   for every mini-batch (so the first mini-batch's ratio is exactly 1 and the
+   later mini-batches' ratios measure how far the earlier optimizer steps moved
+   the policy: that is what the clipping acts on); the sampler's own log-probs
+   are only a diagnostic. The first mini-batch takes them from its gradient
+   forward pass itself (detached): no optimizer step happens in between, so
+   they are the same numbers (bitwise on CPU), and a separate pass would cost
+   about a quarter of the learner's time with one mini-batch. The later
+   mini-batches get a no-grad pass before the first optimizer step.
 4. The batch is split into ``optimizer_steps_per_batch`` equal mini-batches
    (default 1) in a seeded order; each mini-batch is one AdamW step after
    gradient accumulation over micro-batches, with the token-mean normaliser of
@@ -147,12 +150,46 @@ class Learner:
         return ids, att, mask
 
     @torch.no_grad()
-    def _old_logprobs(self, packed: PackedBatch, rows_per_micro: list[Tensor]) -> dict[int, Tensor]:
-        old: dict[int, Tensor] = {}
-        for i, rows in enumerate(rows_per_micro):
+    def _old_logprobs(self, packed: PackedBatch, micro: list[Tensor]) -> list[Tensor]:
+        """The current weights' log-probs of each micro-batch's rows (no gradient)."""
+        old = []
+        for rows in micro:
             ids, att, _ = self._rows_to_device(packed, rows)
-            old[i] = self._logprobs(ids, att).float()
+            old.append(self._logprobs(ids, att).float())
         return old
+
+    # ------------------------------------------------------------------ hooks for sharding
+    # A single process trains on every row of a mini-batch. DistributedLearner overrides these
+    # three hooks to train on its own slice, sum the normaliser and metrics over ranks and pad
+    # micro-batch counts; the update itself (below) is written once.
+    def _plan_minibatch(
+        self, packed: PackedBatch, mini_rows: Tensor, step: int
+    ) -> tuple[float, list[Tensor], int]:
+        """``(normaliser, micro-batches, padding)`` for one mini-batch.
+
+        The normaliser is the token count (or sequence count) of the WHOLE mini-batch, so
+        accumulating micro-batch gradients gives the full-batch gradient. Rows with zero
+        advantage have zero gradient: their compute is skipped, but they stay in the normaliser
+        (the loss is the token mean over the whole mini-batch, as in the paper). The last
+        ``padding`` micro-batches are placeholders that must run (collectives) but count for
+        nothing; a single process has none.
+        """
+        mask = packed.completion_mask_BT[mini_rows]
+        if self.config.loss_aggregation == "token_mean":
+            normalizer = float(mask.sum())
+        else:
+            normalizer = float((mask.sum(dim=1) > 0).sum())
+        active = mini_rows[packed.advantages_B[mini_rows] != 0]
+        micro = list(active.split(self.config.micro_batch_size)) if len(active) else []
+        return normalizer, micro, 0
+
+    def _any_rank(self, flag: bool) -> bool:
+        """Whether ``flag`` is true on any process (here: this one)."""
+        return flag
+
+    def _sum_over_ranks(self, values: list[float]) -> list[float]:
+        """``values`` summed over processes (here: unchanged)."""
+        return values
 
     # ------------------------------------------------------------------ the update
     def update(self, batch: TrainBatch, *, seed: int) -> dict[str, float]:
@@ -160,31 +197,30 @@ class Learner:
         config = self.config
         packed = pack_batch(batch, self.pad_id, config)
         n = packed.input_ids_BT.shape[0]
-        generator = torch.Generator().manual_seed(seed)
-        order_N = torch.randperm(n, generator=generator)
+        # a seeded order (the same on every rank, so every rank sees the same mini-batches)
+        order_N = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
         minibatches = [m for m in order_N.chunk(config.optimizer_steps_per_batch) if len(m)]
+        plans = [self._plan_minibatch(packed, rows, batch.step) for rows in minibatches]
         self.model.train()
-        totals = {"loss": 0.0, "clip": 0.0, "kl": 0.0, "ratio": 0.0, "tokens": 0.0, "sampler_gap": 0.0}
+        # Old log-probs are the weights of the start of the step for EVERY mini-batch: the
+        # first mini-batch takes them from its own gradient pass (module docstring, point 3);
+        # the later ones need a no-grad pass now, before the first optimizer step moves the
+        # weights (taking them later would make every ratio 1 and the clipping inert).
+        old_later = [self._old_logprobs(packed, micro) for _, micro, _ in plans[1:]]
+        old_per_minibatch: list[list[Tensor] | None] = [None, *old_later]
+        # loss, clip*tokens, kl*tokens, ratio*tokens, tokens, trained rows, |old - sampler| logp sum
+        totals = [0.0] * 7
         grad_norms = []
-        trained_rows = 0
-        for mini_rows in minibatches:
-            token_count = float(packed.completion_mask_BT[mini_rows].sum())
-            seq_count = float((packed.completion_mask_BT[mini_rows].sum(dim=1) > 0).sum())
-            normalizer = token_count if config.loss_aggregation == "token_mean" else seq_count
-            # rows with zero advantage have zero gradient: skip their compute, keep them in the
-            # normaliser (the loss is the token mean over the whole mini-batch, as in the paper)
-            active = mini_rows[packed.advantages_B[mini_rows] != 0]
-            micro = list(active.split(config.micro_batch_size)) if len(active) else []
+        for (normalizer, micro, padding), old in zip(plans, old_per_minibatch, strict=True):
             self.optimizer.zero_grad(set_to_none=True)
-            for rows in micro:
+            nonfinite_loss: float | None = None
+            for i, rows in enumerate(micro):
+                is_padding = i >= len(micro) - padding
                 ids, att, mask = self._rows_to_device(packed, rows)
+                if is_padding:  # one real row with an empty mask: zero loss, same collectives
+                    mask = torch.zeros_like(mask)
                 logp_BT = self._logprobs(ids, att).float()
-                # the weights have not moved since this mini-batch began: the old log-probs are
-                # these very numbers (see the module docstring, point 3)
-                old_BT = logp_BT.detach()
-                # engine vs learner disagreement (a different kernel, dtype or stale weights)
-                sampler_BT = packed.sampler_logp_BT[rows].to(self.device)[:, : mask.shape[1]]
-                totals["sampler_gap"] += float(((old_BT - sampler_BT).abs() * mask).sum())
+                old_BT = logp_BT.detach() if old is None else old[i]
                 out = policy_loss(
                     logp_BT,
                     old_BT,
@@ -195,17 +231,30 @@ class Learner:
                     aggregation=config.loss_aggregation,
                     normalizer=max(normalizer, 1.0),
                 )
-                if not torch.isfinite(out.loss):
-                    raise NonFiniteLossError(f"training step {batch.step}: loss is {float(out.loss)}")
+                if not torch.isfinite(out.loss) and nonfinite_loss is None:
+                    nonfinite_loss = float(out.loss)
+                # backward even on a non-finite loss: sharded ranks must all run the same
+                # collectives; the step is refused below, before the optimizer moves
                 out.loss.backward()
+                if is_padding:
+                    continue
+                # engine vs learner disagreement (a different kernel, dtype or stale weights)
+                sampler_BT = packed.sampler_logp_BT[rows].to(self.device)[:, : mask.shape[1]]
+                totals[6] += float(((old_BT - sampler_BT).abs() * mask).sum())
                 tokens = float(out.num_tokens)
-                totals["loss"] += float(out.loss.detach())
-                totals["clip"] += float(out.clip_fraction) * tokens
-                totals["kl"] += float(out.approx_kl) * tokens
-                totals["ratio"] += float(out.ratio_mean) * tokens
-                totals["tokens"] += tokens
-                trained_rows += len(rows)
+                totals[0] += float(out.loss.detach())
+                totals[1] += float(out.clip_fraction) * tokens
+                totals[2] += float(out.approx_kl) * tokens
+                totals[3] += float(out.ratio_mean) * tokens
+                totals[4] += tokens
+                totals[5] += len(rows)
+            if self._any_rank(nonfinite_loss is not None):
+                self.optimizer.zero_grad(set_to_none=True)
+                value = "not finite on another rank" if nonfinite_loss is None else nonfinite_loss
+                raise NonFiniteLossError(f"training step {batch.step}: loss is {value}")
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+            if hasattr(grad_norm, "full_tensor"):  # a DTensor: the global norm over all shards
+                grad_norm = grad_norm.full_tensor()
             if not torch.isfinite(grad_norm):
                 self.optimizer.zero_grad(set_to_none=True)
                 raise NonFiniteLossError(f"training step {batch.step}: gradient norm is {float(grad_norm)}")
@@ -213,13 +262,14 @@ class Learner:
             self.optimizer.step()
         self.scheduler.step()
         self.model.eval()
-        tokens = max(totals["tokens"], 1.0)
+        loss, clip, kl, ratio, tokens_trained, trained_rows, sampler_gap = self._sum_over_ranks(totals)
+        tokens = max(tokens_trained, 1.0)
         return {
-            "loss/policy": totals["loss"] / max(len(minibatches), 1),
-            "loss/clip_fraction": totals["clip"] / tokens,
-            "loss/approx_kl": totals["kl"] / tokens,
-            "loss/ratio_mean": totals["ratio"] / tokens if totals["tokens"] else 1.0,
-            "loss/sampler_logp_gap": totals["sampler_gap"] / tokens,
+            "loss/policy": loss / max(len(minibatches), 1),
+            "loss/clip_fraction": clip / tokens,
+            "loss/approx_kl": kl / tokens,
+            "loss/ratio_mean": ratio / tokens if tokens_trained else 1.0,
+            "loss/sampler_logp_gap": sampler_gap / tokens,
             "grad/norm": float(max(grad_norms)) if grad_norms else 0.0,
             "learner/lr": self.optimizer.param_groups[0]["lr"],
             "learner/optimizer_steps": float(len(minibatches)),
