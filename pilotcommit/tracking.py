@@ -504,17 +504,26 @@ def metric_history(client, run_id: str, key: str) -> list[tuple[int, float]]:
 # --------------------------------------------------------------------------- prompt-stat figures
 
 
-def prompt_stats_figure(table: pd.DataFrame, title: str):
-    """Histograms of per-prompt pass rate and reward variance (a matplotlib Figure, Agg)."""
-    import matplotlib
+PROMPT_STATS_COLUMNS = ("pass_rate", "reward_variance")
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
 
-    for column in ("pass_rate", "reward_variance"):
+def check_prompt_stats(table: pd.DataFrame, title: str) -> None:
+    for column in PROMPT_STATS_COLUMNS:
         if column not in table.columns:
             raise ValueError(f"prompt stats {title!r}: missing column {column!r} (have {list(table.columns)})")
-    fig, (ax_pass, ax_var) = plt.subplots(1, 2, figsize=(9, 3.4))
+
+
+def prompt_stats_figure(table: pd.DataFrame, title: str):
+    """Histograms of per-prompt pass rate and reward variance (a matplotlib ``Figure``).
+
+    Built without pyplot (no global figure registry), so it can be drawn on a background thread
+    while the training thread runs; nothing needs closing.
+    """
+    from matplotlib.figure import Figure
+
+    check_prompt_stats(table, title)
+    fig = Figure(figsize=(9, 3.4))
+    ax_pass, ax_var = fig.subplots(1, 2)
     ax_pass.hist(table["pass_rate"].to_numpy(dtype=float), bins=20, range=(0.0, 1.0), color="#4477aa")
     ax_pass.set_xlabel("pass rate")
     ax_pass.set_ylabel("prompts")
@@ -672,26 +681,29 @@ class MlflowTracker:
         )
 
     def log_prompt_stats(self, table: pd.DataFrame, step: int, name: str) -> None:
-        import matplotlib.pyplot as plt
-
+        # Only a copy of the table is taken here; the figure and the CSV are written by the
+        # background thread just before the upload, so drawing them (~0.15 s per call) does not
+        # hold up the training thread, which spends its time in torch ops without the GIL.
+        title = f"{name}, step {step}"
+        check_prompt_stats(table, title)  # a wrong table fails now, in the caller, not in a retry loop
+        table = table.copy()
         # Step-numbered files: re-logging a step after a resume overwrites instead of appending.
         stem = f"step_{int(step):06d}"
         out_dir = self._tmpdir / f"{name}-{stem}"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        fig = prompt_stats_figure(table, f"{name}, step {step}")
         figure_path = out_dir / f"{stem}.png"
-        fig.savefig(figure_path, dpi=90)
-        plt.close(fig)
-        files = [figure_path]
-        if self.prompt_stats_tables:
-            table_path = out_dir / f"{stem}.csv"
-            table.to_csv(table_path, index=False)
-            files.append(table_path)
+        table_path = out_dir / f"{stem}.csv" if self.prompt_stats_tables else None
         artifact_dir = f"prompt_stats/{name}"
 
         def upload() -> None:
-            for path in files:
-                self.client.log_artifact(self.run_id, str(path), artifact_dir)
+            if not (figure_path.exists() and (table_path is None or table_path.exists())):
+                # drawn once, even if the upload is retried after an outage
+                out_dir.mkdir(parents=True, exist_ok=True)
+                prompt_stats_figure(table, title).savefig(figure_path, dpi=90)
+                if table_path is not None:
+                    table.to_csv(table_path, index=False)
+            for path in (figure_path, table_path):
+                if path is not None:
+                    self.client.log_artifact(self.run_id, str(path), artifact_dir)
 
         self._enqueue(_Op(f"prompt stats {name!r} at step {step}", call=upload,
                           cleanup=lambda: _remove_tree(out_dir)))

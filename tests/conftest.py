@@ -38,3 +38,18 @@ def smoke_policy(smoke_config, smoke_prepared, tmp_path_factory) -> str:
     from pilotcommit.pipeline import build_initial_policy
 
     return build_initial_policy(smoke_config, smoke_prepared, tmp_path_factory.mktemp("smoke-policy"))
+
+
+def listening_addresses(root_pid: int) -> set[tuple[str, int]]:
+    """``(ip, port)`` of every socket listening in process ``root_pid`` and its descendants."""
+    import psutil
+
+    root = psutil.Process(root_pid)
+    addresses: set[tuple[str, int]] = set()
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            connections = process.net_connections(kind="inet")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        addresses |= {(c.laddr.ip, c.laddr.port) for c in connections if c.status == psutil.CONN_LISTEN}
+    return addresses

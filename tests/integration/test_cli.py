@@ -10,6 +10,7 @@ printed); ``report``, ``accept`` and ``train`` work on what ``compare`` left in 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -96,6 +97,25 @@ def test_compare_twice_then_report_accept_train(tmp_path):
     assert train.returncode == 0, train.stdout + train.stderr
     assert "eval/average_accuracy" in train.stdout and "MLflow run" in train.stdout
     assert {p: p.stat().st_mtime_ns for p in results} == results  # the compare's run was reused
+    reused_run = _mlflow_run_id(train.stdout)
+
+    # --no-resume reaches the flow: grpo retrains from scratch into a new MLflow run, the others stay
+    fresh = run_cli(["train", *common, "--method", "grpo", "--no-resume"], env)
+    assert fresh.returncode == 0, fresh.stdout + fresh.stderr
+    assert _mlflow_run_id(fresh.stdout) != reused_run
+    changed = {p.parent.name.split("-seed")[0] for p in results if p.stat().st_mtime_ns != results[p]}
+    assert changed == {"grpo"}, changed
+    # and --resume (the default, spelled out) is served by that newest run again
+    again = run_cli(["train", *common, "--method", "grpo", "--resume"], env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert _mlflow_run_id(again.stdout) == _mlflow_run_id(fresh.stdout)
 
     bad_method = run_cli(["train", *common, "--method", "ppo"], env)
     assert bad_method.returncode == 2 and "--method 'ppo'" in bad_method.stderr
+
+
+def _mlflow_run_id(stdout: str) -> str:
+    """The run id from train's last line: ``MLflow run <id> in <uri>; run dir <dir>``."""
+    match = re.search(r"MLflow run (\w+) in", stdout)
+    assert match, stdout[-2000:]
+    return match.group(1)

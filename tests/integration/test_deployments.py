@@ -19,7 +19,7 @@ import time
 import pytest
 
 from pilotcommit import services, tracking
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, listening_addresses
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -53,6 +53,11 @@ def test_serve_deploy_and_run_model_scale_sweep(tmp_path):
     try:
         wait_for(lambda: "Ctrl-C stops everything" in log.read_text(), 420, "serve to be ready", serve, log)
         assert services.http_ok(f"{mlflow_url}/health") and services.http_ok(f"{prefect_api}/health")
+        # every socket serve's process tree listens on is loopback-only (MLflow and its workers,
+        # the Prefect server, the worker)
+        listening = listening_addresses(serve.pid)
+        assert {mlflow_port, prefect_port} <= {port for _, port in listening}, listening
+        assert {ip for ip, _ in listening} == {"127.0.0.1"}, listening
 
         done = services.prefect_cli(
             ["deployment", "run", "sweep/model-scale", "--param", "sweep_config=conf/sweep/smoke.yaml",

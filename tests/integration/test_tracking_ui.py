@@ -17,7 +17,7 @@ import sys
 import pytest
 
 from pilotcommit import services, tracking
-from tests.conftest import REPO_ROOT, SMOKE_CONFIG
+from tests.conftest import REPO_ROOT, SMOKE_CONFIG, listening_addresses
 
 pytestmark = [
     pytest.mark.integration,
@@ -54,6 +54,10 @@ def test_mlflow_ui_shows_the_three_methods_by_rollouts(tmp_path):
 
     server = services.start_mlflow_server(store, runs / "mlartifacts", tmp_path / "mlflow.log")
     try:
+        # the server (and its worker processes) listen on loopback only, on the port in its URL
+        listening = listening_addresses(server.process.pid)
+        assert {ip for ip, _ in listening} == {"127.0.0.1"}, listening
+        assert int(server.url.rsplit(":", 1)[1]) in {port for _, port in listening}, listening
         url = tracking.metric_chart_url(server.url, experiment.experiment_id, [r.info.run_id for r in children])
         page = chromium(["--dump-dom"], url)
         for name in names:

@@ -82,12 +82,9 @@ def test_run_key_is_stable_and_distinguishes_parts():
 
 
 def test_prompt_stats_figure_and_missing_column():
-    import matplotlib.pyplot as plt
-
     frame = pd.DataFrame({"prompt_id": ["a", "b"], "pass_rate": [0.0, 0.5], "reward_variance": [0.0, 0.25]})
     fig = tracking.prompt_stats_figure(frame, "eval")
     assert len(fig.axes) == 2
-    plt.close(fig)
     with pytest.raises(ValueError, match="missing column 'reward_variance'"):
         tracking.prompt_stats_figure(frame.drop(columns="reward_variance"), "eval")
 
