@@ -75,14 +75,26 @@ def train_tags(ctx: stages.Context, run_cfg: ExperimentConfig, label: str, seed:
 
 
 def run_model_cells(
-    ctx: stages.Context, cfg: ExperimentConfig, parent_run_id: str, parent_key: str, refresh: bool = False
+    ctx: stages.Context,
+    cfg: ExperimentConfig,
+    parent_run_id: str,
+    parent_key: str,
+    refresh: bool = False,
+    parallel_runs: int | None = None,
 ) -> list[dict]:
     """Prepare data, build the initial policy, and train every method x seed of ``cfg`` as
-    child runs of ``parent_run_id``. Returns one dict per run (stage key, MLflow run id, result)."""
+    child runs of ``parent_run_id``. Returns one dict per run (stage key, MLflow run id, result).
+
+    ``parallel_runs``: how many runs train at once, each in its own process (None: one per
+    ``torch_threads`` cores on a CPU machine, one on a GPU machine; flows/processes.py)."""
+    from flows.processes import auto_parallel_runs
+
+    num_runs = len(cfg.methods) * len(cfg.seeds)
+    stages.set_parallel_runs(parallel_runs or auto_parallel_runs(cfg.torch_threads, num_runs))
     ctx_dict = ctx.to_dict()
     upstream = prepare_stages(ctx, cfg, refresh)
     prepared, initial_policy = upstream["prepared"], upstream["initial_policy"]
-    runs = []
+    cells = []
     for label in cfg.methods:
         for seed in cfg.seeds:
             run_cfg = stages.run_config(cfg, label, seed)
@@ -99,15 +111,36 @@ def run_model_cells(
             )
             # Trust a cached result only if its files are still there and it belongs to this run.
             stale = refresh or child["created"] or stages.read_train_outputs(run_dir) is None
-            out = stages.train_task.with_options(**stages.stage_options(ctx, stale))(
-                run_cfg, label, seed, train_key, prepared, initial_policy, str(run_dir),
-                ctx.tracking_uri, child["run_id"], fresh=refresh,
-            )
-            runs.append({"method": label, "seed": seed, "model": cfg.model.label, "stage_key": train_key,
-                         "mlflow_run_id": child["run_id"], "run_dir": str(run_dir),
-                         "final_metrics": out["result"]["final_metrics"],
-                         "tracking_gap": out.get("tracking_gap", "")})
-    return runs
+            task = stages.train_task.with_options(**stages.stage_options(ctx, stale))
+            args = (run_cfg, label, seed, train_key, prepared, initial_policy, str(run_dir),
+                    ctx.tracking_uri, child["run_id"])
+            cells.append((label, seed, train_key, child["run_id"], run_dir, task, args))
+    outputs = _train_cells(cells, refresh)
+    return [
+        {"method": label, "seed": seed, "model": cfg.model.label, "stage_key": train_key,
+         "mlflow_run_id": run_id, "run_dir": str(run_dir),
+         "final_metrics": out["result"]["final_metrics"], "tracking_gap": out.get("tracking_gap", "")}
+        for (label, seed, train_key, run_id, run_dir, _, _), out in zip(cells, outputs, strict=True)
+    ]
+
+
+def _train_cells(cells: list[tuple], refresh: bool) -> list[dict]:
+    """Run the train tasks: one after the other in this process, or (``parallel_runs`` > 1)
+    submitted together, each training in its own child process, at most ``parallel_runs`` at once.
+    Every task finishes (or fails) before the first failure is raised, so no child is orphaned."""
+    if stages.parallel_runs() <= 1:
+        return [task(*args, fresh=refresh) for *_, task, args in cells]
+    from prefect.futures import wait
+
+    from flows.processes import terminate_children
+
+    futures = [task.submit(*args, fresh=refresh) for *_, task, args in cells]
+    try:
+        wait(futures)
+    except BaseException:  # Ctrl-C or SIGTERM: the task threads are waiting on their children
+        terminate_children()
+        raise
+    return [future.result() for future in futures]
 
 
 def report_stage(ctx: stages.Context, cfg: ExperimentConfig, parent: dict, parent_key: str,
@@ -127,6 +160,7 @@ def compare_flow(
     runs_dir: str | None = None,
     tracking_uri: str | None = None,
     refresh: bool = False,
+    parallel_runs: int | None = None,
 ) -> dict:
     """GRPO, DAPO and Pilot-Commit (the config's methods) x seeds, then the comparison.
 
@@ -134,6 +168,8 @@ def compare_flow(
     runs_dir: where runs, caches and the default MLflow store go (default ./runs or
     $PILOTCOMMIT_RUNS_DIR). tracking_uri: MLflow store (default: config, $MLFLOW_TRACKING_URI,
     SQLite under runs_dir). refresh: recompute every stage into new MLflow runs.
+    parallel_runs: training runs at once, each in its own process (default: one per
+    `torch_threads` cores on a CPU machine, one on a GPU machine).
     """
     cfg = load_experiment_config(config_path or demo_config_path(), list(overrides or []))
     ctx = stages.make_context(cfg.tracking.experiment_name or cfg.name, runs_dir,
@@ -143,7 +179,7 @@ def compare_flow(
     parent = stages.open_run_task(ctx.to_dict(), parent_key, f"{cfg.name}-compare",
                                   comparison_tags(ctx, cfg, "comparison"), config=cfg)
     try:
-        runs = run_model_cells(ctx, cfg, parent["run_id"], parent_key, refresh)
+        runs = run_model_cells(ctx, cfg, parent["run_id"], parent_key, refresh, parallel_runs)
         summary = report_stage(ctx, cfg, parent, parent_key, runs, refresh)
     except BaseException:
         stages.close_run_task(ctx.to_dict(), parent["run_id"], "FAILED")

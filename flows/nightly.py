@@ -77,17 +77,19 @@ def nightly_regression_flow(
     refresh: bool = True,
     accept: bool = False,
     accept_if_no_baseline: bool = True,
+    parallel_runs: int | None = None,
 ) -> dict:
     """Rerun ``config_path`` (default: the demo) and fail when it regressed against the accepted baseline.
 
     accuracy_drop: allowed absolute drop of a method's seed-mean final accuracy.
     rollouts_increase: allowed relative growth of its mean rollouts to the baseline's target.
     accept: mark this rerun as the new baseline when it passes.
+    parallel_runs: training runs at once (default: automatic, see compare).
     """
     config_path = config_path or str(demo_config_path())
     cfg = load_experiment_config(config_path, list(overrides or []))
     out = compare_flow(config_path=config_path, overrides=overrides, runs_dir=runs_dir,
-                       tracking_uri=tracking_uri, refresh=refresh)
+                       tracking_uri=tracking_uri, refresh=refresh, parallel_runs=parallel_runs)
     verdict = regression_check_task(
         out["tracking_uri"], out["experiment_id"], cfg.name, out["parent_run_id"], cfg.target,
         accuracy_drop, rollouts_increase, accept_if_no_baseline,

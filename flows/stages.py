@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,6 +60,26 @@ def set_progress_sink(sink: Callable[[dict[str, Any]], None] | None) -> None:
 def emit_progress(event: dict[str, Any]) -> None:
     if _progress_sink is not None:
         _progress_sink(event)
+
+
+# --------------------------------------------------------------------------- runs at once
+
+# How many training runs a flow trains at once (flows/processes.py); set by the flows from
+# their `parallel_runs` parameter. 1: in the flow's own process, one after the other.
+_parallel_runs = 1
+_run_slots = threading.BoundedSemaphore(1)
+
+
+def set_parallel_runs(count: int) -> None:
+    global _parallel_runs, _run_slots
+    if count < 1:
+        raise ValueError(f"parallel_runs must be at least 1, got {count}")
+    _parallel_runs = count
+    _run_slots = threading.BoundedSemaphore(count)
+
+
+def parallel_runs() -> int:
+    return _parallel_runs
 
 
 # --------------------------------------------------------------------------- keys and layout
@@ -290,8 +311,6 @@ def train_task(
     new comparison; if that data is gone from the store, the run is retrained from scratch so
     the comparison's run has its metrics.
     """
-    from pilotcommit.pipeline import PreparedData, train_run
-
     run_path = Path(run_dir)
     client = tracking.mlflow_client(tracking_uri)
     if task_run.run_count > 1:
@@ -308,19 +327,48 @@ def train_task(
             return {**done, "mlflow_run_id": mlflow_run_id, "copied_from": source}
         fresh = source != mlflow_run_id  # the metrics are lost: train again into this run
 
+    kwargs = dict(cfg=cfg, label=label, seed=seed, prepared=prepared, initial_policy=initial_policy,
+                  run_dir=run_dir, tracking_uri=tracking_uri, mlflow_run_id=mlflow_run_id, fresh=fresh)
+    if _parallel_runs <= 1:
+        return train_and_track(**kwargs, progress=emit_progress)
+    from flows.processes import run_in_child
+
+    with _run_slots:  # at most `parallel_runs` children at once
+        return run_in_child(train_and_track, kwargs, on_progress=emit_progress,
+                            describe=f"training run {label} seed {seed} ({cfg.model.label})")
+
+
+def train_and_track(
+    cfg: ExperimentConfig,
+    label: str,
+    seed: int,
+    prepared: dict,
+    initial_policy: str,
+    run_dir: str,
+    tracking_uri: str,
+    mlflow_run_id: str,
+    fresh: bool,
+    progress: Callable[[dict[str, Any]], None],
+) -> dict:
+    """The body of :func:`train_task` once it has decided to train: ``train_run`` logging to
+    ``mlflow_run_id``, in this process or in a child (flows/processes.py)."""
+    from pilotcommit.pipeline import PreparedData, train_run
+
+    run_path = Path(run_dir)
+    client = tracking.mlflow_client(tracking_uri)
     if client.get_run(mlflow_run_id).info.status != "RUNNING":
         client.update_run(mlflow_run_id, status="RUNNING")
     # Fresh runs log into a new MLflow run, so skipping logged steps only ever matters on resume.
     tracker = tracking.MlflowTracker(mlflow_run_id, client, spool_path=run_path / "tracking-undelivered.jsonl")
 
-    def progress(step: int, metrics: dict) -> None:
-        emit_progress({"stage": "train", "method": label, "seed": seed, "model": cfg.model.label,
-                       "step": step, "rollouts": metrics.get("rollouts/cumulative")})
+    def on_step(step: int, metrics: dict) -> None:
+        progress({"stage": "train", "method": label, "seed": seed, "model": cfg.model.label,
+                  "step": step, "rollouts": metrics.get("rollouts/cumulative")})
 
     try:
         result = train_run(
             cfg, label, seed, prepared=PreparedData.from_dict(prepared), initial_policy=initial_policy,
-            run_dir=run_path, tracker=tracker, resume=False if fresh else None, progress=progress,
+            run_dir=run_path, tracker=tracker, resume=False if fresh else None, progress=on_step,
         )
         tracker.log_artifact(run_path / RESULT_FILE, "run")
     except BaseException:

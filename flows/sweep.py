@@ -42,13 +42,14 @@ def sweep_model_flow(
     runs_dir: str | None = None,
     tracking_uri: str | None = None,
     refresh: bool = False,
+    parallel_runs: int | None = None,
 ) -> dict:
     """One model of a sweep: prepare data, warm start, train every method x seed as child runs
-    of the sweep's parent run ``parent_run_id``."""
+    of the sweep's parent run ``parent_run_id`` (``parallel_runs`` at once, see compare)."""
     sweep = load_sweep_config(sweep_config)
     cfg = cell_config(sweep, model_index, list(overrides or []))
     ctx = stages.make_context(sweep.name, runs_dir, tracking_uri)
-    runs = run_model_cells(ctx, cfg, parent_run_id, parent_key, refresh)
+    runs = run_model_cells(ctx, cfg, parent_run_id, parent_key, refresh, parallel_runs)
     return {"model": cfg.model.label, "runs": runs}
 
 
@@ -105,11 +106,13 @@ def sweep_flow(
     tracking_uri: str | None = None,
     refresh: bool = False,
     cell_timeout_s: float = 7 * 24 * 3600,
+    parallel_runs: int | None = None,
 ) -> dict:
     """Run the sweep file's models x methods x seeds; see the module docstring.
 
     sweep_config: conf/sweep/*.yaml. overrides: KEY=VALUE for every cell's experiment config.
     dispatch: "subflow" or "deployment" (run_deployment of the sweep's cell deployment).
+    parallel_runs: training runs at once within a model's cells (default: automatic, see compare).
     """
     if dispatch not in DISPATCH_MODES:
         raise ValueError(f"dispatch: {dispatch!r} is not one of {DISPATCH_MODES}")
@@ -128,7 +131,8 @@ def sweep_flow(
     cell_parameters = [
         {"sweep_config": sweep_path, "model_index": i, "parent_run_id": parent["run_id"],
          "parent_key": parent_key, "overrides": list(overrides or []),
-         "runs_dir": str(ctx.runs_root), "tracking_uri": ctx.tracking_uri, "refresh": refresh}
+         "runs_dir": str(ctx.runs_root), "tracking_uri": ctx.tracking_uri, "refresh": refresh,
+         "parallel_runs": parallel_runs}
         for i in range(len(configs))
     ]
     try:

@@ -58,6 +58,10 @@ SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override 
 RunsDirOpt = Annotated[Path | None, typer.Option("--runs-dir", help="Runs, caches and the default MLflow store (default ./runs or $PILOTCOMMIT_RUNS_DIR).")]
 UriOpt = Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI (default: config, $MLFLOW_TRACKING_URI, SQLite in the runs dir).")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's logs.")]
+ParallelOpt = Annotated[int | None, typer.Option(
+    "--parallel-runs", min=1,
+    help="Training runs at once, each in its own process (default: cores / torch_threads on a CPU "
+         "machine, 1 with a GPU).")]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -198,6 +202,7 @@ def compare(
     runs_dir: RunsDirOpt = None,
     tracking_uri: UriOpt = None,
     refresh: Annotated[bool, typer.Option(help="Recompute every stage into new MLflow runs.")] = False,
+    parallel_runs: ParallelOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Train every method x seed of an experiment under one rollout budget and compare them."""
@@ -210,7 +215,7 @@ def compare(
     with TrainingProgress([cfg], console):
         out = _run_flow(lambda: compare_flow(
             config_path=str(path), overrides=list(set_ or []), runs_dir=str(runs_dir) if runs_dir else None,
-            tracking_uri=tracking_uri, refresh=refresh,
+            tracking_uri=tracking_uri, refresh=refresh, parallel_runs=parallel_runs,
         ), verbose)
     _print_report(out["report"], cfg.name)
     gaps = [f"{r['method']} seed {r['seed']}: {r['tracking_gap']}" for r in out["runs"]
@@ -264,6 +269,7 @@ def sweep(
     runs_dir: RunsDirOpt = None,
     tracking_uri: UriOpt = None,
     refresh: Annotated[bool, typer.Option(help="Recompute every stage.")] = False,
+    parallel_runs: ParallelOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Model configs x methods x seeds, one MLflow child run each, under one parent run."""
@@ -285,6 +291,7 @@ def sweep(
         out = _run_flow(lambda: sweep_flow(
             sweep_config=str(config), overrides=list(set_ or []), dispatch=dispatch,
             runs_dir=str(runs_dir) if runs_dir else None, tracking_uri=tracking_uri, refresh=refresh,
+            parallel_runs=parallel_runs,
         ), verbose)
     for model, summary in out["report"]["summaries"].items():
         _print_report({"summary": summary}, f"{sweep_cfg.name} / {model}")
@@ -300,6 +307,7 @@ def nightly(
     rollouts_increase: Annotated[float, typer.Option(help="Allowed relative growth of rollouts to target.")] = 0.25,
     refresh: Annotated[bool, typer.Option(help="Retrain (default) rather than reuse cached runs.")] = True,
     accept: Annotated[bool, typer.Option(help="Make this run the baseline when it passes.")] = False,
+    parallel_runs: ParallelOpt = None,
     runs_dir: RunsDirOpt = None,
     tracking_uri: UriOpt = None,
     verbose: VerboseOpt = False,
@@ -313,7 +321,7 @@ def nightly(
         out = _run_flow(lambda: nightly_regression_flow(
             config_path=str(path), overrides=list(set_ or []), runs_dir=str(runs_dir) if runs_dir else None,
             tracking_uri=tracking_uri, accuracy_drop=accuracy_drop, rollouts_increase=rollouts_increase,
-            refresh=refresh, accept=accept,
+            refresh=refresh, accept=accept, parallel_runs=parallel_runs,
         ), verbose)
     console.print(out["report"])
 

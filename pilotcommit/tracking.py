@@ -615,8 +615,9 @@ class MlflowTracker:
     undelivered to a JSONL spool file.
 
     On a resumed run (same ``run_id``) the loop re-logs the steps after its last checkpoint;
-    the tracker reads the highest step already logged for each metric at start and drops
-    values at or below it, so no step appears twice.
+    the tracker reads the steps already logged for each metric at start and drops values at
+    those steps, so no step appears twice and the gaps a crash left (writes still queued when
+    the process died, possibly before later ones that were delivered) are filled.
     """
 
     def __init__(
@@ -654,7 +655,7 @@ class MlflowTracker:
         self._thread: threading.Thread | None = None
         self._tmpdir = Path(tempfile.mkdtemp(prefix="pilotcommit-tracker-"))
         # Highest step already in the store per metric key (resume), and params already set.
-        self._logged_max_step: dict[str, int] = {}
+        self._logged_steps: dict[str, set[int]] = {}
         self._logged_params: dict[str, str] = {}
         try:
             run = client.get_run(run_id)
@@ -664,8 +665,7 @@ class MlflowTracker:
         if skip_logged_steps:
             for key in run.data.metrics:
                 steps = [m.step for m in client.get_metric_history(run_id, key)]
-                if steps:
-                    self._logged_max_step[key] = max(steps)
+                self._logged_steps[key] = set(steps)
 
     # ---------------------------------------------------------------- Tracker protocol
 
@@ -750,6 +750,15 @@ class MlflowTracker:
                 self._lock.wait(timeout=0.05 if remaining is None else min(remaining, 0.05))
         return True
 
+    def checkpoint_barrier(self, timeout_s: float = 30.0) -> bool:
+        """Deliver everything queued before a checkpoint is written, so that a crash after it
+        (even SIGKILL) loses no metric of a step at or before the checkpoint: the resumed run
+        re-logs exactly the steps after it. Skipped (False) while MLflow is failing: an outage
+        must not stall the training; the queue still holds those writes and retries them."""
+        with self._lock:
+            failing = bool(self._queue) and self._queue[0].attempts > 0
+        return False if failing else self.flush(timeout_s)
+
     def close(self, status: str | None = None) -> TrackingGap:
         """Deliver what is queued (up to ``close_timeout_s``), record the gap, optionally end
         the run with ``status`` (FINISHED / FAILED), and return the gap."""
@@ -790,7 +799,7 @@ class MlflowTracker:
         timestamp_ms = int(time.time() * 1000)
         values = []
         for key, value in metrics.items():
-            if step <= self._logged_max_step.get(key, -1):
+            if step in self._logged_steps.get(key, ()):
                 continue  # already in the store from before a resume
             values.append(Metric(key=key, value=float(value), timestamp=timestamp_ms, step=int(step)))
         if values:

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file as safetensors_load
 
 from tests.conftest import SMOKE_CONFIG
 
@@ -59,7 +61,9 @@ def first_compare(prefect_home, runs_dir):
     from flows.compare import compare_flow
 
     started = time.perf_counter()
-    out = compare_flow(config_path=str(SMOKE_CONFIG), runs_dir=str(runs_dir))
+    # two runs at once, each in its own process (the default on a 2-core machine, said explicitly
+    # so the test means the same on any machine)
+    out = compare_flow(config_path=str(SMOKE_CONFIG), runs_dir=str(runs_dir), parallel_runs=2)
     return out, time.perf_counter() - started
 
 
@@ -192,6 +196,24 @@ def test_added_seed_reuses_trained_runs(first_compare, runs_dir):
         (m, s) for m in ("grpo", "dapo", "pilot_commit") for s in (0, 1))
     summary = wider["report"]["summary"]["methods"]["grpo"]["rollouts_to_target"]
     assert set(summary) == {"0", "1"}
+
+
+def test_runs_in_child_processes_equal_runs_in_the_flow_process(first_compare, tmp_path):
+    """The same comparison trained one run after another in the flow's own process gives every
+    run the same final metrics and weights as two at a time in child processes."""
+    from flows.compare import compare_flow
+
+    parallel, _ = first_compare
+    sequential = compare_flow(config_path=str(SMOKE_CONFIG), runs_dir=str(tmp_path / "seq"), parallel_runs=1)
+    by_cell = {(r["method"], r["seed"]): r for r in sequential["runs"]}
+    assert len(by_cell) == len(parallel["runs"]) == 3
+    for run in parallel["runs"]:
+        other = by_cell[(run["method"], run["seed"])]
+        assert run["final_metrics"] == other["final_metrics"], run["method"]
+        weights = [
+            safetensors_load(Path(r["run_dir"]) / "final_policy" / "model.safetensors") for r in (run, other)
+        ]
+        assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0]), run["method"]
 
 
 def test_prefect_retry_resumes_from_checkpoint(prefect_home, tmp_path):
