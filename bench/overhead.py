@@ -15,8 +15,8 @@ On a shortened demo (the demo config with ``--set`` overrides, by default one se
    larger than the effect measured.
 3. **Through the pipeline**: ``pilotcommit compare`` with the same overrides as a subprocess
    (CLI, imports, ephemeral Prefect, MLflow store, parent and child runs, cached data and
-   policy stages, training with ``MlflowTracker``, report stage; its training runs one after
-   another, like the bare loop). Its wall time minus its training runs' own wall time
+   policy stages, training with ``MlflowTracker``, report stage; ``--parallel-runs 1``: its
+   training runs one after another, like the bare loop). Its wall time minus its training runs' own wall time
    (``result.json``) is the orchestration cost.
 4. **Fully cached compare**: the same command again (every stage a cache hit), then once more
    against an already running Prefect server (``PREFECT_API_URL``, as after ``pilotcommit
@@ -206,6 +206,10 @@ def cli_compare(
         str(config_path),
         "--runs-dir",
         str(runs_dir),
+        # one run after another, like the bare loop: the overhead is the compare's wall time
+        # minus its runs' own wall times (a compare's default trains runs side by side)
+        "--parallel-runs",
+        "1",
     ]
     for item in overrides:
         cmd += ["--set", item]

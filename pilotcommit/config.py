@@ -272,6 +272,9 @@ class WarmStartConfig(StrictModel):
     warmup_steps: int = Field(30, ge=0, description="Linear warm-up steps.")
     final_lr_fraction: float = Field(0.1, ge=0.0, le=1.0, description="Cosine floor / peak lr.")
     grad_clip: float = Field(1.0, gt=0.0, description="Max global gradient norm.")
+    label_smoothing: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Cross-entropy label smoothing of the answer tokens."
+    )
     level_weights: dict[int, float] | None = Field(
         None, description="Sampling weight per level (None: uniform over levels; absent: 0)."
     )

@@ -86,7 +86,7 @@ def build_sft_batch(
     return SFTBatch(input_ids_BT, attention_mask_BT, labels_BT)
 
 
-def answer_loss(model: PreTrainedModel, batch: SFTBatch) -> torch.Tensor:
+def answer_loss(model: PreTrainedModel, batch: SFTBatch, label_smoothing: float = 0.0) -> torch.Tensor:
     """Mean cross-entropy over the answer and EOS tokens of the batch."""
     logits_BTV = model(
         input_ids=batch.input_ids_BT, attention_mask=batch.attention_mask_BT
@@ -98,6 +98,7 @@ def answer_loss(model: PreTrainedModel, batch: SFTBatch) -> torch.Tensor:
         logits_BTV.reshape(-1, logits_BTV.shape[-1]).float(),
         targets_BT.reshape(-1),
         ignore_index=IGNORE_INDEX,
+        label_smoothing=label_smoothing,
     )
 
 
@@ -160,7 +161,7 @@ def train_warm_start(
             )
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, config)
-            loss = answer_loss(model, batch)
+            loss = answer_loss(model, batch, config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
