@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Annotated, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pilotcommit.data.specs import DatasetSpec
 
@@ -272,13 +272,42 @@ class WarmStartConfig(StrictModel):
     warmup_steps: int = Field(30, ge=0, description="Linear warm-up steps.")
     final_lr_fraction: float = Field(0.1, ge=0.0, le=1.0, description="Cosine floor / peak lr.")
     grad_clip: float = Field(1.0, gt=0.0, description="Max global gradient norm.")
-    label_smoothing: float = Field(
-        0.0, ge=0.0, lt=1.0, description="Cross-entropy label smoothing of the answer tokens."
+    label_smoothing: float | dict[int, float] = Field(
+        0.0,
+        description="Cross-entropy label smoothing of the answer tokens: one value, or one per "
+        "level (absent levels: 0).",
     )
     level_weights: dict[int, float] | None = Field(
         None, description="Sampling weight per level (None: uniform over levels; absent: 0)."
     )
+    answer_noise: dict[int, float] | None = Field(
+        None,
+        description="Per level, the probability that a warm-start example's answer has one digit "
+        "replaced by another (imperfect supervision data; absent levels: 0).",
+    )
     seed: int = Field(0, description="Seeds the initialisation and the batch sampling.")
+
+    @field_validator("label_smoothing")
+    @classmethod
+    def _smoothing_in_range(cls, value: float | dict[int, float]) -> float | dict[int, float]:
+        items = value.items() if isinstance(value, dict) else [("all levels", value)]
+        for level, amount in items:
+            if not 0.0 <= amount < 1.0:
+                raise ValueError(f"label_smoothing for {level} = {amount} is not in [0, 1)")
+        return value
+
+    def smoothing_of(self, level: int) -> float:
+        if isinstance(self.label_smoothing, dict):
+            return float(self.label_smoothing.get(int(level), 0.0))
+        return float(self.label_smoothing)
+
+    @field_validator("answer_noise")
+    @classmethod
+    def _noise_is_a_probability(cls, value: dict[int, float] | None) -> dict[int, float] | None:
+        for level, probability in (value or {}).items():
+            if not 0.0 <= probability <= 1.0:
+                raise ValueError(f"answer_noise[{level}] = {probability} is not a probability in [0, 1]")
+        return value
 
 
 class TinyModelConfig(StrictModel):

@@ -69,6 +69,19 @@ def encode_examples(
     return prompt_ids, [ids + [tokenizer.eos_token_id] for ids in answer_ids]
 
 
+def corrupt_one_digit(answer_ids: list[int], digit_ids: list[int], rng: np.random.Generator) -> list[int]:
+    """``answer_ids`` with one of its digit tokens replaced by a different digit (a wrong answer
+    of the same length and sign); unchanged if it has no digit."""
+    positions = [k for k, token in enumerate(answer_ids) if token in digit_ids]
+    if not positions:
+        return answer_ids
+    k = positions[int(rng.integers(len(positions)))]
+    choices = [d for d in digit_ids if d != answer_ids[k]]
+    out = list(answer_ids)
+    out[k] = choices[int(rng.integers(len(choices)))]
+    return out
+
+
 def build_sft_batch(
     prompt_ids: list[list[int]], answer_ids: list[list[int]], pad_id: int
 ) -> SFTBatch:
@@ -86,20 +99,34 @@ def build_sft_batch(
     return SFTBatch(input_ids_BT, attention_mask_BT, labels_BT)
 
 
-def answer_loss(model: PreTrainedModel, batch: SFTBatch, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Mean cross-entropy over the answer and EOS tokens of the batch."""
+def answer_loss(
+    model: PreTrainedModel, batch: SFTBatch, label_smoothing: float | torch.Tensor = 0.0
+) -> torch.Tensor:
+    """Mean cross-entropy over the answer and EOS tokens of the batch.
+
+    ``label_smoothing``: one amount for every example, or one per example (a ``[B]`` tensor):
+    ``(1 - e) * nll + e * mean over the vocabulary of -log p``, as torch's ``label_smoothing``.
+    """
     logits_BTV = model(
         input_ids=batch.input_ids_BT, attention_mask=batch.attention_mask_BT
     ).logits
     # position t predicts token t+1
-    logits_BTV = logits_BTV[:, :-1]
+    logits_BTV = logits_BTV[:, :-1].float()
     targets_BT = batch.labels_BT[:, 1:]
-    return torch.nn.functional.cross_entropy(
-        logits_BTV.reshape(-1, logits_BTV.shape[-1]).float(),
-        targets_BT.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        label_smoothing=label_smoothing,
-    )
+    if not isinstance(label_smoothing, torch.Tensor):
+        return torch.nn.functional.cross_entropy(
+            logits_BTV.reshape(-1, logits_BTV.shape[-1]),
+            targets_BT.reshape(-1),
+            ignore_index=IGNORE_INDEX,
+            label_smoothing=float(label_smoothing),
+        )
+    mask_BT = targets_BT != IGNORE_INDEX
+    logp_BTV = torch.log_softmax(logits_BTV, dim=-1)
+    nll_BT = -logp_BTV.gather(-1, targets_BT.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    uniform_BT = -logp_BTV.mean(dim=-1)
+    eps_B1 = label_smoothing.to(logits_BTV.dtype).unsqueeze(1)
+    per_token_BT = (1.0 - eps_B1) * nll_BT + eps_B1 * uniform_BT
+    return (per_token_BT * mask_BT).sum() / mask_BT.sum().clamp(min=1)
 
 
 def lr_at(step: int, config: WarmStartConfig) -> float:
@@ -144,8 +171,14 @@ def train_warm_start(
     prompt_ids, answer_ids = encode_examples(
         tokenizer, train_df["problem"].tolist(), train_df["answer"].tolist()
     )
-    probs_N = level_sampling_probabilities(train_df["level"].to_numpy(), config.level_weights)
+    levels_N = train_df["level"].to_numpy()
+    probs_N = level_sampling_probabilities(levels_N, config.level_weights)
+    noise_N = np.array([(config.answer_noise or {}).get(int(level), 0.0) for level in levels_N])
+    per_level_smoothing = isinstance(config.label_smoothing, dict)
+    smoothing_N = torch.tensor([config.smoothing_of(level) for level in levels_N])
+    digit_ids = tokenizer.convert_tokens_to_ids(list("0123456789"))
     rng = np.random.default_rng([config.seed, 1])
+    noise_rng = np.random.default_rng([config.seed, 2])  # its own stream: no noise = the same batches
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.98)
     )
@@ -156,12 +189,19 @@ def train_warm_start(
         torch.manual_seed(config.seed)
         for step in range(config.steps):
             rows = rng.choice(len(prompt_ids), size=config.batch_size, p=probs_N)
+            answers = [answer_ids[i] for i in rows]
+            if config.answer_noise:
+                answers = [
+                    corrupt_one_digit(ids, digit_ids, noise_rng) if noise_rng.random() < noise_N[i] else ids
+                    for i, ids in zip(rows, answers)
+                ]
             batch = build_sft_batch(
-                [prompt_ids[i] for i in rows], [answer_ids[i] for i in rows], tokenizer.pad_token_id
+                [prompt_ids[i] for i in rows], answers, tokenizer.pad_token_id
             )
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, config)
-            loss = answer_loss(model, batch, config.label_smoothing)
+            smoothing = smoothing_N[torch.from_numpy(rows)] if per_level_smoothing else config.label_smoothing
+            loss = answer_loss(model, batch, smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
