@@ -27,7 +27,10 @@ On a shortened demo (the demo config with ``--set`` overrides, by default one se
 With ``--full-demo`` it also runs the unshortened demo through ``pilotcommit compare`` (fresh
 training runs, cached warm start) and measures the overhead on it directly: its wall time
 minus its training runs' own wall time, plus the replayed tracking rates x its steps and
-evaluations, as a share of its wall time. Without it, the overhead of a full demo compare is
+evaluations, as a share of its wall time. ``--full-demo-bare`` also trains the same runs with
+the bare loop, one after another: the compare's wall time minus theirs is the pipeline's
+wall-time overhead measured directly (tracking work that runs beside the training on the other
+core costs nothing there). Without ``--full-demo``, the overhead of a full demo compare is
 estimated as: the cached compare's wall time
 (start-up and cache checks) + the orchestration per training run beyond it x the demo's runs
 + tracking CPU per step x steps + per evaluation x evaluations; over the demo's training wall
@@ -40,7 +43,7 @@ code version, so an edit to ``pilotcommit/`` during the run spoils the cached ti
 script checks and says so. A benchmark, not a test; results and commands are in
 docs/benchmarks.md.
 
-    python bench/overhead.py [--set budget.max_rollouts=8192] [--demo-report PATH] [--full-demo]
+    python bench/overhead.py [--set budget.max_rollouts=8192] [--demo-report PATH] [--full-demo [--full-demo-bare]]
 """
 
 from __future__ import annotations
@@ -332,6 +335,12 @@ def main() -> None:
         action="store_true",
         help="also run the full demo through `pilotcommit compare` (minutes) and measure on it",
     )
+    parser.add_argument(
+        "--full-demo-bare",
+        action="store_true",
+        help="with --full-demo: also train every full-demo run with the bare loop (minutes), the "
+        "wall-time reference: overhead = compare wall - bare walls",
+    )
     args = parser.parse_args()
 
     overrides = args.overrides if args.overrides is not None else list(DEFAULT_OVERRIDES)
@@ -421,6 +430,12 @@ def main() -> None:
             "evaluations": sum(len(r["eval_history"]) for r in done),
         }
         print(f"   {full_wall:.1f} s", flush=True)
+        if args.full_demo_bare:
+            print("9. the full demo's runs with the bare loop, one after another ...", flush=True)
+            bare_dir = Path(tempfile.mkdtemp(prefix="overhead-bare-demo-"))
+            upstream_demo = prepare(demo_cfg, runs_dir)
+            full["bare_wall_s"] = sum(b.wall_s for b in bare_runs(demo_cfg, upstream_demo, bare_dir))
+            shutil.rmtree(bare_dir, ignore_errors=True)
 
     steps = sum(b.steps for b in bare)
     evaluations = sum(len(b.tracker.evaluations) for b in bare)
@@ -529,10 +544,19 @@ def main() -> None:
                 f"{measured_tracking:.1f}",
             ),
             (
-                "full demo: pipeline overhead, % of its wall time",
+                "full demo: pipeline overhead, % of its wall time (tracking CPU counted as serial)",
                 f"{100 * (measured_orchestration + measured_tracking) / full['wall_s']:.2f}%",
             ),
         ]
+        if "bare_wall_s" in full:
+            wall_overhead = full["wall_s"] - full["bare_wall_s"]
+            rows += [
+                ("full demo: bare train_run of the same runs, sum of walls s", f"{full['bare_wall_s']:.1f}"),
+                (
+                    "**full demo: wall-time overhead (compare wall - bare walls), % of compare wall**",
+                    f"{wall_overhead:.1f} s = {100 * wall_overhead / full['wall_s']:.2f}%",
+                ),
+            ]
     print("\n| quantity | value |")
     print("|---|---|")
     for label, value in rows:

@@ -530,7 +530,8 @@ def prompt_stats_figure(table: pd.DataFrame, title: str):
     ax_var.hist(table["reward_variance"].to_numpy(dtype=float), bins=20, range=(0.0, 0.25), color="#cc6677")
     ax_var.set_xlabel("reward variance p(1-p)")
     fig.suptitle(f"{title} ({len(table)} prompts)")
-    fig.tight_layout()
+    # a fixed layout: tight_layout measured every text box and cost a fifth of the drawing
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.16, top=0.86, wspace=0.22)
     return fig
 
 
