@@ -10,7 +10,8 @@ and waits for it.
 - Children come from a ``forkserver`` that imported torch, transformers and the pipeline once,
   so a child starts in a fraction of a second; the forkserver is started clean (no Prefect
   threads or event loop in it to fork).
-- Progress events travel back over a pipe and are re-emitted in the parent (the CLI's bars).
+- Progress events travel back over a pipe (multiprocessing's own channel between this process
+  and its child, nothing else writes to it) and are re-emitted in the parent (the CLI's bars).
 - The child's return value comes back over the pipe; its exception comes back with its
   traceback as a note. A child that dies (SIGKILL, out of memory) raises
   :class:`TrainingProcessDied`; the Prefect retry of the train task then resumes the run from
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import pickle
 import threading
 import traceback
 from collections.abc import Callable
@@ -81,10 +81,9 @@ def _child(conn, target: Callable[..., Any], kwargs: dict[str, Any]) -> None:
     except BaseException as err:  # noqa: BLE001 - everything goes back to the parent
         text = traceback.format_exc()
         try:
-            payload = pickle.dumps(err)
+            conn.send(("error", (err, text)))
         except Exception:  # an exception that does not pickle: its type name and message
-            payload = pickle.dumps(RuntimeError(f"{type(err).__name__}: {err}"))
-        conn.send(("error", (payload, text)))
+            conn.send(("error", (RuntimeError(f"{type(err).__name__}: {err}"), text)))
     finally:
         conn.close()
 
@@ -125,8 +124,7 @@ def run_in_child(
                 process.join()
                 return payload
             else:
-                error_bytes, text = payload
-                err = pickle.loads(error_bytes)
+                err, text = payload
                 err.add_note(f"in the {describe} process:\n{text}")
                 process.join()
                 raise err

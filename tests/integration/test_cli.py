@@ -105,10 +105,13 @@ def test_compare_twice_then_report_accept_train(tmp_path):
     assert _mlflow_run_id(fresh.stdout) != reused_run
     changed = {p.parent.name.split("-seed")[0] for p in results if p.stat().st_mtime_ns != results[p]}
     assert changed == {"grpo"}, changed
-    # and --resume (the default, spelled out) is served by that newest run again
+    # and --resume (the default, spelled out) trains nothing: the finished run on disk serves the
+    # train flow's own MLflow run of this config again
+    after_fresh = {p: p.stat().st_mtime_ns for p in results}
     again = run_cli(["train", *common, "--method", "grpo", "--resume"], env)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert _mlflow_run_id(again.stdout) == _mlflow_run_id(fresh.stdout)
+    assert _mlflow_run_id(again.stdout) == reused_run
+    assert {p: p.stat().st_mtime_ns for p in results} == after_fresh
 
     bad_method = run_cli(["train", *common, "--method", "ppo"], env)
     assert bad_method.returncode == 2 and "--method 'ppo'" in bad_method.stderr
