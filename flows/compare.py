@@ -94,7 +94,7 @@ def run_model_cells(
     ctx_dict = ctx.to_dict()
     upstream = prepare_stages(ctx, cfg, refresh)
     prepared, initial_policy = upstream["prepared"], upstream["initial_policy"]
-    cells = []
+    runs, calls = [], []
     for label in cfg.methods:
         for seed in cfg.seeds:
             run_cfg = stages.run_config(cfg, label, seed)
@@ -112,29 +112,27 @@ def run_model_cells(
             # Trust a cached result only if its files are still there and it belongs to this run.
             stale = refresh or child["created"] or stages.read_train_outputs(run_dir) is None
             task = stages.train_task.with_options(**stages.stage_options(ctx, stale))
-            args = (run_cfg, label, seed, train_key, prepared, initial_policy, str(run_dir),
-                    ctx.tracking_uri, child["run_id"])
-            cells.append((label, seed, train_key, child["run_id"], run_dir, task, args))
-    outputs = _train_cells(cells, refresh)
-    return [
-        {"method": label, "seed": seed, "model": cfg.model.label, "stage_key": train_key,
-         "mlflow_run_id": run_id, "run_dir": str(run_dir),
-         "final_metrics": out["result"]["final_metrics"], "tracking_gap": out.get("tracking_gap", "")}
-        for (label, seed, train_key, run_id, run_dir, _, _), out in zip(cells, outputs, strict=True)
-    ]
+            calls.append((task, (run_cfg, label, seed, train_key, prepared, initial_policy, str(run_dir),
+                                 ctx.tracking_uri, child["run_id"])))
+            runs.append({"method": label, "seed": seed, "model": cfg.model.label, "stage_key": train_key,
+                         "mlflow_run_id": child["run_id"], "run_dir": str(run_dir)})
+    for run, out in zip(runs, _train_cells(calls, refresh), strict=True):
+        run.update(final_metrics=out["result"]["final_metrics"], tracking_gap=out.get("tracking_gap", ""))
+    return runs
 
 
-def _train_cells(cells: list[tuple], refresh: bool) -> list[dict]:
-    """Run the train tasks: one after the other in this process, or (``parallel_runs`` > 1)
-    submitted together, each training in its own child process, at most ``parallel_runs`` at once.
-    Every task finishes (or fails) before the first failure is raised, so no child is orphaned."""
+def _train_cells(calls: list[tuple], refresh: bool) -> list[dict]:
+    """Run the train tasks ``(task, args)``: one after the other in this process, or
+    (``parallel_runs`` > 1) submitted together, each training in its own child process, at most
+    ``parallel_runs`` at once. Every task finishes (or fails) before the first failure is
+    raised, so no child is orphaned."""
     if stages.parallel_runs() <= 1:
-        return [task(*args, fresh=refresh) for *_, task, args in cells]
+        return [task(*args, fresh=refresh) for task, args in calls]
     from prefect.futures import wait
 
     from flows.processes import terminate_children
 
-    futures = [task.submit(*args, fresh=refresh) for *_, task, args in cells]
+    futures = [task.submit(*args, fresh=refresh) for task, args in calls]
     try:
         wait(futures)
     except BaseException:  # Ctrl-C or SIGTERM: the task threads are waiting on their children

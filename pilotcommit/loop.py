@@ -262,9 +262,7 @@ def train_run(
         learner_state = learner.state_dict()
         if sharding is not None and not sharding.is_main:
             return checkpoint_root(run_dir) / f"step-{state.steps:06d}"
-        barrier = getattr(tracker, "checkpoint_barrier", None)
-        if barrier is not None:  # metrics up to this step reach the store before the checkpoint
-            barrier()
+        tracker.checkpoint_barrier()  # metrics up to this step reach the store before the checkpoint
         return save_checkpoint(
             run_dir,
             state.steps,

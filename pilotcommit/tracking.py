@@ -59,6 +59,10 @@ class Tracker(Protocol):
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         """A file produced by the run."""
 
+    def checkpoint_barrier(self) -> bool:
+        """Called just before a checkpoint is written: make what was logged so far durable (a
+        crash after the checkpoint then loses nothing at or before it). True when it is."""
+
 
 class MemoryTracker:
     """Keeps everything it is given; for tests and runs without a tracking store."""
@@ -84,6 +88,9 @@ class MemoryTracker:
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self.artifacts.append((Path(path), artifact_path))
+
+    def checkpoint_barrier(self) -> bool:
+        return True  # nothing is queued
 
 
 # =========================================================================== MLflow

@@ -66,6 +66,9 @@ class JsonLinesTracker:
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self._write({"kind": "artifact", "path": str(path), "artifact_path": artifact_path})
 
+    def checkpoint_barrier(self) -> bool:
+        return True  # every record is fsynced as it is written
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
