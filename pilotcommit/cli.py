@@ -262,6 +262,65 @@ def train(
 
 
 @app.command()
+def probe(
+    config: ConfigOpt = None,
+    prompts: Annotated[int, typer.Option("--prompts", "-n", min=1, help="Training prompts to probe.")] = 256,
+    samples: Annotated[int, typer.Option("--samples", "-k", min=1, help="Rollouts per probed prompt.")] = 16,
+    seed: Annotated[int, typer.Option(help="Seed of the prompt draw and the sampling.")] = 0,
+    estimator: Annotated[str, typer.Option(help="empirical_bayes, jeffreys or plug_in (see docs/regimes.md).")] = "empirical_bayes",
+    set_: SetOpt = None,
+    runs_dir: RunsDirOpt = None,
+    tracking_uri: UriOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Predict, before training, which method buys the most informative groups on this data."""
+    if estimator not in ("empirical_bayes", "jeffreys", "plug_in"):
+        _fail(f"--estimator {estimator!r}: use empirical_bayes, jeffreys or plug_in", EXIT_CONFIG)
+    path, cfg = _load_config(config, set_)
+    _check_store(runs_dir, tracking_uri or cfg.tracking.tracking_uri)
+    from flows.probe import probe_flow
+    from pilotcommit.probe import ProbeResult
+
+    console.print(f"[bold]{cfg.name}[/]: probing {prompts} training prompts x {samples} rollouts "
+                  f"with the initial policy of {cfg.model.label}")
+    with TrainingProgress([cfg], console):
+        out = _run_flow(lambda: probe_flow(
+            config_path=str(path), overrides=list(set_ or []), runs_dir=str(runs_dir) if runs_dir else None,
+            tracking_uri=tracking_uri, prompts=prompts, samples=samples, seed=seed, estimator=estimator,
+        ), verbose)
+    result = ProbeResult.from_dict(out["probe"])
+    print_probe(result)
+    console.print(f"MLflow run [bold]{out['mlflow_run_id']}[/] in {out['tracking_uri']}")
+
+
+def print_probe(result) -> None:
+    """The probe's spread, per-method predictions and recommendation (fits 80 columns)."""
+    from rich.table import Table
+
+    s = result.spread
+    console.print(f"pass rates of {len(result.prompt_ids)} prompts ({result.samples} samples each): "
+                  f"{s['at_0']:.1%} at 0, {s['between']:.1%} between, {s['at_1']:.1%} at 1")
+    table = Table(title=f"predicted per 1,000 sampled rollouts ({result.estimator})")
+    table.add_column("method")
+    table.add_column("informative groups", justify="right")
+    table.add_column("where the rest goes")
+    for pred in result.predictions:
+        b = pred.breakdown
+        if pred.kind == "grpo":
+            rest = f"{b['zero_variance_groups_per_1k']:.1f} zero-variance groups trained"
+        elif pred.kind == "dapo":
+            rest = (f"{b.get('dropped_groups_per_1k', 0):.1f} dropped, "
+                    f"{b.get('discarded_groups_per_1k', 0):.1f} discarded groups")
+        else:
+            rest = (f"{b.get('too_hard_pilots_per_1k', 0):.0f} too hard, "
+                    f"{b.get('too_easy_pilots_per_1k', 0):.0f} too easy, "
+                    f"{b.get('stale_pilots_per_1k', 0):.0f} stale pilots")
+        table.add_row(pred.method, f"{pred.informative_groups_per_1k:.1f}", pred.note or rest)
+    console.print(table)
+    console.print(result.recommendation)
+
+
+@app.command()
 def sweep(
     config: Annotated[Path, typer.Option("--config", "-c", help="Sweep YAML.")] = Path("conf/sweep/model-scale.yaml"),
     set_: SetOpt = None,

@@ -278,7 +278,7 @@ def predict_pilot_commit(label: str, cfg: PilotCommitConfig, counts: PassRateCou
         label, "pilot_commit", b * informative_given_band * scale,
         {"piloted_prompts_per_1k": rounds * g * scale,
          "informative_pilots_per_1k": rounds * g * p_band * scale,
-         "stale_pilots_per_1k": (rounds * g * p_band - b) * scale,
+         "stale_pilots_per_1k": max(rounds * g * p_band - b, 0.0) * scale,
          "too_hard_pilots_per_1k": rounds * g * share["too_hard"] * scale,
          "too_easy_pilots_per_1k": rounds * g * share["too_easy"] * scale,
          "evicted_pilots_per_1k": rounds * g * evicted * scale,

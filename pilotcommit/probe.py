@@ -1,0 +1,162 @@
+"""``pilotcommit probe``: measure the initial policy's pass-rate spread on the training prompts and
+predict, before any training, which allocation method buys the most informative groups.
+
+    probe_pass_rates(cfg, prepared, policy)   K rollouts for each of N training prompts -> counts
+    run_probe(...)                            counts + predictions + a one-line recommendation
+
+The sampling uses the config's own engine, template, reward and training sampling parameters
+(temperature, top-p, max new tokens), so the histogram is the one the first training step
+will meet. Prompts are drawn without replacement with the given seed. The maths is
+:mod:`pilotcommit.allocation.predict`; this module only samples and tabulates.
+
+Not here: Prefect, MLflow (flows/probe.py logs the result), the CLI's printing.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from pilotcommit.allocation.predict import (
+    Estimator,
+    MethodPrediction,
+    PassRateCounts,
+    predict_methods,
+    recommend,
+)
+from pilotcommit.config import ExperimentConfig
+from pilotcommit.types import RolloutKind, RolloutRequest
+
+_PROBE_SEED_TAG = 31_337  # the probe's sampling stream, apart from training's (seed, step, round)
+
+
+@dataclass
+class ProbeResult:
+    """What a probe measured and predicted (plain data: JSON-safe through :meth:`to_dict`)."""
+
+    prompt_ids: list[str]
+    successes: list[int]
+    samples: int
+    estimator: str
+    predictions: list[MethodPrediction]
+    recommendation: str
+    spread: dict[str, float]
+    wall_s: float = 0.0
+    levels: list[str] = field(default_factory=list)
+
+    @property
+    def counts(self) -> PassRateCounts:
+        return PassRateCounts(np.array(self.successes), np.full(len(self.successes), self.samples))
+
+    def prompt_table(self) -> pd.DataFrame:
+        p = np.array(self.successes) / self.samples
+        table = pd.DataFrame({"prompt_id": self.prompt_ids, "successes": self.successes,
+                              "samples": self.samples, "pass_rate": p, "reward_variance": p * (1 - p)})
+        if self.levels:
+            table["level"] = self.levels
+        return table
+
+    def prediction_table(self) -> pd.DataFrame:
+        rows = []
+        for pred in self.predictions:
+            rows.append({"method": pred.method, "kind": pred.kind,
+                         "informative_groups_per_1k": pred.informative_groups_per_1k,
+                         **pred.breakdown, "note": pred.note})
+        return pd.DataFrame(rows)
+
+    def to_dict(self) -> dict:
+        return {
+            "prompt_ids": self.prompt_ids, "successes": self.successes, "samples": self.samples,
+            "estimator": self.estimator, "recommendation": self.recommendation, "spread": self.spread,
+            "wall_s": self.wall_s, "levels": self.levels,
+            "predictions": [{"method": p.method, "kind": p.kind,
+                             "informative_groups_per_1k": p.informative_groups_per_1k,
+                             "breakdown": p.breakdown, "note": p.note} for p in self.predictions],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ProbeResult":
+        data = dict(data)
+        data["predictions"] = [MethodPrediction(**p) for p in data["predictions"]]
+        return cls(**data)
+
+
+def probe_pass_rates(cfg: ExperimentConfig, train_path, initial_policy: str, *, prompts: int,
+                     samples: int, seed: int) -> tuple[list[str], list[int], list[str]]:
+    """``samples`` rollouts for ``prompts`` training prompts: (prompt ids, successes, levels)."""
+    from pilotcommit.pipeline import read_prompt_table
+    from pilotcommit.loop import encode_prompts, make_engine, reward_function
+    from pilotcommit.models.loading import load_policy
+    from pilotcommit.rollout.protocol import SamplingParams, derive_seed
+
+    if prompts < 1 or samples < 1:
+        raise ValueError(f"probe needs prompts >= 1 and samples >= 1 (got {prompts}, {samples})")
+    table = read_prompt_table(train_path)
+    rng = np.random.default_rng(seed)
+    take = min(prompts, len(table))
+    chosen = table.iloc[np.sort(rng.choice(len(table), size=take, replace=False))]
+    model, tokenizer = load_policy(initial_policy, cfg.model)
+    engine = make_engine(cfg, model, tokenizer)
+    try:
+        ids = chosen["prompt_id"].tolist()
+        token_ids = dict(zip(ids, encode_prompts(chosen["problem"].tolist(), tokenizer, cfg)))
+        answers = dict(zip(ids, chosen["answer"].tolist()))
+        reward_fn = reward_function(cfg)
+        params = SamplingParams(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.max_new_tokens)
+        requests = [RolloutRequest(p, samples, RolloutKind.UNIFORM) for p in ids]
+        results = engine.generate(requests, token_ids, params, seed=derive_seed(seed, 0, _PROBE_SEED_TAG),
+                                  policy_step=0)
+    finally:
+        close = getattr(engine, "close", None)
+        if close is not None:
+            close()
+    # the 0/1 correctness, never a shaped reward: the predictor models what filtering sees
+    successes = [int(sum(float(reward_fn(r.text, answers[res.request.prompt_id])) > 0.5 for r in res.rollouts))
+                 for res in results]
+    levels = ([("" if v is None else str(v)) for v in chosen["level"]] if "level" in chosen.columns else [])
+    return [res.request.prompt_id for res in results], successes, levels
+
+
+def run_probe(cfg: ExperimentConfig, train_path, initial_policy: str, *, prompts: int, samples: int,
+              seed: int = 0, estimator: Estimator = "empirical_bayes") -> ProbeResult:
+    """Probe the training prompts and predict every configured method's informative-group rate."""
+    started = time.perf_counter()
+    ids, successes, levels = probe_pass_rates(cfg, train_path, initial_policy, prompts=prompts,
+                                              samples=samples, seed=seed)
+    return predict_from_counts(cfg, ids, successes, samples, estimator, levels=levels,
+                               wall_s=time.perf_counter() - started)
+
+
+def predict_from_counts(cfg: ExperimentConfig, ids: list[str], successes: list[int], samples: int,
+                        estimator: Estimator = "empirical_bayes", *, levels: list[str] | None = None,
+                        wall_s: float = 0.0) -> ProbeResult:
+    counts = PassRateCounts(np.array(successes), np.full(len(successes), samples))
+    predictions = predict_methods(cfg.methods, counts, estimator)
+    spread = counts.spread()
+    return ProbeResult(ids, list(successes), samples, estimator, predictions,
+                       recommend(predictions, spread), spread, wall_s, list(levels or []))
+
+
+def histogram_figure(result: ProbeResult, title: str):
+    """Pass-rate histogram of the probe (K + 1 bars) beside predicted informative groups per 1k."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 3.6))
+    left, right = fig.subplots(1, 2)
+    k = result.samples
+    counts = np.bincount(np.array(result.successes), minlength=k + 1) / max(len(result.successes), 1)
+    left.bar(np.arange(k + 1) / k, counts, width=0.8 / k, color="#4477aa")
+    left.set_xlabel(f"pass rate ({k} samples per prompt)")
+    left.set_ylabel("fraction of prompts")
+    s = result.spread
+    left.set_title(f"at 0: {s['at_0']:.0%}   between: {s['between']:.0%}   at 1: {s['at_1']:.0%}")
+    labels = [p.method for p in result.predictions]
+    right.barh(labels, [p.informative_groups_per_1k for p in result.predictions], color="#cc6677")
+    right.set_xlabel("predicted informative groups per 1,000 rollouts")
+    right.invert_yaxis()
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,84 @@
+"""``pilotcommit probe`` end to end: the smoke config's initial policy, a real ephemeral Prefect,
+a real SQLite MLflow store, the real transformers engine; and the probe library's sampling."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+
+from tests.conftest import SMOKE_CONFIG
+from tests.integration.test_cli import cli_env, run_cli
+
+pytestmark = pytest.mark.integration
+
+
+def test_probe_samples_the_training_prompts_reproducibly(smoke_config, smoke_prepared, smoke_policy):
+    from pilotcommit.probe import run_probe
+
+    first = run_probe(smoke_config, smoke_prepared.train_path, smoke_policy, prompts=30, samples=6, seed=0)
+    again = run_probe(smoke_config, smoke_prepared.train_path, smoke_policy, prompts=30, samples=6, seed=0)
+    other = run_probe(smoke_config, smoke_prepared.train_path, smoke_policy, prompts=30, samples=6, seed=1)
+    assert len(first.prompt_ids) == len(set(first.prompt_ids)) == 30
+    assert all(0 <= s <= 6 for s in first.successes)
+    assert (first.prompt_ids, first.successes) == (again.prompt_ids, again.successes)
+    assert (first.prompt_ids, first.successes) != (other.prompt_ids, other.successes)
+    # the spread is the histogram of the counts, and every configured method is predicted
+    p = np.array(first.successes) / 6
+    assert first.spread["at_0"] == pytest.approx(np.mean(p == 0))
+    assert first.spread["at_1"] == pytest.approx(np.mean(p == 1))
+    assert [pred.method for pred in first.predictions] == list(smoke_config.methods)
+    # more prompts than the training set holds: all of them, once
+    from pilotcommit.pipeline import read_prompt_table
+
+    everything = run_probe(smoke_config, smoke_prepared.train_path, smoke_policy, prompts=10_000, samples=1, seed=0)
+    assert len(everything.prompt_ids) == len(set(everything.prompt_ids))
+    assert len(everything.prompt_ids) == len(read_prompt_table(smoke_prepared.train_path))
+    # the weak smoke policy solves some prompts and fails others (a miscounted reward would not)
+    assert 0 < everything.spread["at_0"] < 1 and 0 < everything.spread["at_1"] < 1
+
+
+def test_probe_cli_prints_the_prediction_and_logs_an_mlflow_run(tmp_path):
+    from pilotcommit import tracking
+
+    env = cli_env(tmp_path)
+    env["COLUMNS"] = "80"
+    runs = tmp_path / "runs"
+    done = run_cli(["probe", "-c", str(SMOKE_CONFIG), "--runs-dir", str(runs), "--prompts", "40",
+                    "--samples", "8"], env)
+    assert done.returncode == 0, done.stderr + done.stdout
+    out = done.stdout
+    assert "pass rates of 40 prompts (8 samples each):" in out
+    assert max(len(line) for line in out.splitlines()) <= 80
+    for label in ("grpo", "dapo", "pilot_commit"):
+        assert label in out
+    recommendation = next(line for line in out.splitlines() if line.startswith("use "))
+
+    client = tracking.mlflow_client(f"sqlite:///{runs / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("smoke")
+    probes = client.search_runs([experiment.experiment_id], f"tags.`{tracking.TAG_KIND}` = 'probe'")
+    assert len(probes) == 1
+    run = probes[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["pilotcommit.recommendation"].startswith(recommendation.strip())
+    metrics = run.data.metrics
+    assert metrics["probe/prompts"] == 40 and metrics["probe/samples_per_prompt"] == 8
+    assert math.isclose(metrics["probe/at_0"] + metrics["probe/between"] + metrics["probe/at_1"], 1.0)
+    for label in ("grpo", "dapo", "pilot_commit"):
+        assert f"predict/{label}/informative_groups_per_1k" in metrics
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "probe")}
+    assert {"probe/pass_rate_histogram.png", "probe/prompts.csv", "probe/predictions.csv",
+            "probe/probe.json"} <= artifacts
+    table = list(csv.DictReader(open(client.download_artifacts(run.info.run_id, "probe/prompts.csv",
+                                                               str(tmp_path)))))
+    assert len(table) == 40
+    at_zero = np.mean([int(row["successes"]) == 0 for row in table])
+    assert metrics["probe/at_0"] == pytest.approx(at_zero)
+
+    # a bad estimator is a usage error before any compute
+    bad = run_cli(["probe", "-c", str(SMOKE_CONFIG), "--runs-dir", str(tmp_path / "other"),
+                   "--estimator", "guess"], env)
+    assert bad.returncode == 2 and "--estimator" in bad.stderr
+    assert not (tmp_path / "other").exists()
