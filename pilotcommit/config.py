@@ -468,6 +468,37 @@ class TrackingConfig(StrictModel):
 # --------------------------------------------------------------------------- experiment
 
 
+class TrainMixConfig(StrictModel):
+    """The RL training prompts as a level mix of the training split (pilotcommit/data/mix.py).
+
+    The warm start still sees the whole split, so a mix changes the prompts the methods train
+    on and nothing upstream: same data stage, same initial policy, same evaluation set.
+    """
+
+    level_shares: dict[str, float] = Field(
+        min_length=1,
+        description="Share of the RL prompts from each level (keys: the `level` column's values); "
+        "the shares sum to 1.",
+    )
+    prompts: int = Field(ge=1, description="Number of RL training prompts drawn.")
+    seed: int = Field(0, description="Seed of the draw (independent of the run seeds).")
+
+    @field_validator("level_shares", mode="before")
+    @classmethod
+    def _levels_as_text(cls, value):
+        return {str(k): v for k, v in value.items()} if isinstance(value, dict) else value
+
+    @model_validator(mode="after")
+    def _check_shares(self) -> "TrainMixConfig":
+        bad = {k: v for k, v in self.level_shares.items() if not v > 0}
+        if bad:
+            raise ValueError(f"level_shares: shares must be > 0, got {bad}")
+        total = sum(self.level_shares.values())
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"level_shares: shares sum to {total:.6f}, not 1")
+        return self
+
+
 class ExperimentConfig(StrictModel):
     """One experiment: data, model, the methods compared, and how each run is trained."""
 
@@ -477,6 +508,9 @@ class ExperimentConfig(StrictModel):
     model: ModelConfig
     methods: dict[str, MethodConfig] = Field(
         min_length=1, description="Methods compared, keyed by run label (usually the method name)."
+    )
+    train_mix: TrainMixConfig | None = Field(
+        None, description="RL training prompts as a level mix of the training split (None: all)."
     )
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
@@ -502,6 +536,17 @@ class ExperimentConfig(StrictModel):
                 "per step for a fair comparison (train_batch_size, group size): "
                 + ", ".join(f"{k}={v}" for k, v in shapes.items())
             )
+        if self.train_mix is not None and isinstance(self.data, ArithDataConfig):
+            from pilotcommit.data.mix import level_counts
+
+            available = {str(lv.level): lv.n_train for lv in self.data.to_spec().levels}
+            for level, count in level_counts(self.train_mix.level_shares, self.train_mix.prompts).items():
+                if level not in available:
+                    raise ValueError(f"train_mix.level_shares: level {level!r} is not a level of the data "
+                                     f"(levels {sorted(available)})")
+                if count > available[level]:
+                    raise ValueError(f"train_mix.level_shares[{level!r}]: needs {count} prompts of level "
+                                     f"{level}, the data has {available[level]} (n_train)")
         if self.target.accuracy is None and self.target.reference_method not in self.methods:
             raise ValueError(
                 f"target.reference_method: {self.target.reference_method!r} is not one of the "

@@ -38,6 +38,7 @@ import torch
 from pilotcommit.allocation import make_policy
 from pilotcommit.checkpoint import checkpoint_root, latest_checkpoint, load_checkpoint, save_checkpoint
 from pilotcommit.config import ExperimentConfig, MathDataConfig, PretrainedModelConfig, config_hash
+from pilotcommit.data.mix import apply_train_mix
 from pilotcommit.evaluation import EvalRecord, EvalSet, evaluate_policy
 from pilotcommit.learner.update import Learner, NonFiniteLossError
 from pilotcommit.rollout.protocol import RolloutEngine, SamplingParams, derive_seed
@@ -218,7 +219,7 @@ def train_run(
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
 
-    train_df = read_prompt_table(prepared.train_path)
+    train_df = apply_train_mix(read_prompt_table(prepared.train_path), cfg.train_mix, str(prepared.train_path))
     model, tokenizer = load_policy(
         initial_policy, cfg.model, device=sharding.device if sharding is not None else None
     )

@@ -4,9 +4,9 @@ predict, before any training, which allocation method buys the most informative 
     probe_pass_rates(cfg, prepared, policy)   K rollouts for each of N training prompts -> counts
     run_probe(...)                            counts + predictions + a one-line recommendation
 
-The sampling uses the config's own engine, template, reward and training sampling parameters
-(temperature, top-p, max new tokens), so the histogram is the one the first training step
-will meet. Prompts are drawn without replacement with the given seed. The maths is
+The sampling uses the config's own training prompts (its ``train_mix``, if any), engine,
+template, reward and training sampling parameters (temperature, top-p, max new tokens), so the
+histogram is the one the first training step will meet. Prompts are drawn without replacement with the given seed. The maths is
 :mod:`pilotcommit.allocation.predict`; this module only samples and tabulates.
 
 Not here: Prefect, MLflow (flows/probe.py logs the result), the CLI's printing.
@@ -94,7 +94,9 @@ def probe_pass_rates(cfg: ExperimentConfig, train_path, initial_policy: str, *, 
 
     if prompts < 1 or samples < 1:
         raise ValueError(f"probe needs prompts >= 1 and samples >= 1 (got {prompts}, {samples})")
-    table = read_prompt_table(train_path)
+    from pilotcommit.data.mix import apply_train_mix
+
+    table = apply_train_mix(read_prompt_table(train_path), cfg.train_mix, str(train_path))
     rng = np.random.default_rng(seed)
     take = min(prompts, len(table))
     chosen = table.iloc[np.sort(rng.choice(len(table), size=take, replace=False))]
