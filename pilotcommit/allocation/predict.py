@@ -304,8 +304,17 @@ def predict_methods(methods: Mapping[str, object], counts: PassRateCounts,
     return predictions
 
 
+CLEAR_EDGE = 1.10  # a method must predict >= 10% more informative groups per rollout to be recommended
+
+
 def recommend(predictions: Sequence[MethodPrediction], spread: Mapping[str, float]) -> str:
-    """One line: the method with the most informative groups per rollout, and why."""
+    """One line: the method with the most informative groups per rollout, and why.
+
+    Within ``CLEAR_EDGE`` of the runner-up the line says there is no clear winner and keeps the
+    simplest method (uniform allocation, GRPO, when it is configured): this count ignores
+    effects that cost the selective methods (stale pilots, fewer optimizer steps per rollout),
+    so a small predicted edge is not a reason to switch.
+    """
     if not predictions:
         raise ValueError("no predictions to recommend from")
     ranked = sorted(predictions, key=lambda p: -p.informative_groups_per_1k)
@@ -316,10 +325,15 @@ def recommend(predictions: Sequence[MethodPrediction], spread: Mapping[str, floa
     if not rest:
         return f"{best.method}: {best.informative_groups_per_1k:.1f} informative groups per 1,000 rollouts; {reason}"
     second = rest[0]
-    if second.informative_groups_per_1k > 0:
-        ratio = best.informative_groups_per_1k / second.informative_groups_per_1k
-        margin = f"{ratio:.2f}x {second.method}'s {second.informative_groups_per_1k:.1f}"
-    else:
-        margin = f"{second.method} gets none"
+    if best.informative_groups_per_1k <= 0:
+        return f"no method gets informative groups on these prompts; {reason}"
+    if best.informative_groups_per_1k < CLEAR_EDGE * second.informative_groups_per_1k:
+        simplest = next((p for p in ranked if p.kind == "grpo"), best)
+        return (f"no clear winner: {best.method} {best.informative_groups_per_1k:.1f} and {second.method} "
+                f"{second.informative_groups_per_1k:.1f} informative groups per 1,000 rollouts (within "
+                f"{CLEAR_EDGE - 1:.0%}); keep the simpler {simplest.method}; {reason}")
+    margin = (f"{best.informative_groups_per_1k / second.informative_groups_per_1k:.2f}x "
+              f"{second.method}'s {second.informative_groups_per_1k:.1f}" if second.informative_groups_per_1k > 0
+              else f"{second.method} gets none")
     return (f"use {best.method}: {best.informative_groups_per_1k:.1f} informative groups per 1,000 "
             f"rollouts, {margin}; {reason}")

@@ -172,3 +172,17 @@ def test_predict_methods_uses_the_configs_labels_and_rejects_unknown_kinds():
 
     with pytest.raises(ValueError, match="mystery"):
         predict_methods({"x": Other()}, _half())
+
+
+def test_recommendation_keeps_the_simplest_method_without_a_clear_edge():
+    from pilotcommit.allocation.predict import MethodPrediction
+
+    spread = {"at_0": 0.3, "between": 0.6, "at_1": 0.1}
+    close = [MethodPrediction("pc", "pilot_commit", 41.7), MethodPrediction("uniform", "grpo", 41.6),
+             MethodPrediction("dapo", "dapo", 20.8)]
+    line = recommend(close, spread)
+    assert line.startswith("no clear winner: pc 41.7 and uniform 41.6") and "keep the simpler uniform" in line
+    clear = [MethodPrediction("pc", "pilot_commit", 50.0), MethodPrediction("uniform", "grpo", 41.6)]
+    assert recommend(clear, spread).startswith("use pc: 50.0 informative groups per 1,000 rollouts, 1.20x uniform's")
+    assert recommend([MethodPrediction("g", "grpo", 0.0), MethodPrediction("d", "dapo", 0.0)],
+                     spread).startswith("no method gets informative groups")
