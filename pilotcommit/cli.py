@@ -1,4 +1,4 @@
-"""The ``pilotcommit`` command line (typer): compare, train, sweep, nightly, report, accept, serve.
+"""The ``pilotcommit`` command line (typer): compare, train, probe, sweep, nightly, report, accept, serve.
 
 Every command validates its configuration and checks the tracking store *before* any compute:
 a config error prints the message (file and field) and exits with code 2, an unreachable
