@@ -64,6 +64,27 @@ class DAPOConfig(StrictModel):
         return self.n
 
 
+# float slack of the inclusive pass band: a pilot pass rate k / n_pilot is compared with thresholds
+# such as 0.125 that are themselves decimal renderings
+PASS_RATE_TOLERANCE = 1e-9
+
+PilotVerdict = Literal["informative", "too_hard", "too_easy"]
+
+
+def pass_band_verdict(p: float, *, p_low: float, p_high: float) -> PilotVerdict:
+    """Pilot-Commit's classification of a pilot pass rate ``p`` (ALGORITHMS.md, PC rule 4).
+
+    The band is inclusive: ``p_low <= p <= 1 - p_high`` is informative, below it too hard,
+    above it too easy. The one definition of the band: the policy classifies with it and the
+    config validator checks with it that some ``k / n_pilot`` can be informative.
+    """
+    if p < p_low - PASS_RATE_TOLERANCE:
+        return "too_hard"
+    if p > 1.0 - p_high + PASS_RATE_TOLERANCE:
+        return "too_easy"
+    return "informative"
+
+
 class PilotCommitConfig(StrictModel):
     """Pilot-Commit: a few pilot rollouts per prompt, the rest only for informative prompts."""
 
@@ -116,13 +137,21 @@ class PilotCommitConfig(StrictModel):
                 "an evicted prompt must also be too easy (the pass band is inclusive)"
             )
         rates = [k / self.n_pilot for k in range(self.n_pilot + 1)]
-        if not any(self.p_low - 1e-9 <= p <= 1.0 - self.p_high + 1e-9 for p in rates):
+        if not any(self.verdict(p) == "informative" for p in rates):
             raise ValueError(
                 f"n_pilot ({self.n_pilot}): no pilot pass rate k/{self.n_pilot} falls in "
                 f"[p_low, 1 - p_high] = [{self.p_low}, {1.0 - self.p_high}], so no prompt could "
                 "ever be committed; use more pilots or widen the band"
             )
         return self
+
+    def verdict(self, p: float) -> PilotVerdict:
+        """The pass band's verdict on pilot pass rate ``p`` (:func:`pass_band_verdict`)."""
+        return pass_band_verdict(p, p_low=self.p_low, p_high=self.p_high)
+
+    def evicts(self, p: float) -> bool:
+        """Whether pilot pass rate ``p`` evicts the prompt from later epochs (``p >= p_evict``)."""
+        return p >= self.p_evict - PASS_RATE_TOLERANCE
 
     @property
     def pilots_in_group(self) -> int:

@@ -2,7 +2,7 @@
 
     policy.plan()          which prompts get how many rollouts (pilotcommit.allocation)
     engine.generate(...)   sample them with the current weights (pilotcommit.rollout)
-    reward_fn(text, ans)   0/1 per rollout (pilotcommit.rewards)
+    reward_fn(text, ans)   0/1 per rollout, plus shaping (pilotcommit.rewards)
     policy.observe(...)    a full TrainBatch when one is ready, else plan another round
     learner.update(batch)  one policy-gradient step (pilotcommit.learner)
 
@@ -154,16 +154,11 @@ def make_engine(cfg: ExperimentConfig, model, tokenizer) -> RolloutEngine:
 def score_results(
     results: list[RequestResult], answers: Mapping[str, str], reward_fn, cfg: ExperimentConfig
 ) -> None:
-    """Fill ``rollout.reward`` in place (with the overlong penalty when configured)."""
-    penalty = cfg.rollout.overlong_penalty
-    for result in results:
-        answer = answers[result.request.prompt_id]
-        for rollout in result.rollouts:
-            reward = float(reward_fn(rollout.text, answer))
-            if penalty is not None:
-                over = rollout.num_completion_tokens - penalty.start
-                reward += min(-over / penalty.length, 0.0) if over > 0 else 0.0
-            rollout.reward = reward
+    """Fill ``rollout.correct`` (0/1, what the policies filter on) and ``rollout.reward``
+    (what the learner trains on: with the overlong penalty when configured) in place."""
+    from pilotcommit.rewards import score_rollouts
+
+    score_rollouts(results, answers, reward_fn, overlong=cfg.rollout.overlong_penalty)
 
 
 def budget_reached(cfg: ExperimentConfig, steps: int, cumulative_rollouts: int) -> bool:
@@ -301,8 +296,8 @@ def train_run(
                 )
             score_results(results, answers, reward_fn, cfg)
             for result in results:
-                rewards = [r.reward for r in result.rollouts]
-                state.train_pass_rates[result.request.prompt_id] = (float(np.mean(rewards)), step)
+                correct = [r.correct for r in result.rollouts]
+                state.train_pass_rates[result.request.prompt_id] = (float(np.mean(correct)), step)
             batch = policy.observe(results)
             round_index += 1
         t1 = time.perf_counter()

@@ -22,6 +22,7 @@ from pilotcommit.config import (
     PretrainedModelConfig,
     load_experiment_config,
 )
+from pilotcommit.rewards import overlong_penalty
 from pilotcommit.sweep import SweepConfig, cell_configs
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -145,7 +146,7 @@ def test_the_overlong_penalty_of_the_1_5b_run_is_the_papers_formula():
     penalty = cfg.rollout.overlong_penalty
 
     def reward_offset(length: int) -> float:
-        return min(-(length - penalty.start) / penalty.length, 0.0)
+        return overlong_penalty(length, start=penalty.start, length=penalty.length)
 
     assert reward_offset(4096) == 0.0
     assert reward_offset(6144) == -0.5
