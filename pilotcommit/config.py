@@ -177,10 +177,19 @@ class LearnerConfig(StrictModel):
     lr: float = Field(1e-6, gt=0.0, description="AdamW learning rate.")
     weight_decay: float = Field(0.1, ge=0.0, description="AdamW weight decay.")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
-    warmup_steps: int = Field(10, ge=0, description="Linear warm-up steps, constant after.")
+    warmup_steps: int = Field(
+        10, ge=0, description="Linear warm-up over training steps as verl's: lr * step / "
+        "warmup_steps (0 in the first step), the full lr from step warmup_steps on."
+    )
     grad_clip: float = Field(1.0, gt=0.0, description="Max global gradient norm.")
     eps_low: float = Field(0.2, ge=0.0, lt=1.0, description="Lower PPO clip: ratio >= 1 - eps_low.")
     eps_high: float = Field(0.28, ge=0.0, description="Upper PPO clip: ratio <= 1 + eps_high.")
+    clip_ratio_c: float | None = Field(
+        None,
+        gt=1.0,
+        description="Dual-clip: for negative advantages the token loss is bounded at "
+        "-clip_ratio_c * A (the reference's clip_ratio_c=10; None: off).",
+    )
     loss_aggregation: Literal["token_mean", "sequence_mean"] = Field(
         "token_mean",
         description="token_mean: mean over all response tokens of the mini-batch; "
@@ -194,7 +203,7 @@ class LearnerConfig(StrictModel):
         1,
         ge=1,
         description="Optimizer steps per training step, the same for every method (the batch is "
-        "split into this many equal mini-batches). The reference code scales the mini-batch by "
+        "split into this many equal mini-batches; the rollouts per step must divide). The reference code scales the mini-batch by "
         "n_commit, giving PC more steps than GRPO; we keep it equal for a fair comparison.",
     )
     micro_batch_size: int = Field(
@@ -530,6 +539,20 @@ class ExperimentConfig(StrictModel):
                 "methods: every method must train on the same number of groups of the same size "
                 "per step for a fair comparison (train_batch_size, group size): "
                 + ", ".join(f"{k}={v}" for k, v in shapes.items())
+            )
+        rollouts_per_step = next(iter(shapes.values()))
+        steps = self.learner.optimizer_steps_per_batch
+        if (rollouts_per_step[0] * rollouts_per_step[1]) % steps:
+            raise ValueError(
+                f"learner.optimizer_steps_per_batch: {steps} does not divide the "
+                f"{rollouts_per_step[0] * rollouts_per_step[1]} rollouts of a training step "
+                f"(train_batch_size {rollouts_per_step[0]} x group size {rollouts_per_step[1]}); "
+                "mini-batches must be equal"
+            )
+        if self.rollout.temperature <= 0:
+            raise ValueError(
+                "rollout.temperature: training rollouts need a temperature > 0 (at 0 every "
+                "group's rollouts are identical and the learner's log-probs are undefined)"
             )
         if self.target.accuracy is None and self.target.reference_method not in self.methods:
             raise ValueError(

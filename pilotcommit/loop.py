@@ -225,9 +225,13 @@ def train_run(
 
     policy = make_policy(cfg.methods[method_label], train_ids, seed=seed)
     if sharding is None:
-        learner = Learner(model, cfg.learner, pad_id=tokenizer.pad_token_id)
+        learner = Learner(
+            model, cfg.learner, pad_id=tokenizer.pad_token_id, temperature=cfg.rollout.temperature
+        )
     else:  # shards the model in place (FSDP2); every rank builds the same batches
-        learner = sharding.make_learner(model, cfg.learner, pad_id=tokenizer.pad_token_id)
+        learner = sharding.make_learner(
+            model, cfg.learner, pad_id=tokenizer.pad_token_id, temperature=cfg.rollout.temperature
+        )
     engine = make_engine(cfg, model, tokenizer)
     params = SamplingParams(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.max_new_tokens)
     state = _LoopState()
@@ -391,10 +395,10 @@ class _Sharding:
         return cls(context.rank, context.device)
 
     @staticmethod
-    def make_learner(model, config, *, pad_id: int) -> Learner:
+    def make_learner(model, config, *, pad_id: int, temperature: float) -> Learner:
         from pilotcommit.learner.distributed import make_learner
 
-        return make_learner(model, config, pad_id=pad_id)
+        return make_learner(model, config, pad_id=pad_id, temperature=temperature)
 
 
 def _full_weights(model: torch.nn.Module, sharding: _Sharding | None) -> dict:

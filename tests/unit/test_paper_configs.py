@@ -118,6 +118,7 @@ def test_paper_experiment_loads_with_the_papers_numbers(size: str):
     learner = cfg.learner
     assert (learner.lr, learner.weight_decay, learner.warmup_steps) == (1e-6, 0.1, 10)
     assert (learner.eps_low, learner.eps_high, learner.grad_clip) == (0.2, 0.28, 1.0)
+    assert learner.clip_ratio_c == 10.0  # the reference scripts' dual-clip
     assert learner.loss_aggregation == "token_mean"
     assert learner.advantage_std_normalize is True
     assert learner.dtype == "bfloat16" and learner.gradient_checkpointing is True
