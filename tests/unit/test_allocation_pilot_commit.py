@@ -218,6 +218,7 @@ def test_groups_are_buffered_pilots_plus_fresh_commits_of_one_prompt(n_pilot_eff
     records = run_steps(policy, Scorer(rates, seed=2), 5)
     pilot_rollouts = {}  # (epoch, prompt) -> its pilot rollouts
     commit_rollouts = {}
+    checked_balance = 0
     for record in records:
         for result in record.results:
             key = (record.epoch, result.request.prompt_id)
@@ -237,9 +238,14 @@ def test_groups_are_buffered_pilots_plus_fresh_commits_of_one_prompt(n_pilot_eff
             assert all(any(p is q for q in pilot_rollouts[key]) for p in pilots)  # the same objects
             assert all(c is d for c, d in zip(commits, commit_rollouts[key]))
             if n_pilot_effective is not None:
-                rewards = [r.reward for r in pilots]
-                if 0 < sum(r.reward for r in pilot_rollouts[key]) < 8:
-                    assert 0 < sum(rewards) < 3  # both outcomes kept: variance not thrown away
+                # balanced: as many correct as the supply allows up to half (rounded down), the
+                # rest wrong; i.e. the largest accuracy variance any 3 of the 8 pilots have
+                available = sum(r.correct for r in pilot_rollouts[key])
+                kept = sum(r.correct for r in pilots)
+                feasible = range(max(0, 3 - int(8 - available)), min(3, int(available)) + 1)
+                assert kept == max(feasible, key=lambda k: (k * (3 - k), -k))
+                checked_balance += 1
+    assert checked_balance == (0 if n_pilot_effective is None else 5 * 4)
 
 
 def test_commit_takes_only_what_the_batch_still_needs():
