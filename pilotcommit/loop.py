@@ -17,7 +17,8 @@ Metrics go to a :class:`~pilotcommit.tracking.Tracker` as plain dicts with the
 names of DESIGN.md. Step numbering: step ``k`` is the state after ``k``
 updates; evaluation at step 0 is the initial policy.
 
-Not here: Prefect, MLflow, data preparation, the warm start.
+Not here: Prefect, MLflow, data preparation, the warm start. This module sits
+below ``pilotcommit.pipeline`` (the stage functions call it) and never imports it.
 """
 
 from __future__ import annotations
@@ -29,8 +30,6 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 import numpy as np
 import pandas as pd
 import torch
@@ -38,14 +37,12 @@ import torch
 from pilotcommit.allocation import make_policy
 from pilotcommit.checkpoint import checkpoint_root, latest_checkpoint, load_checkpoint, save_checkpoint
 from pilotcommit.config import ExperimentConfig, MathDataConfig, PretrainedModelConfig, config_hash
+from pilotcommit.data.prepared import PreparedData, read_prompt_table
 from pilotcommit.evaluation import EvalRecord, EvalSet, evaluate_policy
 from pilotcommit.learner.update import Learner, NonFiniteLossError
 from pilotcommit.rollout.protocol import RolloutEngine, SamplingParams, derive_seed
 from pilotcommit.tracking import MemoryTracker, Tracker
 from pilotcommit.types import RequestResult
-
-if TYPE_CHECKING:
-    from pilotcommit.pipeline import PreparedData
 
 RESULT_FILE = "result.json"
 FINAL_POLICY_DIR = "final_policy"
@@ -111,8 +108,6 @@ def encode_prompts(problems: list[str], tokenizer, cfg: ExperimentConfig) -> lis
 
 
 def build_eval_sets(cfg: ExperimentConfig, eval_paths: Mapping[str, Path], tokenizer) -> list[EvalSet]:
-    from pilotcommit.pipeline import read_prompt_table
-
     per_benchmark = (
         {spec.name: spec.eval_samples for spec in cfg.data.benchmarks}
         if isinstance(cfg.data, MathDataConfig)
@@ -189,7 +184,7 @@ def train_run(
     method_label: str,
     seed: int,
     *,
-    prepared: "PreparedData",
+    prepared: PreparedData,
     initial_policy: str,
     run_dir: Path,
     tracker: Tracker | None = None,
@@ -198,8 +193,6 @@ def train_run(
 ) -> RunResult:
     """Train ``cfg.methods[method_label]`` from ``initial_policy`` with ``seed``; see module docstring."""
     from pilotcommit.models.loading import load_policy
-    from pilotcommit.pipeline import read_prompt_table
-
     if method_label not in cfg.methods:
         raise ValueError(f"method {method_label!r} is not in the config's methods {sorted(cfg.methods)}")
     started = time.perf_counter()
