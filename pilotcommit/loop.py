@@ -39,6 +39,7 @@ from pilotcommit.checkpoint import checkpoint_root, latest_checkpoint, load_chec
 from pilotcommit.config import ExperimentConfig, MathDataConfig, PretrainedModelConfig, config_hash
 from pilotcommit.data.prepared import PreparedData, read_prompt_table
 from pilotcommit.evaluation import EvalRecord, EvalSet, evaluate_policy
+from pilotcommit.fingerprint import as_params, machine_fingerprint
 from pilotcommit.learner.update import Learner, NonFiniteLossError
 from pilotcommit.rollout.protocol import RolloutEngine, SamplingParams, derive_seed
 from pilotcommit.tracking import MemoryTracker, Tracker
@@ -246,7 +247,9 @@ def train_run(
         torch.set_rng_state(saved["torch_rng"])
         engine.update_weights(model)
     else:
-        tracker.log_params(_flat_params(cfg, method_label, seed))
+        # the hardware and software the numbers come from (docs/embedded_task.md: they are
+        # hardware-specific); logged once, at the run's start
+        tracker.log_params({**_flat_params(cfg, method_label, seed), **as_params(machine_fingerprint())})
         _evaluate(state, engine, eval_sets, reward_fn, cfg, tracker, policy.cumulative_sampled)
 
     def save(final: bool = False) -> Path:
