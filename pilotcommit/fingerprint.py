@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 from collections.abc import Mapping
 from importlib import metadata
@@ -33,9 +34,12 @@ _ISA_FLAGS = (
 )
 # keys whose values decide the numbers; the others (python, os) are shown but not compared
 COMPARED_KEYS = (
-    "cpu_model", "cpu_isa", "torch_cpu_capability", "gpu", "torch", "transformers", "vllm",
-    "torch_threads",
+    "cpu_model", "cpu_isa", "torch_cpu_capability", "kernel_env", "gpu", "torch", "transformers",
+    "vllm", "torch_threads",
 )
+# environment variables that select other float kernels (MKL's code path, torch's vectorised
+# kernels): bench/divergence.py shows each of them changing the warm start's weights
+_KERNEL_ENV = ("MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY")
 PARAM_PREFIX = "env."
 
 
@@ -77,6 +81,7 @@ def machine_fingerprint() -> dict[str, str]:
         "cpu_isa": " ".join(f for f in _ISA_FLAGS if f in present) or platform.machine(),
         "cpu_count": str(_cpu_count()),
         "torch_cpu_capability": str(torch.backends.cpu.get_cpu_capability()),
+        "kernel_env": " ".join(f"{k}={os.environ[k]}" for k in _KERNEL_ENV if k in os.environ) or "none",
         "gpu": gpu,
         "torch": torch.__version__,
         "transformers": _version("transformers"),
@@ -88,8 +93,6 @@ def machine_fingerprint() -> dict[str, str]:
 
 
 def _cpu_count() -> int:
-    import os
-
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
