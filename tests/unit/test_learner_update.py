@@ -290,3 +290,17 @@ def test_learner_logprobs_at_temperature_0_7_equal_the_engines_sampler_logprobs(
         gaps[learner_temperature] = metrics["loss/sampler_logp_gap"]
     assert gaps[0.7] < 1e-5
     assert gaps[1.0] > 1e-2
+
+
+def test_the_learner_trains_on_the_shaped_reward_not_on_accuracy():
+    """All four rollouts correct, two of them overlong (reward 0.5): the policies see a
+    zero-variance group, the learner a group with advantages (the penalty's signal)."""
+    from pilotcommit.learner.update import pack_batch
+
+    batch = _batch()
+    group = batch.groups[2]  # all correct
+    for rollout, reward in zip(group.rollouts, [1.0, 0.5, 1.0, 0.5]):
+        rollout.correct, rollout.reward = 1.0, reward
+    packed = pack_batch(batch, pad_id=0, config=_config())
+    advantages = packed.advantages_B[8:12].tolist()
+    assert advantages[0] > 0 > advantages[1] and advantages[0] == pytest.approx(-advantages[1])
