@@ -67,7 +67,7 @@ def regression_check_task(
     differences = (
         fingerprint.fingerprint_differences(recorded, machine)
         if recorded and machine
-        else ["the baseline recorded no machine fingerprint (accepted before fingerprints existed)"]
+        else ["unknown: the baseline or the rerun recorded no machine fingerprint (runs from before fingerprints existed), so the baseline may come from other hardware"]
     )
     verdict = report.check_regression(
         current_summary, baseline_summary, report.RegressionTolerance(accuracy_drop, rollouts_increase),
