@@ -11,8 +11,8 @@ with a single seed), or its rollouts to target grow by more than ``rollouts_incr
 (relative), or it reaches the target in fewer seeds. Numbers are hardware-specific
 (docs/embedded_task.md): the baseline accepted from the same machine fingerprint
 (:mod:`pilotcommit.fingerprint`) is preferred; if there is none, the report says plainly
-that the baseline came from other hardware and which fields differ. The verdict is tagged on the rerun's parent run
-(``pilotcommit.regression``) and saved as an artifact.
+that the baseline came from other hardware and which fields differ. The verdict is tagged on
+the rerun's parent run (``pilotcommit.regression``) and saved as an artifact.
 
 ``refresh=True`` (the scheduled default) retrains every stage into new MLflow runs: with the
 code version in every cache key a rerun of unchanged code would otherwise be a cache hit.
@@ -67,7 +67,8 @@ def regression_check_task(
     differences = (
         fingerprint.fingerprint_differences(recorded, machine)
         if recorded and machine
-        else ["unknown: the baseline or the rerun recorded no machine fingerprint (runs from before fingerprints existed), so the baseline may come from other hardware"]
+        else ["unknown: the baseline or the rerun recorded no machine fingerprint (runs from "
+              "before fingerprints existed), so the baseline may come from other hardware"]
     )
     verdict = report.check_regression(
         current_summary, baseline_summary, report.RegressionTolerance(accuracy_drop, rollouts_increase),

@@ -203,7 +203,8 @@ class LearnerConfig(StrictModel):
         1,
         ge=1,
         description="Optimizer steps per training step, the same for every method (the batch is "
-        "split into this many equal mini-batches; the rollouts per step must divide). The reference code scales the mini-batch by "
+        "split into this many equal mini-batches; the rollouts per step must divide). The "
+        "reference code scales the mini-batch by "
         "n_commit, giving PC more steps than GRPO; we keep it equal for a fair comparison.",
     )
     micro_batch_size: int = Field(

@@ -4,9 +4,10 @@ Entries are keyed by prompt and tagged with the training step whose sampling
 rounds piloted them. The buffer is epoch-scoped (emptied at each epoch end by
 the policy) and staleness-limited (entries more than ``max_off_steps`` steps
 old are flushed). Entries are ranked by the spread of their pilots' 0/1
-accuracy (``Rollout.correct``), never of the shaped reward. It has no size limit: in the reference code the limit is
-never enforced, and the staleness flush already bounds the size to about
-``(max_off_steps + 1) * informative prompts per step``.
+accuracy (``Rollout.correct``), never of the shaped reward. It has no size
+limit: in the reference code the limit is never enforced, and the staleness
+flush already bounds the size to about ``(max_off_steps + 1) * informative
+prompts per step``.
 """
 
 from __future__ import annotations
