@@ -5,10 +5,14 @@ The baseline is the newest parent run of the same configuration name tagged
 ``pilotcommit.accepted_baseline=true`` (``pilotcommit accept`` sets it, or this flow with
 ``accept=True``). The rerun is summarised against the *baseline's* target accuracy, so a
 weaker reference method cannot lower the bar; the flow fails with a readable per-method report
-(:func:`pilotcommit.report.check_regression`) when a method's final accuracy drops by more than
-``accuracy_drop`` or its rollouts to target grow by more than ``rollouts_increase`` (relative),
-or it reaches the target in fewer seeds. The verdict is tagged on the rerun's parent run
-(``pilotcommit.regression``) and saved as an artifact.
+(:func:`pilotcommit.report.check_regression`) when a method's final accuracy drops, paired seed
+by seed, by more than the bootstrap tolerance of the baseline's seed spread (``accuracy_drop``
+with a single seed), or its rollouts to target grow by more than ``rollouts_increase``
+(relative), or it reaches the target in fewer seeds. Numbers are hardware-specific
+(docs/embedded_task.md): the baseline accepted from the same machine fingerprint
+(:mod:`pilotcommit.fingerprint`) is preferred; if there is none, the report says plainly
+that the baseline came from other hardware and which fields differ. The verdict is tagged on
+the rerun's parent run (``pilotcommit.regression``) and saved as an artifact.
 
 ``refresh=True`` (the scheduled default) retrains every stage into new MLflow runs: with the
 code version in every cache key a rerun of unchanged code would otherwise be a cache hit.
@@ -36,8 +40,14 @@ def regression_check_task(
     tracking_uri: str, experiment_id: str, config_name: str, current_run_id: str, target_cfg,
     accuracy_drop: float, rollouts_increase: float, accept_if_no_baseline: bool,
 ) -> dict:
+    from pilotcommit import fingerprint
+
     client = tracking.mlflow_client(tracking_uri)
-    baseline = tracking.find_accepted_baseline(client, experiment_id, config_name)
+    machine = tracking.comparison_fingerprint(client, current_run_id)
+    baseline = tracking.find_accepted_baseline(
+        client, experiment_id, config_name,
+        fingerprint_key=fingerprint.fingerprint_key(machine) if machine else None,
+    )
     if baseline is None:
         if not accept_if_no_baseline:
             raise RegressionDetected(f"no accepted baseline for configuration {config_name!r}; "
@@ -53,12 +63,21 @@ def regression_check_task(
         report.load_comparison_runs(client, current_run_id, target_cfg.metric), target_cfg,
         target_override=baseline_summary.target,
     )
+    recorded = tracking.baseline_fingerprint(baseline)
+    differences = (
+        fingerprint.fingerprint_differences(recorded, machine)
+        if recorded and machine
+        else ["unknown: the baseline or the rerun recorded no machine fingerprint (runs from "
+              "before fingerprints existed), so the baseline may come from other hardware"]
+    )
     verdict = report.check_regression(
-        current_summary, baseline_summary, report.RegressionTolerance(accuracy_drop, rollouts_increase)
+        current_summary, baseline_summary, report.RegressionTolerance(accuracy_drop, rollouts_increase),
+        hardware_differences=differences,
     )
     text = verdict.report() + f"\nbaseline run {baseline.info.run_id}, rerun {current_run_id}"
     client.set_tag(current_run_id, "pilotcommit.regression", "passed" if verdict.passed else "failed")
     client.set_tag(current_run_id, "pilotcommit.regression_baseline", baseline.info.run_id)
+    client.set_tag(current_run_id, "pilotcommit.regression_same_hardware", str(not differences).lower())
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "regression.txt"
         path.write_text(text + "\n")
@@ -81,7 +100,8 @@ def nightly_regression_flow(
 ) -> dict:
     """Rerun ``config_path`` (default: the demo) and fail when it regressed against the accepted baseline.
 
-    accuracy_drop: allowed absolute drop of a method's seed-mean final accuracy.
+    accuracy_drop: allowed absolute drop of a method's final accuracy when the baseline has a
+        single seed (with several, the tolerance is the bootstrap half-width of their spread).
     rollouts_increase: allowed relative growth of its mean rollouts to the baseline's target.
     accept: mark this rerun as the new baseline when it passes.
     parallel_runs: training runs at once (default: automatic, see compare).

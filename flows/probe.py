@@ -29,7 +29,7 @@ from pilotcommit.probe import ProbeResult, histogram_figure, run_probe
 def probe_task(cfg: ExperimentConfig, prepared: dict, initial_policy: str, prompts: int, samples: int,
                seed: int, estimator: str) -> dict:
     """:func:`pilotcommit.probe.run_probe` on the prepared training prompts."""
-    from pilotcommit.pipeline import PreparedData
+    from pilotcommit.data.prepared import PreparedData
 
     train_path = PreparedData.from_dict(prepared).train_path
     return run_probe(cfg, train_path, initial_policy, prompts=prompts, samples=samples, seed=seed,

@@ -362,7 +362,9 @@ def sweep(
 def nightly(
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    accuracy_drop: Annotated[float, typer.Option(help="Allowed absolute drop of final accuracy.")] = 0.02,
+    accuracy_drop: Annotated[float, typer.Option(
+        help="Allowed absolute drop of final accuracy against a single-seed baseline (with "
+        "several seeds: the bootstrap half-width of their spread).")] = 0.02,
     rollouts_increase: Annotated[float, typer.Option(help="Allowed relative growth of rollouts to target.")] = 0.25,
     refresh: Annotated[bool, typer.Option(help="Retrain (default) rather than reuse cached runs.")] = True,
     accept: Annotated[bool, typer.Option(help="Make this run the baseline when it passes.")] = False,

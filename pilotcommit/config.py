@@ -64,6 +64,27 @@ class DAPOConfig(StrictModel):
         return self.n
 
 
+# float slack of the inclusive pass band: a pilot pass rate k / n_pilot is compared with thresholds
+# such as 0.125 that are themselves decimal renderings
+PASS_RATE_TOLERANCE = 1e-9
+
+PilotVerdict = Literal["informative", "too_hard", "too_easy"]
+
+
+def pass_band_verdict(p: float, *, p_low: float, p_high: float) -> PilotVerdict:
+    """Pilot-Commit's classification of a pilot pass rate ``p`` (ALGORITHMS.md, PC rule 4).
+
+    The band is inclusive: ``p_low <= p <= 1 - p_high`` is informative, below it too hard,
+    above it too easy. The one definition of the band: the policy classifies with it and the
+    config validator checks with it that some ``k / n_pilot`` can be informative.
+    """
+    if p < p_low - PASS_RATE_TOLERANCE:
+        return "too_hard"
+    if p > 1.0 - p_high + PASS_RATE_TOLERANCE:
+        return "too_easy"
+    return "informative"
+
+
 class PilotCommitConfig(StrictModel):
     """Pilot-Commit: a few pilot rollouts per prompt, the rest only for informative prompts."""
 
@@ -116,13 +137,21 @@ class PilotCommitConfig(StrictModel):
                 "an evicted prompt must also be too easy (the pass band is inclusive)"
             )
         rates = [k / self.n_pilot for k in range(self.n_pilot + 1)]
-        if not any(self.p_low - 1e-9 <= p <= 1.0 - self.p_high + 1e-9 for p in rates):
+        if not any(self.verdict(p) == "informative" for p in rates):
             raise ValueError(
                 f"n_pilot ({self.n_pilot}): no pilot pass rate k/{self.n_pilot} falls in "
                 f"[p_low, 1 - p_high] = [{self.p_low}, {1.0 - self.p_high}], so no prompt could "
                 "ever be committed; use more pilots or widen the band"
             )
         return self
+
+    def verdict(self, p: float) -> PilotVerdict:
+        """The pass band's verdict on pilot pass rate ``p`` (:func:`pass_band_verdict`)."""
+        return pass_band_verdict(p, p_low=self.p_low, p_high=self.p_high)
+
+    def evicts(self, p: float) -> bool:
+        """Whether pilot pass rate ``p`` evicts the prompt from later epochs (``p >= p_evict``)."""
+        return p >= self.p_evict - PASS_RATE_TOLERANCE
 
     @property
     def pilots_in_group(self) -> int:
@@ -148,10 +177,19 @@ class LearnerConfig(StrictModel):
     lr: float = Field(1e-6, gt=0.0, description="AdamW learning rate.")
     weight_decay: float = Field(0.1, ge=0.0, description="AdamW weight decay.")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
-    warmup_steps: int = Field(10, ge=0, description="Linear warm-up steps, constant after.")
+    warmup_steps: int = Field(
+        10, ge=0, description="Linear warm-up over training steps as verl's: lr * step / "
+        "warmup_steps (0 in the first step), the full lr from step warmup_steps on."
+    )
     grad_clip: float = Field(1.0, gt=0.0, description="Max global gradient norm.")
     eps_low: float = Field(0.2, ge=0.0, lt=1.0, description="Lower PPO clip: ratio >= 1 - eps_low.")
     eps_high: float = Field(0.28, ge=0.0, description="Upper PPO clip: ratio <= 1 + eps_high.")
+    clip_ratio_c: float | None = Field(
+        None,
+        gt=1.0,
+        description="Dual-clip: for negative advantages the token loss is bounded at "
+        "-clip_ratio_c * A (the reference's clip_ratio_c=10; None: off).",
+    )
     loss_aggregation: Literal["token_mean", "sequence_mean"] = Field(
         "token_mean",
         description="token_mean: mean over all response tokens of the mini-batch; "
@@ -165,7 +203,8 @@ class LearnerConfig(StrictModel):
         1,
         ge=1,
         description="Optimizer steps per training step, the same for every method (the batch is "
-        "split into this many equal mini-batches). The reference code scales the mini-batch by "
+        "split into this many equal mini-batches; the rollouts per step must divide). The "
+        "reference code scales the mini-batch by "
         "n_commit, giving PC more steps than GRPO; we keep it equal for a fair comparison.",
     )
     micro_batch_size: int = Field(
@@ -547,6 +586,20 @@ class ExperimentConfig(StrictModel):
                 if count > available[level]:
                     raise ValueError(f"train_mix.level_shares[{level!r}]: needs {count} prompts of level "
                                      f"{level}, the data has {available[level]} (n_train)")
+        rollouts_per_step = next(iter(shapes.values()))
+        steps = self.learner.optimizer_steps_per_batch
+        if (rollouts_per_step[0] * rollouts_per_step[1]) % steps:
+            raise ValueError(
+                f"learner.optimizer_steps_per_batch: {steps} does not divide the "
+                f"{rollouts_per_step[0] * rollouts_per_step[1]} rollouts of a training step "
+                f"(train_batch_size {rollouts_per_step[0]} x group size {rollouts_per_step[1]}); "
+                "mini-batches must be equal"
+            )
+        if self.rollout.temperature <= 0:
+            raise ValueError(
+                "rollout.temperature: training rollouts need a temperature > 0 (at 0 every "
+                "group's rollouts are identical and the learner's log-probs are undefined)"
+            )
         if self.target.accuracy is None and self.target.reference_method not in self.methods:
             raise ValueError(
                 f"target.reference_method: {self.target.reference_method!r} is not one of the "

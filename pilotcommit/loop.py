@@ -2,7 +2,7 @@
 
     policy.plan()          which prompts get how many rollouts (pilotcommit.allocation)
     engine.generate(...)   sample them with the current weights (pilotcommit.rollout)
-    reward_fn(text, ans)   0/1 per rollout (pilotcommit.rewards)
+    reward_fn(text, ans)   0/1 per rollout, plus shaping (pilotcommit.rewards)
     policy.observe(...)    a full TrainBatch when one is ready, else plan another round
     learner.update(batch)  one policy-gradient step (pilotcommit.learner)
 
@@ -17,7 +17,8 @@ Metrics go to a :class:`~pilotcommit.tracking.Tracker` as plain dicts with the
 names of DESIGN.md. Step numbering: step ``k`` is the state after ``k``
 updates; evaluation at step 0 is the initial policy.
 
-Not here: Prefect, MLflow, data preparation, the warm start.
+Not here: Prefect, MLflow, data preparation, the warm start. This module sits
+below ``pilotcommit.pipeline`` (the stage functions call it) and never imports it.
 """
 
 from __future__ import annotations
@@ -29,8 +30,6 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 import numpy as np
 import pandas as pd
 import torch
@@ -39,14 +38,13 @@ from pilotcommit.allocation import make_policy
 from pilotcommit.checkpoint import checkpoint_root, latest_checkpoint, load_checkpoint, save_checkpoint
 from pilotcommit.config import ExperimentConfig, MathDataConfig, PretrainedModelConfig, config_hash
 from pilotcommit.data.mix import apply_train_mix
+from pilotcommit.data.prepared import PreparedData, read_prompt_table
 from pilotcommit.evaluation import EvalRecord, EvalSet, evaluate_policy
+from pilotcommit.fingerprint import as_params, machine_fingerprint
 from pilotcommit.learner.update import Learner, NonFiniteLossError
 from pilotcommit.rollout.protocol import RolloutEngine, SamplingParams, derive_seed
 from pilotcommit.tracking import MemoryTracker, Tracker
 from pilotcommit.types import RequestResult
-
-if TYPE_CHECKING:
-    from pilotcommit.pipeline import PreparedData
 
 RESULT_FILE = "result.json"
 FINAL_POLICY_DIR = "final_policy"
@@ -112,8 +110,6 @@ def encode_prompts(problems: list[str], tokenizer, cfg: ExperimentConfig) -> lis
 
 
 def build_eval_sets(cfg: ExperimentConfig, eval_paths: Mapping[str, Path], tokenizer) -> list[EvalSet]:
-    from pilotcommit.pipeline import read_prompt_table
-
     per_benchmark = (
         {spec.name: spec.eval_samples for spec in cfg.data.benchmarks}
         if isinstance(cfg.data, MathDataConfig)
@@ -155,16 +151,11 @@ def make_engine(cfg: ExperimentConfig, model, tokenizer) -> RolloutEngine:
 def score_results(
     results: list[RequestResult], answers: Mapping[str, str], reward_fn, cfg: ExperimentConfig
 ) -> None:
-    """Fill ``rollout.reward`` in place (with the overlong penalty when configured)."""
-    penalty = cfg.rollout.overlong_penalty
-    for result in results:
-        answer = answers[result.request.prompt_id]
-        for rollout in result.rollouts:
-            reward = float(reward_fn(rollout.text, answer))
-            if penalty is not None:
-                over = rollout.num_completion_tokens - penalty.start
-                reward += min(-over / penalty.length, 0.0) if over > 0 else 0.0
-            rollout.reward = reward
+    """Fill ``rollout.correct`` (0/1, what the policies filter on) and ``rollout.reward``
+    (what the learner trains on: with the overlong penalty when configured) in place."""
+    from pilotcommit.rewards import score_rollouts
+
+    score_rollouts(results, answers, reward_fn, overlong=cfg.rollout.overlong_penalty)
 
 
 def budget_reached(cfg: ExperimentConfig, steps: int, cumulative_rollouts: int) -> bool:
@@ -195,7 +186,7 @@ def train_run(
     method_label: str,
     seed: int,
     *,
-    prepared: "PreparedData",
+    prepared: PreparedData,
     initial_policy: str,
     run_dir: Path,
     tracker: Tracker | None = None,
@@ -204,8 +195,6 @@ def train_run(
 ) -> RunResult:
     """Train ``cfg.methods[method_label]`` from ``initial_policy`` with ``seed``; see module docstring."""
     from pilotcommit.models.loading import load_policy
-    from pilotcommit.pipeline import read_prompt_table
-
     if method_label not in cfg.methods:
         raise ValueError(f"method {method_label!r} is not in the config's methods {sorted(cfg.methods)}")
     started = time.perf_counter()
@@ -231,9 +220,13 @@ def train_run(
 
     policy = make_policy(cfg.methods[method_label], train_ids, seed=seed)
     if sharding is None:
-        learner = Learner(model, cfg.learner, pad_id=tokenizer.pad_token_id)
+        learner = Learner(
+            model, cfg.learner, pad_id=tokenizer.pad_token_id, temperature=cfg.rollout.temperature
+        )
     else:  # shards the model in place (FSDP2); every rank builds the same batches
-        learner = sharding.make_learner(model, cfg.learner, pad_id=tokenizer.pad_token_id)
+        learner = sharding.make_learner(
+            model, cfg.learner, pad_id=tokenizer.pad_token_id, temperature=cfg.rollout.temperature
+        )
     engine = make_engine(cfg, model, tokenizer)
     params = SamplingParams(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.max_new_tokens)
     state = _LoopState()
@@ -255,7 +248,9 @@ def train_run(
         torch.set_rng_state(saved["torch_rng"])
         engine.update_weights(model)
     else:
-        tracker.log_params(_flat_params(cfg, method_label, seed))
+        # the hardware and software the numbers come from (docs/embedded_task.md: they are
+        # hardware-specific); logged once, at the run's start
+        tracker.log_params({**_flat_params(cfg, method_label, seed), **as_params(machine_fingerprint())})
         _evaluate(state, engine, eval_sets, reward_fn, cfg, tracker, policy.cumulative_sampled)
 
     def save(final: bool = False) -> Path:
@@ -302,8 +297,8 @@ def train_run(
                 )
             score_results(results, answers, reward_fn, cfg)
             for result in results:
-                rewards = [r.reward for r in result.rollouts]
-                state.train_pass_rates[result.request.prompt_id] = (float(np.mean(rewards)), step)
+                correct = [r.correct for r in result.rollouts]
+                state.train_pass_rates[result.request.prompt_id] = (float(np.mean(correct)), step)
             batch = policy.observe(results)
             round_index += 1
         t1 = time.perf_counter()
@@ -397,10 +392,10 @@ class _Sharding:
         return cls(context.rank, context.device)
 
     @staticmethod
-    def make_learner(model, config, *, pad_id: int) -> Learner:
+    def make_learner(model, config, *, pad_id: int, temperature: float) -> Learner:
         from pilotcommit.learner.distributed import make_learner
 
-        return make_learner(model, config, pad_id=pad_id)
+        return make_learner(model, config, pad_id=pad_id, temperature=temperature)
 
 
 def _full_weights(model: torch.nn.Module, sharding: _Sharding | None) -> dict:

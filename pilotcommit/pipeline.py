@@ -8,22 +8,23 @@ records, never models, so that Prefect can cache and persist them:
     train_run(cfg, method, seed, ...)        -> RunResult (see pilotcommit.loop)
     evaluate_checkpoint(cfg, ckpt, prepared) -> eval metrics
 
-Nothing here knows about Prefect or MLflow.
+Nothing here knows about Prefect or MLflow. The layering runs one way: this
+module calls the run loop (``pilotcommit.loop``), never the reverse; what both
+need (``PreparedData``, ``read_prompt_table``) lives below them in
+``pilotcommit.data.prepared``.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
 import torch
 
 from pilotcommit.config import ArithDataConfig, ExperimentConfig, MathDataConfig, TinyModelConfig
-from pilotcommit.data.schema import validate_prompt_table
-from pilotcommit.loop import RunResult, build_eval_sets, reward_function, train_run
+from pilotcommit.data.prepared import PreparedData, read_prompt_table
 from pilotcommit.evaluation import evaluate_policy
+from pilotcommit.loop import RunResult, build_eval_sets, reward_function, train_run
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,45 +37,6 @@ __all__ = [
     "read_prompt_table",
     "train_run",
 ]
-
-
-@dataclass(frozen=True)
-class PreparedData:
-    """Validated prompt tables on disk: one training set and one file per benchmark."""
-
-    train_path: Path
-    eval_paths: dict[str, Path]
-    manifest_path: Path
-
-    def to_dict(self) -> dict:
-        return {
-            "train_path": str(self.train_path),
-            "eval_paths": {k: str(v) for k, v in self.eval_paths.items()},
-            "manifest_path": str(self.manifest_path),
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "PreparedData":
-        return cls(
-            Path(data["train_path"]),
-            {k: Path(v) for k, v in data["eval_paths"].items()},
-            Path(data["manifest_path"]),
-        )
-
-    def exists(self) -> bool:
-        paths = [self.train_path, self.manifest_path, *self.eval_paths.values()]
-        return all(p.is_file() for p in paths)
-
-
-def read_prompt_table(path: Path) -> pd.DataFrame:
-    """A prepared parquet file, validated again (it may have been edited since)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"prepared data file not found: {path}")
-    frame = pd.read_parquet(path)
-    if "level" in frame.columns:
-        frame["level"] = frame["level"].map(lambda v: None if pd.isna(v) else str(v))
-    return validate_prompt_table(frame, origin=str(path))
 
 
 def prepare_data(cfg: ExperimentConfig, out_dir: Path) -> PreparedData:

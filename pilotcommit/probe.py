@@ -87,7 +87,7 @@ class ProbeResult:
 def probe_pass_rates(cfg: ExperimentConfig, train_path, initial_policy: str, *, prompts: int,
                      samples: int, seed: int) -> tuple[list[str], list[int], list[str]]:
     """``samples`` rollouts for ``prompts`` training prompts: (prompt ids, successes, levels)."""
-    from pilotcommit.pipeline import read_prompt_table
+    from pilotcommit.data.prepared import read_prompt_table
     from pilotcommit.loop import encode_prompts, make_engine, reward_function
     from pilotcommit.models.loading import load_policy
     from pilotcommit.rollout.protocol import SamplingParams, derive_seed

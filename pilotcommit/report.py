@@ -64,6 +64,8 @@ class MethodSummary:
     final_accuracy_mean: float
     final_accuracy_std: float
     final_rollouts_mean: float
+    # seed -> final accuracy (the nightly pairs seeds and bootstraps over them)
+    final_accuracy: dict[int, float] = field(default_factory=dict)
 
     @property
     def reached(self) -> int:
@@ -139,7 +141,8 @@ class ComparisonSummary:
             "metric": self.metric,
             "target": self.target,
             "methods": {
-                k: {**asdict(v), "rollouts_to_target": {str(s): r for s, r in v.rollouts_to_target.items()}}
+                k: {**asdict(v), "rollouts_to_target": {str(s): r for s, r in v.rollouts_to_target.items()},
+                    "final_accuracy": {str(s): a for s, a in v.final_accuracy.items()}}
                 for k, v in self.methods.items()
             },
             "speedups": [
@@ -179,6 +182,7 @@ class ComparisonSummary:
                 method=m["method"], rollouts_to_target=seeds(m["rollouts_to_target"]), mean=m["mean"],
                 std=m["std"], final_accuracy_mean=m["final_accuracy_mean"],
                 final_accuracy_std=m["final_accuracy_std"], final_rollouts_mean=m["final_rollouts_mean"],
+                final_accuracy={k: float(v) for k, v in seeds(m.get("final_accuracy", {})).items()},
             )
             for name, m in data["methods"].items()
         }
@@ -204,12 +208,14 @@ def group_histories(runs: Sequence[RunHistory]) -> dict[str, list[list[EvalRecor
 def summarize_method(method: str, runs: Sequence[RunHistory], target: float, metric: str) -> MethodSummary:
     per_seed: dict[int, int | None] = {}
     finals, final_rollouts = [], []
+    final_by_seed: dict[int, float] = {}
     for run in sorted(runs, key=lambda r: r.seed):
         if run.seed in per_seed:
             raise ValueError(f"method {method!r}: two runs with seed {run.seed}")
         per_seed[run.seed] = rollouts_to_target(run.history, target, metric)
         if run.history:
             finals.append(run.history[-1].metrics.get(metric, math.nan))
+            final_by_seed[run.seed] = float(finals[-1])
             final_rollouts.append(run.history[-1].cumulative_rollouts)
     reached = [v for v in per_seed.values() if v is not None]
     return MethodSummary(
@@ -220,6 +226,7 @@ def summarize_method(method: str, runs: Sequence[RunHistory], target: float, met
         final_accuracy_mean=float(np.mean(finals)) if finals else math.nan,
         final_accuracy_std=float(np.std(finals)) if finals else math.nan,
         final_rollouts_mean=float(np.mean(final_rollouts)) if final_rollouts else math.nan,
+        final_accuracy=final_by_seed,
     )
 
 
@@ -303,10 +310,48 @@ def accuracy_band(histories: Sequence[Sequence[EvalRecord]], metric: str, points
 
 @dataclass(frozen=True)
 class RegressionTolerance:
-    """How much worse than the accepted baseline a nightly run may be."""
+    """How much worse than the accepted baseline a nightly run may be.
 
-    accuracy_drop: float = 0.02  # absolute, on the seed-mean final accuracy
+    The accuracy tolerance follows from the baseline's own seed spread
+    (:func:`seed_spread_tolerance`): a seed-mean accuracy moves by that much from the choice
+    of seeds alone. ``accuracy_drop`` is the fallback when the baseline has fewer than two
+    seeds (no spread to measure), and a floor for a baseline whose seeds agree exactly.
+    """
+
+    accuracy_drop: float = 0.02  # absolute; fallback and floor (see above)
     rollouts_increase: float = 0.25  # relative, on the seed-mean rollouts to the baseline's target
+    confidence: float = 0.95  # of the bootstrap interval of the baseline's seed mean
+    bootstrap_samples: int = 4000
+    bootstrap_seed: int = 0
+    min_accuracy_drop: float = 0.0  # floor under the bootstrap tolerance
+
+
+def seed_spread_tolerance(
+    values: Sequence[float], *, confidence: float = 0.95, samples: int = 4000, seed: int = 0
+) -> float | None:
+    """Half-width of the central ``confidence`` bootstrap interval of the mean of ``values``.
+
+    ``values`` are a method's final accuracies, one per seed, of the accepted baseline.
+    Resampling seeds with replacement gives how far a seed mean moves from the choice of seeds
+    alone; a rerun's paired drop smaller than that is not a regression. None for fewer than
+    two values. Seeded: the same baseline always gives the same tolerance.
+    """
+    finite = np.asarray([v for v in values if math.isfinite(v)], dtype=float)
+    if len(finite) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    means = finite[rng.integers(0, len(finite), size=(samples, len(finite)))].mean(axis=1)
+    low, high = np.quantile(means, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return float(high - low) / 2
+
+
+def paired_drop(baseline: Mapping[int, float], current: Mapping[int, float]) -> tuple[float, list[int]] | None:
+    """Mean of ``baseline[s] - current[s]`` over the seeds both have (the pairs), and the seeds."""
+    seeds = sorted(set(baseline) & set(current))
+    pairs = [(baseline[s], current[s]) for s in seeds if math.isfinite(baseline[s]) and math.isfinite(current[s])]
+    if not pairs:
+        return None
+    return float(np.mean([b - c for b, c in pairs])), seeds
 
 
 @dataclass(frozen=True)
@@ -320,16 +365,32 @@ class RegressionVerdict:
 
 
 def check_regression(
-    current: ComparisonSummary, baseline: ComparisonSummary, tolerance: RegressionTolerance
+    current: ComparisonSummary,
+    baseline: ComparisonSummary,
+    tolerance: RegressionTolerance,
+    *,
+    hardware_differences: Sequence[str] = (),
 ) -> RegressionVerdict:
     """Compare a rerun with the accepted baseline, method by method.
 
     ``current`` must be summarised against the baseline's target (``target_override``) so that
     a weaker reference method does not lower the bar. Fails when a method's final accuracy
-    drops by more than ``accuracy_drop``, its rollouts to target grow by more than
-    ``rollouts_increase``, it reaches the target in fewer seeds, or it is missing.
+    drops, seed by seed against the baseline's same seeds, by more than the tolerance of the
+    baseline's seed spread (:func:`seed_spread_tolerance`; ``accuracy_drop`` with a single
+    seed), its rollouts to target grow by more than ``rollouts_increase``, it reaches the
+    target in fewer seeds, or it is missing. ``hardware_differences``
+    (:func:`pilotcommit.fingerprint.fingerprint_differences`) non-empty means the baseline came
+    from other hardware or software: the report says so first, because the same commit and
+    seeds give other numbers there (docs/embedded_task.md).
     """
-    lines: list[str] = [f"target {baseline.metric} = {baseline.target:.4f} (from the accepted baseline)"]
+    lines: list[str] = []
+    if hardware_differences:
+        lines.append(
+            "WARNING: the accepted baseline came from other hardware or software, so its numbers "
+            "are not bit-comparable with this rerun's (same commit and seeds give other numbers "
+            "there); differences: " + "; ".join(hardware_differences)
+        )
+    lines.append(f"target {baseline.metric} = {baseline.target:.4f} (from the accepted baseline)")
     passed = True
     for name, base in baseline.methods.items():
         now = current.methods.get(name)
@@ -338,11 +399,25 @@ def check_regression(
             passed = False
             continue
         problems = []
-        drop = base.final_accuracy_mean - now.final_accuracy_mean
-        if drop > tolerance.accuracy_drop:
+        spread = seed_spread_tolerance(
+            list(base.final_accuracy.values()), confidence=tolerance.confidence,
+            samples=tolerance.bootstrap_samples, seed=tolerance.bootstrap_seed,
+        )
+        if spread is None:
+            allowed, source = tolerance.accuracy_drop, "fixed: fewer than 2 baseline seeds"
+        else:
+            allowed = max(spread, tolerance.min_accuracy_drop)
+            source = f"{tolerance.confidence:.0%} bootstrap half-width of the baseline's {len(base.final_accuracy)} seeds"
+        paired = paired_drop(base.final_accuracy, now.final_accuracy)
+        if paired is not None:
+            drop, seeds = paired
+            compared = f"paired over seeds {seeds}"
+        else:  # summaries without per-seed values (older cached results): compare the means
+            drop, compared = base.final_accuracy_mean - now.final_accuracy_mean, "seed means"
+        if drop > allowed:
             problems.append(
-                f"final accuracy {now.final_accuracy_mean:.4f} < baseline {base.final_accuracy_mean:.4f} "
-                f"- {tolerance.accuracy_drop}"
+                f"final accuracy {now.final_accuracy_mean:.4f} < baseline {base.final_accuracy_mean:.4f}: "
+                f"drop {drop:.4f} ({compared}) > tolerance {allowed:.4f} ({source})"
             )
         if now.reached < base.reached:
             problems.append(f"reached the target in {now.reached}/{now.seeds} seeds (baseline {base.reached}/{base.seeds})")
@@ -352,8 +427,9 @@ def check_regression(
             )
         status = "REGRESSED: " + "; ".join(problems) if problems else "ok"
         lines.append(
-            f"  {name}: accuracy {now.final_accuracy_mean:.4f} (baseline {base.final_accuracy_mean:.4f}), "
-            f"rollouts to target {_fmt_rollouts(now.mean)} (baseline {_fmt_rollouts(base.mean)}): {status}"
+            f"  {name}: accuracy {now.final_accuracy_mean:.4f} (baseline {base.final_accuracy_mean:.4f}, "
+            f"tolerance {allowed:.4f}), rollouts to target {_fmt_rollouts(now.mean)} "
+            f"(baseline {_fmt_rollouts(base.mean)}): {status}"
         )
         passed = passed and not problems
     return RegressionVerdict(passed, lines)

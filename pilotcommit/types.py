@@ -33,8 +33,13 @@ class RolloutRequest:
 class Rollout:
     """One sampled completion, with what the learner needs to train on it.
 
-    ``reward`` is filled by the reward function after generation; the
-    allocation policies read only ``prompt_id``, ``kind`` and ``reward``.
+    ``correct`` (the 0/1 accuracy of the answer) and ``reward`` (what the
+    learner trains on: the accuracy plus any shaping such as the overlong
+    penalty) are filled after generation by
+    :func:`pilotcommit.rewards.score_rollouts`. The allocation policies read
+    only ``prompt_id``, ``kind`` and ``correct``: filtering is on accuracy
+    (ALGORITHMS.md; the reference filters on ``acc``), so a correct but
+    overlong rollout still counts as correct there.
     """
 
     prompt_id: str
@@ -46,6 +51,7 @@ class Rollout:
     text: str
     finish_reason: str  # "stop" (EOS) or "length"
     reward: float = float("nan")
+    correct: float = float("nan")  # 1.0 for a correct final answer, 0.0 otherwise
     # training step of the policy that sampled it (for staleness diagnostics)
     policy_step: int = 0
 
@@ -75,6 +81,10 @@ class Group:
     @property
     def rewards(self) -> list[float]:
         return [r.reward for r in self.rollouts]
+
+    @property
+    def correct(self) -> list[float]:
+        return [r.correct for r in self.rollouts]
 
 
 @dataclass

@@ -64,12 +64,13 @@ class StepCounters:
             self.uniform += count
 
 
-def pass_rate(rewards: Sequence[float]) -> float:
-    return float(np.mean(rewards)) if len(rewards) else float("nan")
+def pass_rate(correct: Sequence[float]) -> float:
+    """Share of correct rollouts (``correct`` holds 0/1 accuracies)."""
+    return float(np.mean(correct)) if len(correct) else float("nan")
 
 
-def is_zero_variance(rewards: Sequence[float]) -> bool:
-    return len(rewards) == 0 or max(rewards) == min(rewards)
+def is_zero_variance(values: Sequence[float]) -> bool:
+    return len(values) == 0 or max(values) == min(values)
 
 
 class AllocationPolicy(ABC):
@@ -173,6 +174,7 @@ class AllocationPolicy(ABC):
             if len(group.rollouts) != group_size:  # a broken invariant, not bad input
                 raise AssertionError(f"group of {len(group.rollouts)} rollouts, expected {group_size}")
         rewards = [r.reward for g in groups for r in g.rollouts]
+        correct = [r.correct for g in groups for r in g.rollouts]
         c = self.counters
         metrics: dict[str, float] = {
             "rollouts/sampled": c.sampled,
@@ -191,7 +193,8 @@ class AllocationPolicy(ABC):
             "alloc/evicted_total": self.stream.evicted_total,
             "alloc/epoch": self.stream.epoch,
             "alloc/staleness_mean": float(np.mean([g.staleness for g in groups])),
-            "reward/mean": float(np.mean(rewards)),
+            "reward/mean": float(np.mean(rewards)),  # shaped: what the learner trains on
+            "reward/accuracy_mean": float(np.mean(correct)),
             "reward/zero_variance_groups": sum(is_zero_variance(g.rewards) for g in groups),
         }
         metrics.update(self._extra_metrics(groups))
@@ -223,6 +226,12 @@ class AllocationPolicy(ABC):
                     raise ValueError(
                         f"result {i} (prompt {request.prompt_id!r}): reward {rollout.reward} is not "
                         "finite; score every rollout before observe()"
+                    )
+                if rollout.correct not in (0.0, 1.0):
+                    raise ValueError(
+                        f"result {i} (prompt {request.prompt_id!r}): correct is {rollout.correct}, "
+                        "not 0 or 1; score every rollout before observe() (the policies filter "
+                        "on the 0/1 accuracy, not on the shaped reward)"
                     )
 
     # ------------------------------------------------------------------ state

@@ -3,9 +3,11 @@
 Entries are keyed by prompt and tagged with the training step whose sampling
 rounds piloted them. The buffer is epoch-scoped (emptied at each epoch end by
 the policy) and staleness-limited (entries more than ``max_off_steps`` steps
-old are flushed). It has no size limit: in the reference code the limit is
-never enforced, and the staleness flush already bounds the size to about
-``(max_off_steps + 1) * informative prompts per step``.
+old are flushed). Entries are ranked by the spread of their pilots' 0/1
+accuracy (``Rollout.correct``), never of the shaped reward. It has no size
+limit: in the reference code the limit is never enforced, and the staleness
+flush already bounds the size to about ``(max_off_steps + 1) * informative
+prompts per step``.
 """
 
 from __future__ import annotations
@@ -18,8 +20,6 @@ import numpy as np
 
 from pilotcommit.types import Rollout
 
-CORRECT_THRESHOLD = 0.5  # rewards are 0/1; a reward above this counts as a correct rollout
-
 BufferSampling = Literal["max_variance", "random", "most_recent"]
 
 
@@ -31,16 +31,18 @@ class BufferEntry:
     order: int  # insertion counter: the recency tie-break within a step
 
     @property
-    def rewards(self) -> list[float]:
-        return [r.reward for r in self.pilots]
+    def correct(self) -> list[float]:
+        """The pilots' 0/1 accuracy (not their shaped rewards)."""
+        return [r.correct for r in self.pilots]
 
     @property
-    def reward_std(self) -> float:
-        return float(np.std(self.rewards))
+    def correct_std(self) -> float:
+        """Std of the pilots' accuracy: ``sqrt(p (1 - p))``, largest at pass rate 0.5."""
+        return float(np.std(self.correct))
 
     @property
     def pass_rate(self) -> float:
-        return float(np.mean(self.rewards))
+        return float(np.mean(self.correct))
 
 
 class ReplayBuffer:
@@ -71,7 +73,7 @@ class ReplayBuffer:
             return []
         entries = self.entries  # insertion order: deterministic input for every strategy
         if strategy == "max_variance":
-            chosen = sorted(entries, key=lambda e: (-e.reward_std, -e.step, -e.order))[:count]
+            chosen = sorted(entries, key=lambda e: (-e.correct_std, -e.step, -e.order))[:count]
         elif strategy == "most_recent":
             chosen = sorted(entries, key=lambda e: (-e.step, -e.order))[:count]
         elif strategy == "random":
@@ -104,7 +106,7 @@ class ReplayBuffer:
 
 
 def select_max_variance_pilots(pilots: Sequence[Rollout], count: int) -> list[Rollout]:
-    """``count`` of the pilots with the largest reward variance: half correct, half wrong.
+    """``count`` of the pilots with the largest accuracy variance: half correct, half wrong.
 
     With ``c`` correct and ``w`` wrong pilots available, take ``k`` correct and
     ``count - k`` wrong with ``k`` as close to ``count / 2`` as the supply allows
@@ -113,8 +115,8 @@ def select_max_variance_pilots(pilots: Sequence[Rollout], count: int) -> list[Ro
     """
     if count > len(pilots):
         raise ValueError(f"cannot keep {count} of {len(pilots)} pilot rollouts")
-    correct = [i for i, r in enumerate(pilots) if r.reward > CORRECT_THRESHOLD]
-    wrong = [i for i, r in enumerate(pilots) if r.reward <= CORRECT_THRESHOLD]
+    correct = [i for i, r in enumerate(pilots) if r.correct == 1.0]
+    wrong = [i for i, r in enumerate(pilots) if r.correct != 1.0]
     k = min(max(count // 2, count - len(wrong)), len(correct))
     keep = set(correct[:k]) | set(wrong[: count - k])
     return [r for i, r in enumerate(pilots) if i in keep]

@@ -3,7 +3,11 @@
 Each round draws ``gen_batch_size`` prompts with ``n`` rollouts each, drops the
 groups whose rewards are all equal, and appends the kept groups to the batch
 until it holds ``train_batch_size``; the surplus of the last round is
-discarded (its rollouts still count toward the budget). After
+discarded (its rollouts still count toward the budget). "All equal" is
+judged on the 0/1 accuracy (``Rollout.correct``), as the reference's
+``filter_groups.metric=acc``: with the overlong penalty on, an all-wrong
+group whose penalties differ is still dropped, and an all-correct one too.
+After
 ``max_num_gen_batches`` rounds with a short batch the step fails.
 
 As in the reference code, a partly filled batch carries over an epoch
@@ -39,10 +43,10 @@ class DAPOPolicy(AllocationPolicy):
 
     def _observe_round(self, results: Sequence[RequestResult]) -> list[Group] | None:
         for result in results:
-            rewards = [r.reward for r in result.rollouts]
-            if is_zero_variance(rewards):
+            correct = [r.correct for r in result.rollouts]
+            if is_zero_variance(correct):
                 self.counters.dropped_groups += 1
-                if pass_rate(rewards) <= 0.0:
+                if pass_rate(correct) <= 0.0:
                     self.counters.too_hard += 1
                 else:
                     self.counters.too_easy += 1

@@ -26,10 +26,10 @@ class GRPOPolicy(AllocationPolicy):
     def _observe_round(self, results: Sequence[RequestResult]) -> list[Group]:
         groups = []
         for result in results:
-            rewards = [r.reward for r in result.rollouts]
-            if not is_zero_variance(rewards):
+            correct = [r.correct for r in result.rollouts]  # the counters classify by accuracy
+            if not is_zero_variance(correct):
                 self.counters.informative += 1
-            elif pass_rate(rewards) <= 0.0:
+            elif pass_rate(correct) <= 0.0:
                 self.counters.too_hard += 1
             else:
                 self.counters.too_easy += 1

@@ -7,7 +7,10 @@ replay buffer. Pilot pass rates classify the new prompts: informative ones
 enter the buffer (never committed in the round that piloted them, because
 commits are chosen when the round is planned); too-hard ones are deferred to
 the next epoch; too-easy ones are skipped, and all-correct ones are evicted
-from the next epoch on.
+from the next epoch on. Pass rates are of the rollouts' 0/1 accuracy
+(``Rollout.correct``), never of the shaped reward: with the overlong penalty
+on, a correct but long pilot still counts as correct, as in the reference
+(which filters on ``acc``).
 
 Where this departs from the reference code, deliberately:
 - Staleness: the buffer is flushed right after the step counter advances, so
@@ -16,6 +19,12 @@ Where this departs from the reference code, deliberately:
   one step past the limit.
 - Running out of rounds raises :class:`RoundsExhaustedError` with a message
   that says what to change, instead of crashing on an empty batch.
+
+As in the reference, a partial batch discarded at an epoch's end also resets
+the round count of the step being built (the reference resets its per-step
+metrics, ``num_gen_batches`` included): ``max_num_gen_batches`` limits the
+rounds that can still contribute to the batch. The rollouts of the discarded
+rounds stay counted (``rollouts/sampled`` of the step, ``rollouts/cumulative``).
 """
 
 from __future__ import annotations
@@ -28,9 +37,6 @@ from pilotcommit.allocation.base import AllocationPolicy, pass_rate, register_po
 from pilotcommit.allocation.buffer import BufferEntry, ReplayBuffer, select_max_variance_pilots
 from pilotcommit.config import PilotCommitConfig
 from pilotcommit.types import Group, RequestResult, RolloutKind, RolloutRequest
-
-# float slack for the inclusive pass band: p = k / n_pilot is compared with the thresholds
-_TOLERANCE = 1e-9
 
 
 @register_policy
@@ -48,12 +54,7 @@ class PilotCommitPolicy(AllocationPolicy):
     # ------------------------------------------------------------------ classification
     def classify(self, p: float) -> str:
         """``informative``, ``too_hard`` or ``too_easy`` for a pilot pass rate ``p``."""
-        c = self.config
-        if p < c.p_low - _TOLERANCE:
-            return "too_hard"
-        if p > 1.0 - c.p_high + _TOLERANCE:
-            return "too_easy"
-        return "informative"
+        return self.config.verdict(p)
 
     # ------------------------------------------------------------------ rounds
     def _plan_round(self) -> list[RolloutRequest]:
@@ -79,10 +80,10 @@ class PilotCommitPolicy(AllocationPolicy):
                 staleness = self.step - entry.step
                 self.batch.append(Group(0, prompt_id, rollouts, staleness=staleness))
                 self._agreement.append(
-                    (entry.pass_rate, pass_rate([r.reward for r in result.rollouts]))
+                    (entry.pass_rate, pass_rate([r.correct for r in result.rollouts]))
                 )
                 continue
-            p = pass_rate([r.reward for r in result.rollouts])
+            p = pass_rate([r.correct for r in result.rollouts])
             verdict = self.classify(p)
             if verdict == "informative":
                 self.counters.informative += 1
@@ -91,7 +92,7 @@ class PilotCommitPolicy(AllocationPolicy):
                 self.counters.too_hard += 1  # deferred: stays in the data for the next epoch
             else:
                 self.counters.too_easy += 1
-                if p >= c.p_evict - _TOLERANCE:
+                if c.evicts(p):
                     self.stream.mark_evicted(prompt_id)
         if self._committing:  # the plan and the results were checked against each other
             raise AssertionError(f"commit results missing for {sorted(self._committing)}")
@@ -109,6 +110,9 @@ class PilotCommitPolicy(AllocationPolicy):
         self.buffer.clear()
         self.counters.discarded_groups += len(self.batch)
         self.batch = []
+        # the discarded rounds can no longer contribute to the batch: they must not use up
+        # max_num_gen_batches of the next epoch's rounds (their rollouts stay counted)
+        self.counters.rounds = 0
         self._agreement = []
 
     def _max_rounds(self) -> int:

@@ -14,7 +14,7 @@ go:
   the first ``r`` with ``Binomial(r * gen_batch_size, q) >= train_batch_size``; a step samples
   ``E[R] * gen_batch_size * n`` rollouts for ``train_batch_size`` informative groups.
 - **Pilot-Commit**: ``n_pilot`` pilots per new prompt; the pilot pass rate classifies it as
-  informative, too hard or too easy (:func:`classify_pass_rate`); each informative prompt is committed ``n_commit`` more rollouts, and its
+  informative, too hard or too easy (``PilotCommitConfig.verdict``, the policy's own rule); each informative prompt is committed ``n_commit`` more rollouts, and its
   group (the reused pilots plus the commits) is trained. In the steady state a step runs
   ``R = max(1, train_batch_size / (gen_batch_size * P(informative pilot)))`` rounds on average
   and samples ``R * gen_batch_size * n_pilot + train_batch_size * n_commit`` rollouts; when one
@@ -91,15 +91,6 @@ _lgamma = np.frompyfunc(math.lgamma, 1, 1)
 
 def _log_beta(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (_lgamma(a) + _lgamma(b) - _lgamma(a + b)).astype(float)
-
-
-def classify_pass_rate(p: float, cfg: PilotCommitConfig) -> str:
-    """``informative``, ``too_hard`` or ``too_easy`` for a pilot pass rate (inclusive band)."""
-    if p < cfg.p_low - 1e-9:
-        return "too_hard"
-    if p > 1.0 - cfg.p_high + 1e-9:
-        return "too_easy"
-    return "informative"
 
 
 def fit_beta_prior(counts: PassRateCounts) -> tuple[float, float]:
@@ -240,10 +231,10 @@ def predict_pilot_commit(label: str, cfg: PilotCommitConfig, counts: PassRateCou
                          estimator: Estimator = "empirical_bayes") -> MethodPrediction:
     n_p = cfg.n_pilot
     pilot_pmf_PM = outcome_pmf(counts, n_p, estimator)
-    classes = [classify_pass_rate(i / n_p, cfg) for i in range(n_p + 1)]
+    classes = [cfg.verdict(i / n_p) for i in range(n_p + 1)]
     share = {c: float(pilot_pmf_PM[:, [i for i, ci in enumerate(classes) if ci == c]].sum(axis=1).mean())
              for c in ("informative", "too_hard", "too_easy")}
-    evicted = float(pilot_pmf_PM[:, [i for i in range(n_p + 1) if i / n_p >= cfg.p_evict - 1e-9]].sum(axis=1).mean())
+    evicted = float(pilot_pmf_PM[:, [i for i in range(n_p + 1) if cfg.evicts(i / n_p)]].sum(axis=1).mean())
     # P(the trained group is informative | pilot outcome i in the band): certain when the reused
     # pilots hold both outcomes, else it needs a commit that differs from them.
     informative_trained = np.zeros(len(counts.successes))

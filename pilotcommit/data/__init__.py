@@ -6,6 +6,7 @@
 - ``schema``: the table's pandera schema, the text rule for numeric cells, de-duplication.
 - ``templates``: ``format_prompt``, the paper's boxed chain-of-thought prompt.
 - ``synthetic``: the embedded arithmetic task.
+- ``prepared``: ``PreparedData`` (the prepared files) and ``read_prompt_table``.
 
 Submodules are imported where used, so importing this package stays cheap (no
 ``datasets``, pandas or torch).

@@ -274,6 +274,21 @@ def generate_arith_splits(spec: ArithSpec = ArithSpec()) -> tuple[pd.DataFrame, 
     return _frame(train_rows), _frame(test_rows)
 
 
+def content_hash(frame: pd.DataFrame) -> str:
+    """SHA-256 of a table's content, independent of the file format and its library versions.
+
+    Rows in order, columns in ``COLUMNS`` order, every cell as text, joined with separators
+    that cannot occur in a cell (unit and record separators). The parquet bytes are not
+    hashed: they carry the writer's library version. The data are made only of integer draws
+    from numpy's PCG64 and string formatting, so this hash is the same on every machine
+    (pinned in tests/unit/test_synthetic.py).
+    """
+    digest = hashlib.sha256()
+    for row in frame[list(COLUMNS)].itertuples(index=False):
+        digest.update(("\x1f".join(str(cell) for cell in row) + "\x1e").encode())
+    return digest.hexdigest()
+
+
 def write_prepared_dataset(out_dir: str | Path, spec: ArithSpec = ArithSpec()) -> PreparedPaths:
     """Generate the splits and write ``train.parquet``, ``test.parquet`` and ``manifest.json``."""
     out = Path(out_dir)
@@ -286,6 +301,7 @@ def write_prepared_dataset(out_dir: str | Path, spec: ArithSpec = ArithSpec()) -
         "source": SOURCE,
         "spec": spec.to_dict(),
         "rows": {"train": len(train_df), "test": len(test_df)},
+        "content_sha256": {"train": content_hash(train_df), "test": content_hash(test_df)},
         "rows_per_level": {
             "train": {int(k): int(v) for k, v in train_df["level"].value_counts().sort_index().items()},
             "test": {int(k): int(v) for k, v in test_df["level"].value_counts().sort_index().items()},

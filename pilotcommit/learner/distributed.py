@@ -157,7 +157,9 @@ def shard_model(
     return model
 
 
-def make_learner(model: nn.Module, config: LearnerConfig, *, pad_id: int) -> Learner:
+def make_learner(
+    model: nn.Module, config: LearnerConfig, *, pad_id: int, temperature: float = 1.0
+) -> Learner:
     """The learner for this process: under ``torchrun`` with more than one process, shard
     ``model`` (in place) and return a :class:`DistributedLearner`; otherwise a plain
     :class:`Learner`. The one call the training loop needs to run on several GPUs.
@@ -169,8 +171,10 @@ def make_learner(model: nn.Module, config: LearnerConfig, *, pad_id: int) -> Lea
         mp_policy = None
         if config.dtype == "bfloat16":
             mp_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-        return DistributedLearner(shard_model(model, mp_policy=mp_policy), config, pad_id=pad_id)
-    return Learner(model, config, pad_id=pad_id)
+        return DistributedLearner(
+            shard_model(model, mp_policy=mp_policy), config, pad_id=pad_id, temperature=temperature
+        )
+    return Learner(model, config, pad_id=pad_id, temperature=temperature)
 
 
 def partition_rows(rows_N: Tensor, rank: int, world_size: int) -> Tensor:
@@ -198,6 +202,7 @@ class DistributedLearner(Learner):
         config: LearnerConfig,
         *,
         pad_id: int,
+        temperature: float = 1.0,
         group: dist.ProcessGroup | None = None,
     ) -> None:
         if not dist.is_initialized():
@@ -209,7 +214,7 @@ class DistributedLearner(Learner):
                 "DistributedLearner: the model is not sharded; call shard_model(model) before "
                 "building the learner (the optimizer must see the sharded parameters)"
             )
-        super().__init__(model, config, pad_id=pad_id)
+        super().__init__(model, config, pad_id=pad_id, temperature=temperature)
         self.group = group
         self.rank = dist.get_rank(group)
         self.world_size = dist.get_world_size(group)

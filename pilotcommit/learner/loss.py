@@ -1,9 +1,10 @@
 """The policy-gradient loss shared by all three methods (ALGORITHMS.md, "Shared learner").
 
-Pure tensor functions: per-token log-probabilities from logits, the PPO
-clipped surrogate with asymmetric ("clip-higher") clipping, and its
-diagnostics (clip fraction, approximate KL, mean ratio). There is no KL
-penalty and no entropy bonus, as in the paper.
+Pure tensor functions: per-token log-probabilities from logits (at the
+sampling temperature), the PPO clipped surrogate with asymmetric
+("clip-higher") clipping and optional dual-clip (the reference's
+``clip_ratio_c=10``), and its diagnostics (clip fraction, approximate KL, mean
+ratio). There is no KL penalty and no entropy bonus, as in the paper.
 
 Mini-batching, a deliberate departure from the reference code: every method
 gets the same number of optimizer steps per training step
@@ -46,6 +47,9 @@ class PolicyLossOutput:
     # share of response tokens whose clipped branch was active (ratio outside
     # [1 - eps_low, 1 + eps_high] on the side that matters for the advantage's sign)
     clip_fraction: Tensor
+    # share of response tokens whose dual-clip bound was active (negative advantage and
+    # ratio > clip_ratio_c); 0 without dual-clip
+    dual_clip_fraction: Tensor
     # mean over response tokens of the k3 estimator (ratio - 1) - log(ratio)
     approx_kl: Tensor
     ratio_mean: Tensor
@@ -69,8 +73,8 @@ def masked_mean(values_BT: Tensor, mask_BT: Tensor) -> Tensor:
     return total / keep_BT.sum().clamp(min=1)
 
 
-def token_logprobs(logits_BTV: Tensor, target_ids_BT: Tensor) -> Tensor:
-    """Log-probability of each target token: ``logits[target] - logsumexp(logits)``.
+def token_logprobs(logits_BTV: Tensor, target_ids_BT: Tensor, *, temperature: float = 1.0) -> Tensor:
+    """Log-probability of each target token under ``softmax(logits / temperature)``.
 
     Computed in float32 whatever the logits' dtype (bf16 log-probs are too
     coarse for PPO ratios). The logsumexp form is used rather than
@@ -83,6 +87,9 @@ def token_logprobs(logits_BTV: Tensor, target_ids_BT: Tensor) -> Tensor:
         logits_BTV: logits predicting each target, shape [B, T, V] (already
             shifted: ``logits_BTV[:, t]`` scores ``target_ids_BT[:, t]``).
         target_ids_BT: integer token ids, shape [B, T], values in [0, V).
+        temperature: the sampling temperature, > 0: the log-probs are those of the
+            distribution the rollouts were drawn from (as vLLM's processed log-probs and
+            verl's actor, which divide the logits by it).
 
     Returns:
         log-probabilities, float32, shape [B, T].
@@ -106,7 +113,11 @@ def token_logprobs(logits_BTV: Tensor, target_ids_BT: Tensor) -> Tensor:
             f"token_logprobs: target ids must lie in [0, {vocab_size}), got range "
             f"[{int(target_ids_BT.min())}, {int(target_ids_BT.max())}]"
         )
+    if not temperature > 0:
+        raise ValueError(f"token_logprobs: temperature must be > 0, got {temperature}")
     logits32_BTV = logits_BTV.float()
+    if temperature != 1.0:
+        logits32_BTV = logits32_BTV / temperature
     target_logit_BT = logits32_BTV.gather(-1, target_ids_BT.long().unsqueeze(-1)).squeeze(-1)
     return target_logit_BT - torch.logsumexp(logits32_BTV, dim=-1)
 
@@ -119,6 +130,7 @@ def policy_loss(
     *,
     eps_low: float,
     eps_high: float,
+    clip_ratio_c: float | None = None,
     aggregation: LossAggregation = "token_mean",
     normalizer: float | None = None,
 ) -> PolicyLossOutput:
@@ -126,6 +138,10 @@ def policy_loss(
 
     Per token: ``-min(ratio * A, clip(ratio, 1 - eps_low, 1 + eps_high) * A)``
     with ``ratio = exp(logp - old_logp)`` and ``A`` the sequence's advantage.
+    With dual-clip (``clip_ratio_c``, verl's ``compute_policy_loss``): for
+    ``A < 0`` the token loss is further bounded by ``-clip_ratio_c * A``, i.e.
+    ``min(that, -clip_ratio_c * A)``, so a ratio far above 1 on a bad token
+    cannot blow up the loss (its gradient is then zero).
 
     Aggregation:
     - ``token_mean``: sum over all response tokens / their number (or /
@@ -146,6 +162,7 @@ def policy_loss(
         mask_BT: 1 on response tokens, 0 elsewhere (float or bool), [B, T].
         eps_low: lower clip, ratio >= 1 - eps_low; in [0, 1).
         eps_high: upper clip, ratio <= 1 + eps_high; >= 0.
+        clip_ratio_c: dual-clip bound for negative advantages, > 1 (None: off).
         aggregation: ``token_mean`` (the paper's) or ``sequence_mean``.
         normalizer: denominator for micro-batch accumulation, > 0.
 
@@ -170,6 +187,8 @@ def policy_loss(
         raise ValueError(f"policy_loss: eps_low must be in [0, 1), got {eps_low}")
     if eps_high < 0.0:
         raise ValueError(f"policy_loss: eps_high must be >= 0, got {eps_high}")
+    if clip_ratio_c is not None and not clip_ratio_c > 1.0:
+        raise ValueError(f"policy_loss: clip_ratio_c must be > 1 (or None), got {clip_ratio_c}")
     if aggregation not in ("token_mean", "sequence_mean"):
         raise ValueError(
             f"policy_loss: aggregation must be 'token_mean' or 'sequence_mean', got {aggregation!r}"
@@ -185,6 +204,11 @@ def policy_loss(
     surrogate_BT = ratio_BT * adv_BT
     clipped_surrogate_BT = torch.clamp(ratio_BT, 1.0 - eps_low, 1.0 + eps_high) * adv_BT
     token_loss_BT = -torch.minimum(surrogate_BT, clipped_surrogate_BT)
+    if clip_ratio_c is not None:
+        dual_bound_BT = -clip_ratio_c * adv_BT
+        token_loss_BT = torch.where(
+            adv_BT < 0, torch.minimum(token_loss_BT, dual_bound_BT), token_loss_BT
+        )
     token_loss_BT = torch.where(keep_BT, token_loss_BT, torch.zeros_like(token_loss_BT))
 
     tokens_B = keep_BT.sum(dim=1)
@@ -203,11 +227,18 @@ def policy_loss(
             (adv_BT < 0) & (ratio_BT < 1.0 - eps_low)
         )
         clip_fraction = masked_mean(clipped_BT.to(ratio_BT.dtype), keep_BT)
+        dual_clipped_BT = (
+            (adv_BT < 0) & (ratio_BT > clip_ratio_c)
+            if clip_ratio_c is not None
+            else torch.zeros_like(keep_BT)
+        )
+        dual_clip_fraction = masked_mean(dual_clipped_BT.to(ratio_BT.dtype), keep_BT)
         approx_kl = masked_mean((ratio_BT - 1.0) - log_ratio_BT, keep_BT)
         ratio_mean = masked_mean(ratio_BT, keep_BT)
     return PolicyLossOutput(
         loss=loss,
         clip_fraction=clip_fraction,
+        dual_clip_fraction=dual_clip_fraction,
         approx_kl=approx_kl,
         ratio_mean=ratio_mean,
         num_tokens=num_tokens,

@@ -20,9 +20,17 @@ What one training step does (ALGORITHMS.md, "Shared learner"):
    about a quarter of the learner's time with one mini-batch. The later
    mini-batches get a no-grad pass before the first optimizer step.
 4. The batch is split into ``optimizer_steps_per_batch`` equal mini-batches
-   (default 1) in a seeded order; each mini-batch is one AdamW step after
-   gradient accumulation over micro-batches, with the token-mean normaliser of
-   the whole mini-batch so accumulation equals the full-batch gradient.
+   (default 1; a batch that does not divide is a config error) in a seeded
+   order; each mini-batch is one AdamW step after gradient accumulation over
+   micro-batches, with the token-mean normaliser of the whole mini-batch so
+   accumulation equals the full-batch gradient. A mini-batch whose rows all
+   have zero advantage still takes its AdamW step, with zero gradients (as
+   verl): the moments decay and weight decay applies.
+5. Log-probs are of ``logits / temperature`` with the rollouts' sampling
+   temperature (as verl, and as vLLM's processed log-probs), so the ratio
+   compares the same distributions at any temperature.
+6. The learning rate follows verl's constant schedule with linear warm-up:
+   0 in the first training step, the full lr from step ``warmup_steps`` on.
 
 Deliberate departure from the reference code: the number of optimizer steps
 per training step is the same for every method (the reference scales the
@@ -102,19 +110,35 @@ def pack_batch(batch: TrainBatch, pad_id: int, config: LearnerConfig) -> PackedB
 
 
 def warmup_constant_lr(step: int, warmup_steps: int) -> float:
-    """Multiplier of the peak lr at optimizer step ``step``: linear warm-up, then constant."""
-    if warmup_steps <= 0:
-        return 1.0
-    return min(1.0, (step + 1) / warmup_steps)
+    """Multiplier of the peak lr in training step ``step`` (0-based): linear warm-up, then constant.
+
+    verl's ``get_constant_schedule_with_warmup``, which the reference uses: ``step / warmup``
+    while ``step < warmup`` (so the first training step runs at lr 0 and only fills AdamW's
+    moments), the full lr from step ``warmup`` on. The schedule advances once per training step,
+    not per optimizer step, as verl's.
+    """
+    if step < warmup_steps:
+        return step / warmup_steps
+    return 1.0
 
 
 class Learner:
     """AdamW policy-gradient learner over a causal LM (a ``transformers`` model)."""
 
-    def __init__(self, model: torch.nn.Module, config: LearnerConfig, *, pad_id: int) -> None:
+    def __init__(
+        self, model: torch.nn.Module, config: LearnerConfig, *, pad_id: int, temperature: float = 1.0
+    ) -> None:
+        if not temperature > 0:
+            raise ValueError(
+                f"Learner: the training temperature must be > 0 (rollout.temperature), got {temperature}"
+            )
         self.model = model
         self.config = config
         self.pad_id = pad_id
+        # the sampling temperature of the training rollouts: the learner's log-probs are of the
+        # distribution the engine sampled from (logits / T), as verl's actor and vLLM's
+        # processed log-probs; otherwise the PPO ratio is off whenever T != 1
+        self.temperature = float(temperature)
         self.optimizer = torch.optim.AdamW(
             [p for p in model.parameters() if p.requires_grad],
             lr=config.lr,
@@ -137,7 +161,9 @@ class Learner:
     def _logprobs(self, input_ids_BT: Tensor, attention_mask_BT: Tensor) -> Tensor:
         with self._autocast():
             logits_BTV = self.model(input_ids=input_ids_BT, attention_mask=attention_mask_BT).logits
-        return token_logprobs(logits_BTV[:, :-1], input_ids_BT[:, 1:])  # [B, T-1]
+        return token_logprobs(  # [B, T-1]
+            logits_BTV[:, :-1], input_ids_BT[:, 1:], temperature=self.temperature
+        )
 
     def _rows_to_device(self, packed: PackedBatch, rows: Tensor):
         def take(x: Tensor) -> Tensor:
@@ -199,7 +225,13 @@ class Learner:
         n = packed.input_ids_BT.shape[0]
         # a seeded order (the same on every rank, so every rank sees the same mini-batches)
         order_N = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-        minibatches = [m for m in order_N.chunk(config.optimizer_steps_per_batch) if len(m)]
+        k = config.optimizer_steps_per_batch
+        if n % k:  # the config check (ExperimentConfig) makes this unreachable from a run
+            raise ValueError(
+                f"training step {batch.step}: {n} rollouts cannot be split into "
+                f"optimizer_steps_per_batch={k} equal mini-batches"
+            )
+        minibatches = list(order_N.tensor_split(k))  # k mini-batches of n / k rows each
         plans = [self._plan_minibatch(packed, rows, batch.step) for rows in minibatches]
         self.model.train()
         # Old log-probs are the weights of the start of the step for EVERY mini-batch: the
@@ -208,8 +240,9 @@ class Learner:
         # weights (taking them later would make every ratio 1 and the clipping inert).
         old_later = [self._old_logprobs(packed, micro) for _, micro, _ in plans[1:]]
         old_per_minibatch: list[list[Tensor] | None] = [None, *old_later]
-        # loss, clip*tokens, kl*tokens, ratio*tokens, tokens, trained rows, |old - sampler| logp sum
-        totals = [0.0] * 7
+        # loss, clip*tokens, kl*tokens, ratio*tokens, tokens, trained rows, |old - sampler| logp sum,
+        # dual-clip*tokens
+        totals = [0.0] * 8
         grad_norms = []
         for (normalizer, micro, padding), old in zip(plans, old_per_minibatch, strict=True):
             self.optimizer.zero_grad(set_to_none=True)
@@ -228,6 +261,7 @@ class Learner:
                     mask,
                     eps_low=config.eps_low,
                     eps_high=config.eps_high,
+                    clip_ratio_c=config.clip_ratio_c,
                     aggregation=config.loss_aggregation,
                     normalizer=max(normalizer, 1.0),
                 )
@@ -248,6 +282,13 @@ class Learner:
                 totals[3] += float(out.ratio_mean) * tokens
                 totals[4] += tokens
                 totals[5] += len(rows)
+                totals[7] += float(out.dual_clip_fraction) * tokens
+            # A mini-batch of zero-advantage rows only (or parameters the loss never reached)
+            # leaves gradients None, and AdamW would skip those parameters: no moment update, no
+            # weight decay. verl steps with zero gradients there; so do we.
+            for param in self.model.parameters():
+                if param.requires_grad and param.grad is None:
+                    param.grad = torch.zeros_like(param)
             if self._any_rank(nonfinite_loss is not None):
                 self.optimizer.zero_grad(set_to_none=True)
                 value = "not finite on another rank" if nonfinite_loss is None else nonfinite_loss
@@ -260,18 +301,22 @@ class Learner:
                 raise NonFiniteLossError(f"training step {batch.step}: gradient norm is {float(grad_norm)}")
             grad_norms.append(float(grad_norm))
             self.optimizer.step()
+        lr = self.optimizer.param_groups[0]["lr"]  # the lr this step used (logged as verl does)
         self.scheduler.step()
         self.model.eval()
-        loss, clip, kl, ratio, tokens_trained, trained_rows, sampler_gap = self._sum_over_ranks(totals)
+        loss, clip, kl, ratio, tokens_trained, trained_rows, sampler_gap, dual_clip = (
+            self._sum_over_ranks(totals)
+        )
         tokens = max(tokens_trained, 1.0)
         return {
             "loss/policy": loss / max(len(minibatches), 1),
             "loss/clip_fraction": clip / tokens,
+            "loss/dual_clip_fraction": dual_clip / tokens,
             "loss/approx_kl": kl / tokens,
             "loss/ratio_mean": ratio / tokens if tokens_trained else 1.0,
             "loss/sampler_logp_gap": sampler_gap / tokens,
             "grad/norm": float(max(grad_norms)) if grad_norms else 0.0,
-            "learner/lr": self.optimizer.param_groups[0]["lr"],
+            "learner/lr": lr,
             "learner/optimizer_steps": float(len(minibatches)),
             "learner/trained_sequences": float(trained_rows),
             "learner/skipped_zero_advantage": float(n - trained_rows),

@@ -1,12 +1,12 @@
 """Verifiable rewards: pure functions ``(completion text, ground truth) -> float``.
 
 ``REWARDS`` is the registry the configs name a reward by; ``score_rollouts``
-applies one to the engine's rollouts in place.
+applies one to the engine's rollouts in place (accuracy and shaped reward).
 """
 
 from pilotcommit.rewards.arith import arith_reward, is_canonical_integer
 from pilotcommit.rewards.math import math_reward
-from pilotcommit.rewards.scoring import RewardFn, score_rollouts
+from pilotcommit.rewards.scoring import RewardFn, overlong_penalty, score_rollouts
 
 REWARDS: dict[str, RewardFn] = {
     "arith_exact": arith_reward,
@@ -19,5 +19,6 @@ __all__ = [
     "arith_reward",
     "is_canonical_integer",
     "math_reward",
+    "overlong_penalty",
     "score_rollouts",
 ]

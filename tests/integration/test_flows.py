@@ -283,9 +283,16 @@ def test_nightly_passes_unchanged_and_fails_on_injected_regression(first_compare
     out, _ = first_compare
     client = _client(out)
     tracking.accept_baseline(client, out["parent_run_id"], note="test baseline")
+    # the baseline carries the machine fingerprint its training runs recorded
+    baseline_tags = client.get_run(out["parent_run_id"]).data.tags
+    assert baseline_tags["pilotcommit.fingerprint.torch"] == torch.__version__
+    assert baseline_tags["pilotcommit.fingerprint.cpu_model"]
+    assert baseline_tags[tracking.TAG_FINGERPRINT_KEY]
 
     passed = nightly_regression_flow(config_path=str(SMOKE_CONFIG), runs_dir=str(runs_dir), accuracy_drop=0.01)
     assert passed["passed"] and passed["baseline_run_id"] == out["parent_run_id"]
+    assert "WARNING" not in passed["report"]  # the same machine: compared like with like
+    assert client.get_run(passed["parent_run_id"]).data.tags["pilotcommit.regression_same_hardware"] == "true"
     assert passed["parent_run_id"] != out["parent_run_id"]  # a real rerun, not the cached runs
     assert "nightly regression: PASSED" in passed["report"]
     assert client.get_run(passed["parent_run_id"]).data.tags["pilotcommit.regression"] == "passed"

@@ -31,7 +31,7 @@ def test_probe_samples_the_training_prompts_reproducibly(smoke_config, smoke_pre
     assert first.spread["at_1"] == pytest.approx(np.mean(p == 1))
     assert [pred.method for pred in first.predictions] == list(smoke_config.methods)
     # more prompts than the training set holds: all of them, once
-    from pilotcommit.pipeline import read_prompt_table
+    from pilotcommit.data.prepared import read_prompt_table
 
     everything = run_probe(smoke_config, smoke_prepared.train_path, smoke_policy, prompts=10_000, samples=1, seed=0)
     assert len(everything.prompt_ids) == len(set(everything.prompt_ids))

@@ -15,7 +15,8 @@ import numpy as np
 from pilotcommit.types import RequestResult, Rollout, RolloutRequest, TrainBatch
 
 
-def make_rollout(request: RolloutRequest, reward: float) -> Rollout:
+def make_rollout(request: RolloutRequest, reward: float, correct: float | None = None) -> Rollout:
+    """A scored rollout; ``correct`` (0/1) defaults to ``reward`` (no shaping)."""
     return Rollout(
         prompt_id=request.prompt_id,
         kind=request.kind,
@@ -25,6 +26,7 @@ def make_rollout(request: RolloutRequest, reward: float) -> Rollout:
         text="x",
         finish_reason="stop",
         reward=reward,
+        correct=reward if correct is None else correct,
     )
 
 

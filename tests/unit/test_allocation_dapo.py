@@ -95,3 +95,36 @@ def test_bernoulli_run_keeps_only_informative_groups_over_many_steps():
             assert len(record.batch.groups) == 4
             assert all(not is_zero_variance(g.rewards) for g in record.batch.groups)
             assert all(rates[g.prompt_id] not in (0.0, 1.0) for g in record.batch.groups)
+
+
+def test_zero_variance_filter_reads_accuracy_not_the_penalised_reward():
+    """Groups whose accuracy is all 0 or all 1 are dropped even when overlong penalties make
+    their shaped rewards differ (the reference filters on ``acc``); a mixed group is kept."""
+    from pilotcommit.types import RequestResult
+    from tests.unit.allocation_sim import make_rollout
+
+    correct = {"p000": 0.0, "p001": 1.0, "p002": 0.5, "p003": 0.5}
+
+    def score(requests):
+        results = []
+        for req in requests:
+            rate = correct[req.prompt_id]
+            values = [1.0 if i < rate * req.count else 0.0 for i in range(req.count)]
+            penalties = [-0.5 * (i % 2) for i in range(req.count)]  # every 2nd one overlong
+            results.append(
+                RequestResult(req, [make_rollout(req, c + p, correct=c) for c, p in zip(values, penalties)])
+            )
+        return results
+
+    policy = DAPOPolicy(
+        DAPOConfig(n=4, train_batch_size=2, gen_batch_size=4, max_num_gen_batches=2),
+        prompt_ids(4), seed=0,
+    )
+    batch = policy.observe(score(policy.plan()))
+    assert batch is not None
+    assert sorted(g.prompt_id for g in batch.groups) == ["p002", "p003"]
+    m = batch.metrics
+    assert (m["alloc/dropped_groups"], m["alloc/too_hard"], m["alloc/too_easy"]) == (2, 1, 1)
+    # the learner still gets the shaped rewards
+    assert sorted(batch.groups[0].rewards) == [-0.5, 0.0, 0.5, 1.0]
+    assert m["reward/accuracy_mean"] == 0.5 and m["reward/mean"] == 0.25

@@ -19,6 +19,7 @@ from pilotcommit.types import RolloutKind
 from tests.unit.allocation_sim import (
     Scorer,
     exact_rate_scorer,
+    make_rollout,
     prompt_ids,
     run_rounds,
     run_steps,
@@ -217,6 +218,7 @@ def test_groups_are_buffered_pilots_plus_fresh_commits_of_one_prompt(n_pilot_eff
     records = run_steps(policy, Scorer(rates, seed=2), 5)
     pilot_rollouts = {}  # (epoch, prompt) -> its pilot rollouts
     commit_rollouts = {}
+    checked_balance = 0
     for record in records:
         for result in record.results:
             key = (record.epoch, result.request.prompt_id)
@@ -236,9 +238,14 @@ def test_groups_are_buffered_pilots_plus_fresh_commits_of_one_prompt(n_pilot_eff
             assert all(any(p is q for q in pilot_rollouts[key]) for p in pilots)  # the same objects
             assert all(c is d for c, d in zip(commits, commit_rollouts[key]))
             if n_pilot_effective is not None:
-                rewards = [r.reward for r in pilots]
-                if 0 < sum(r.reward for r in pilot_rollouts[key]) < 8:
-                    assert 0 < sum(rewards) < 3  # both outcomes kept: variance not thrown away
+                # balanced: as many correct as the supply allows up to half (rounded down), the
+                # rest wrong; i.e. the largest accuracy variance any 3 of the 8 pilots have
+                available = sum(r.correct for r in pilot_rollouts[key])
+                kept = sum(r.correct for r in pilots)
+                feasible = range(max(0, 3 - int(8 - available)), min(3, int(available)) + 1)
+                assert kept == max(feasible, key=lambda k: (k * (3 - k), -k))
+                checked_balance += 1
+    assert checked_balance == (0 if n_pilot_effective is None else 5 * 4)
 
 
 def test_commit_takes_only_what_the_batch_still_needs():
@@ -340,6 +347,69 @@ def test_epoch_end_empties_buffer_discards_partial_batch_and_applies_evictions()
         batch = policy.observe(score(policy.plan()))
     # the discarded groups are reported with the step they delayed; their rollouts stay counted
     assert batch.metrics["alloc/discarded_groups"] == 2
-    assert batch.metrics["alloc/rounds"] == 7  # 5 in epoch 0, 2 in epoch 1
+    # the round count restarts with the discarded batch (as the reference's num_gen_batches)
+    assert batch.metrics["alloc/rounds"] == 2  # the 2 rounds of epoch 1
     assert batch.metrics["rollouts/sampled"] == 7 * 4 * 8 + 2 * 8 + 3 * 8
     assert all(g.staleness == 0 for g in batch.groups)  # nothing crossed the epoch boundary
+
+
+def test_the_round_limit_restarts_when_an_epoch_end_discards_the_partial_batch():
+    """max_num_gen_batches=6: 5 rounds of epoch 0 built a partial batch that the epoch end
+    discarded; the step must still get its 6 rounds in epoch 1 (it needs 2), not 1."""
+    ids = prompt_ids(20)  # 5 rounds of 4 per epoch
+    order = PromptStream(ids, seed=0)._order
+    rates = {p: 0.0 for p in ids}
+    rates.update({order[0]: 0.5, order[1]: 0.5})  # epoch 0: a partial batch of 2 of 3
+    policy = make(ids, train_batch_size=3, gen_batch_size=4, max_num_gen_batches=6)
+    score = exact_rate_scorer(rates)
+    assert all(r.batch is None for r in run_rounds(policy, score, 5))
+    assert policy.counters.rounds == 5
+    rates.update({p: 0.5 for p in ids})  # epoch 1: everything informative
+    batch = None
+    while batch is None:  # before the fix: RoundsExhaustedError in the first round of epoch 1
+        batch = policy.observe(score(policy.plan()))
+    assert batch.metrics["alloc/rounds"] == 2 and batch.metrics["alloc/epoch"] == 1
+    # the rollouts of the discarded rounds are still counted, per step and cumulatively
+    assert batch.metrics["rollouts/sampled"] == 7 * 4 * 8 + 2 * 8 + 3 * 8
+    assert batch.metrics["rollouts/cumulative"] == batch.metrics["rollouts/sampled"]
+
+
+# --------------------------------------------------------------------------- accuracy, not shaped reward
+
+
+def penalised_scorer(correct_of, penalty_of):
+    """Rollouts with 0/1 ``correct`` and a shaped ``reward = correct + penalty`` (the overlong
+    penalty as ``loop.score_results`` adds it): ``correct_of(request)`` and ``penalty_of(request)``
+    give one list each of ``request.count`` values."""
+
+    def score(requests):
+        from pilotcommit.types import RequestResult
+
+        return [
+            RequestResult(
+                r, [make_rollout(r, c + p, correct=c) for c, p in zip(correct_of(r), penalty_of(r))]
+            )
+            for r in requests
+        ]
+
+    return score
+
+
+def test_pilot_classification_and_eviction_read_accuracy_not_the_penalised_reward():
+    """Every second pilot is overlong (penalty -0.75); correct ones still count as correct:
+    ``two`` (2 of 8 correct, p = 0.25) is informative, not too hard (its mean shaped reward is
+    -0.125); ``all`` (8 of 8) is too easy and evicted, not informative (mean shaped reward
+    0.625)."""
+    correct = {"two": [1.0] * 2 + [0.0] * 6, "all": [1.0] * 8, "none": [0.0] * 8}
+    policy = make(list(correct), gen_batch_size=3, train_batch_size=3)
+    penalty = lambda r: [-0.75 if i % 2 == 0 else 0.0 for i in range(r.count)]  # noqa: E731
+    score = penalised_scorer(lambda r: correct[r.prompt_id], penalty)
+    run_rounds(policy, score, 1)
+    assert [e.prompt_id for e in policy.buffer.entries] == ["two"]
+    assert policy.stream.pending_evictions == {"all"}
+    c = policy.counters
+    assert (c.informative, c.too_hard, c.too_easy) == (1, 1, 1)
+    # the buffered pilots keep their shaped rewards for the learner
+    assert sorted(r.reward for r in policy.buffer.entries[0].pilots) == (
+        [-0.75] * 3 + [0.0] * 3 + [0.25, 1.0]
+    )

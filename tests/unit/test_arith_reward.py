@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from pilotcommit.rewards import REWARDS, arith_reward, score_rollouts
+from pilotcommit.config import OverlongPenalty
+from pilotcommit.rewards import REWARDS, arith_reward, overlong_penalty, score_rollouts
 from pilotcommit.types import RequestResult, Rollout, RolloutKind, RolloutRequest
 
 
@@ -85,6 +86,7 @@ def test_score_rollouts_fills_rewards_in_place() -> None:
     ]
     assert score_rollouts(results, {"a": "4", "b": "-3"}, arith_reward) is None
     assert [r.reward for res in results for r in res.rollouts] == [1.0, 0.0, 1.0]
+    assert [r.correct for res in results for r in res.rollouts] == [1.0, 0.0, 1.0]
     # plain rollouts work too
     loose = [_rollout("b", "3")]
     score_rollouts(loose, {"b": "-3"}, arith_reward)
@@ -101,3 +103,33 @@ def test_score_rollouts_missing_answer_names_prompt_and_changes_nothing() -> Non
 def test_score_rollouts_rejects_other_items() -> None:
     with pytest.raises(TypeError, match="RequestResult or Rollout"):
         score_rollouts(["4"], {"a": "4"}, arith_reward)  # type: ignore[list-item]
+
+
+def test_overlong_penalty_hand_cases() -> None:
+    """min(-(L - start) / length, 0): the paper's 1.5B setting start = length = 4096."""
+    assert overlong_penalty(100, start=4096, length=4096) == 0.0
+    assert overlong_penalty(4096, start=4096, length=4096) == 0.0
+    assert overlong_penalty(6144, start=4096, length=4096) == -0.5
+    assert overlong_penalty(8192, start=4096, length=4096) == -1.0
+    assert overlong_penalty(5, start=2, length=4) == -0.75
+    with pytest.raises(ValueError, match="must be >= 1"):
+        overlong_penalty(5, start=0, length=4)
+
+
+def test_score_rollouts_keeps_accuracy_apart_from_the_penalised_reward() -> None:
+    """``correct`` is the 0/1 verdict, ``reward`` adds the overlong penalty (3 tokens, start 1,
+    length 4: -0.5)."""
+    rollouts = [_rollout("a", "4"), _rollout("a", "5")]
+    for r in rollouts:
+        r.completion_token_ids = [2, 2, 2]
+        r.sampler_logprobs = [-0.1] * 3
+    score_rollouts(rollouts, {"a": "4"}, arith_reward, overlong=OverlongPenalty(start=1, length=4))
+    assert [r.correct for r in rollouts] == [1.0, 0.0]
+    assert [r.reward for r in rollouts] == [0.5, -0.5]
+    score_rollouts(rollouts, {"a": "4"}, arith_reward)  # no penalty: reward is the accuracy
+    assert [r.reward for r in rollouts] == [1.0, 0.0]
+
+
+def test_score_rollouts_rejects_a_reward_function_that_is_not_an_accuracy() -> None:
+    with pytest.raises(ValueError, match="must return 0.0 or 1.0"):
+        score_rollouts([_rollout("a", "4")], {"a": "4"}, lambda text, answer: 0.5)

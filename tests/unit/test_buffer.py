@@ -125,7 +125,7 @@ def test_entry_statistics():
     buffer.add("a", pilots([1, 0, 0, 0]), step=0)
     (entry,) = buffer.entries
     assert entry.pass_rate == 0.25
-    assert entry.reward_std == pytest.approx(np.sqrt(0.25 * 0.75))  # population std of the pilots
+    assert entry.correct_std == pytest.approx(np.sqrt(0.25 * 0.75))  # population std of the pilots
 
 
 # --------------------------------------------------------------------------- pilot selection
@@ -170,3 +170,30 @@ def test_select_max_variance_pilots_maximises_variance_exhaustively():
         for count in range(1, len(rewards) + 1):
             best = max(np.var(c) for c in combinations(rewards, count))
             assert np.var(kept_rewards(rewards, count)) == pytest.approx(best), (rewards, count)
+
+
+# --------------------------------------------------------------------------- accuracy, not shaped reward
+
+
+def penalised_pilots(correct: list[float], penalty: list[float], prompt_id: str = "p") -> list:
+    """Pilots with 0/1 accuracy ``correct`` and shaped reward ``correct + penalty``."""
+    rollouts = pilots(correct, prompt_id)
+    for rollout, p in zip(rollouts, penalty):
+        rollout.reward = rollout.correct + p
+    return rollouts
+
+
+def test_max_variance_ranks_by_the_spread_of_accuracy_not_of_the_penalised_reward():
+    """``half`` (2 of 4 correct: accuracy std 0.5) comes before ``one`` (1 of 4: std 0.43),
+    although overlong penalties give ``one`` the larger spread of shaped rewards (0.71)."""
+    buffer = ReplayBuffer()
+    buffer.add("half", penalised_pilots([1, 1, 0, 0], [0, 0, 0, 0], "half"), step=0)
+    buffer.add("one", penalised_pilots([1, 0, 0, 0], [0, -1, 0, 0], "one"), step=0)
+    assert [e.prompt_id for e in buffer.take(1, "max_variance", rng())] == ["half"]
+
+
+def test_select_max_variance_pilots_counts_a_correct_overlong_pilot_as_correct():
+    """Two correct pilots penalised to reward 0.3 are still the correct half of the choice."""
+    rollouts = penalised_pilots([1, 1, 0, 0], [-0.7, -0.7, 0, 0])
+    kept = select_max_variance_pilots(rollouts, 2)
+    assert [r.correct for r in kept] == [1.0, 0.0] and [r.text for r in kept] == ["p#0", "p#2"]

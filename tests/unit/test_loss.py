@@ -260,6 +260,7 @@ def test_micro_batches_without_normalizer_do_not_equal_the_full_batch():
         (dict(eps_high=-0.1), "eps_high"),
         (dict(aggregation="sum"), "aggregation"),
         (dict(normalizer=0.0), "normalizer"),
+        (dict(clip_ratio_c=1.0), "clip_ratio_c must be > 1"),
     ],
 )
 def test_bad_inputs_raise_clear_errors(change, message):
@@ -321,3 +322,56 @@ def test_token_logprobs_bad_inputs():
         token_logprobs(logits_BTV, torch.zeros(2, 3))
     with pytest.raises(ValueError, match=r"\[0, 4\)"):
         token_logprobs(logits_BTV, torch.full((2, 3), 4, dtype=torch.long))
+
+
+# --------------------------------------------------------------------------- dual-clip
+
+
+@pytest.mark.parametrize(
+    "ratio, advantage, token_loss, grad, dual_clipped",
+    [
+        # A < 0, ratio above c = 3: bounded at -c * A = 3 (verl's clip_ratio_c); no gradient
+        (5.0, -1.0, 3.0, 0.0, True),
+        (20.0, -0.5, 1.5, 0.0, True),
+        # A < 0, ratio below c: the ordinary clipped surrogate, -A * ratio, gradient -A * ratio
+        (2.0, -1.0, 2.0, 2.0, False),
+        # A < 0, ratio below 1 - eps_low: the lower clip as before (0.8 * 1), no gradient
+        (0.5, -1.0, 0.8, 0.0, False),
+        # A > 0: dual-clip never applies, even far above c (upper clip: -1.28 * 2)
+        (5.0, 2.0, -2.56, 0.0, False),
+    ],
+)
+def test_dual_clip_bounds_the_loss_of_negative_advantages(ratio, advantage, token_loss, grad, dual_clipped):
+    logp_BT = torch.tensor([[math.log(ratio)]], dtype=torch.float64, requires_grad=True)
+    args = dict(
+        old_logp_BT=torch.zeros(1, 1, dtype=torch.float64),
+        advantages_B=torch.tensor([advantage], dtype=torch.float64),
+        mask_BT=torch.ones(1, 1),
+        eps_low=EPS_LOW,
+        eps_high=EPS_HIGH,
+    )
+    out = policy_loss(logp_BT, clip_ratio_c=3.0, **args)
+    assert out.loss.item() == pytest.approx(token_loss)
+    assert out.dual_clip_fraction.item() == float(dual_clipped)
+    out.loss.backward()
+    # d loss / d logp = d loss / d ratio * ratio
+    assert logp_BT.grad.item() == pytest.approx(grad)
+    # without dual-clip, a negative advantage at a large ratio costs -A * ratio
+    plain = policy_loss(logp_BT.detach(), **args)
+    if advantage < 0 and ratio > 3.0:
+        assert plain.loss.item() == pytest.approx(-advantage * ratio)
+        assert plain.dual_clip_fraction.item() == 0.0
+    else:
+        assert plain.loss.item() == pytest.approx(token_loss)
+
+
+def test_token_logprobs_at_a_temperature_are_of_the_tempered_softmax():
+    gen = torch.Generator().manual_seed(1)
+    logits_BTV = torch.randn(2, 4, 9, generator=gen) * 3
+    target_ids_BT = torch.randint(0, 9, (2, 4), generator=gen)
+    expected_BT = (
+        torch.log_softmax(logits_BTV / 0.7, dim=-1).gather(-1, target_ids_BT.unsqueeze(-1)).squeeze(-1)
+    )
+    torch.testing.assert_close(token_logprobs(logits_BTV, target_ids_BT, temperature=0.7), expected_BT)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        token_logprobs(logits_BTV, target_ids_BT, temperature=0.0)

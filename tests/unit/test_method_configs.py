@@ -163,3 +163,17 @@ def test_eviction_threshold_inside_the_pass_band_fails():
     with pytest.raises(pydantic.ValidationError) as info:
         ADAPTER.validate_python({**VALID["pilot_commit"], "p_evict": 0.75})
     assert "p_evict" in str(info.value)
+
+
+def test_mini_batches_that_do_not_divide_the_step_fail_at_load():
+    """smoke: 4 groups of 4 rollouts = 16 per step: 3 optimizer steps cannot split them equally."""
+    from pilotcommit.config import ConfigError, load_experiment_config
+
+    smoke = Path(__file__).resolve().parents[2] / "conf" / "experiment" / "smoke.yaml"
+    assert load_experiment_config(smoke, overrides=["learner.optimizer_steps_per_batch=4"])
+    with pytest.raises(ConfigError, match="optimizer_steps_per_batch: 3 does not divide the 16"):
+        load_experiment_config(smoke, overrides=["learner.optimizer_steps_per_batch=3"])
+    with pytest.raises(ConfigError, match="rollout.temperature: training rollouts need"):
+        load_experiment_config(smoke, overrides=["rollout.temperature=0"])
+    with pytest.raises(ConfigError, match="clip_ratio_c"):
+        load_experiment_config(smoke, overrides=["learner.clip_ratio_c=1.0"])

@@ -22,6 +22,7 @@ from pilotcommit.config import (
     PretrainedModelConfig,
     load_experiment_config,
 )
+from pilotcommit.rewards import overlong_penalty
 from pilotcommit.sweep import SweepConfig, cell_configs
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -117,6 +118,7 @@ def test_paper_experiment_loads_with_the_papers_numbers(size: str):
     learner = cfg.learner
     assert (learner.lr, learner.weight_decay, learner.warmup_steps) == (1e-6, 0.1, 10)
     assert (learner.eps_low, learner.eps_high, learner.grad_clip) == (0.2, 0.28, 1.0)
+    assert learner.clip_ratio_c == 10.0  # the reference scripts' dual-clip
     assert learner.loss_aggregation == "token_mean"
     assert learner.advantage_std_normalize is True
     assert learner.dtype == "bfloat16" and learner.gradient_checkpointing is True
@@ -145,7 +147,7 @@ def test_the_overlong_penalty_of_the_1_5b_run_is_the_papers_formula():
     penalty = cfg.rollout.overlong_penalty
 
     def reward_offset(length: int) -> float:
-        return min(-(length - penalty.start) / penalty.length, 0.0)
+        return overlong_penalty(length, start=penalty.start, length=penalty.length)
 
     assert reward_offset(4096) == 0.0
     assert reward_offset(6144) == -0.5

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -97,3 +99,26 @@ def test_conf_data_arith_is_the_default_mix():
     cfg = load_experiment_config(CONF_DIR / "experiment" / "demo.yaml")
     assert isinstance(cfg.data, ArithDataConfig)
     assert cfg.data.to_spec().levels == DEFAULT_LEVELS
+
+
+# Pinned: the demo's data must be bit-identical on every machine (integer draws from numpy's
+# PCG64 and string formatting only). A change here changes every demo number: update the
+# pins only together with docs/embedded_task.md and docs/benchmarks.md.
+DEMO_TRAIN_SHA256 = "9db7b56256ac63ad6a4489b52179ae89cdb2699ecb00cfae99b782b81dcca0a8"
+DEMO_TEST_SHA256 = "58c5e688602f0c0d52107c691d5edf5ee7f753f0dbe1810ac0ff6b4f3d28644d"
+
+
+def test_the_demo_data_content_hash_is_pinned(tmp_path):
+    from pilotcommit.data.prepared import read_prompt_table
+    from pilotcommit.data.synthetic import content_hash
+
+    spec = load_experiment_config(CONF_DIR / "experiment" / "demo.yaml").data.to_spec()
+    train_df, test_df = generate_arith_splits(spec)
+    assert (len(train_df), len(test_df)) == (17610, 600)
+    assert content_hash(train_df) == DEMO_TRAIN_SHA256
+    assert content_hash(test_df) == DEMO_TEST_SHA256
+    # the written files hold the same content, and the manifest records its hash
+    paths = write_prepared_dataset(tmp_path, spec)
+    assert content_hash(read_prompt_table(paths.train)) == DEMO_TRAIN_SHA256
+    manifest = json.loads(paths.manifest.read_text())
+    assert manifest["content_sha256"] == {"train": DEMO_TRAIN_SHA256, "test": DEMO_TEST_SHA256}
