@@ -423,6 +423,7 @@ class VLLMEngine:
             # model's character tokenizer is not one vLLM can load)
             skip_tokenizer_init=True,
             enforce_eager=settings.enforce_eager,
+            **_platform_options(),
         )
         engine = cls(
             llm,
@@ -617,6 +618,19 @@ def _sleep_mode_available() -> bool:
         current_platform.device_name,
     )
     return False
+
+
+def _platform_options() -> dict[str, Any]:
+    """``vllm.LLM`` arguments this platform needs.
+
+    CPU: no chunked prefill. vLLM 0.32 rewinds a seeded request's generator after a partial
+    prefill with ``Generator.set_offset``, which CPU generators lack ("CPU Generator does not
+    use offset"): a call whose prompts exceed one step's token budget (4096 tokens on CPU,
+    e.g. the demo's 512 rollouts of 11-token prompts) would crash. Without chunking a prompt is
+    prefilled whole or waits for the next step."""
+    from vllm.platforms import current_platform
+
+    return {"enable_chunked_prefill": False} if current_platform.is_cpu() else {}
 
 
 def _kv_cache_bytes(gib: float | None) -> int | None:

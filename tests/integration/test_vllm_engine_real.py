@@ -295,3 +295,17 @@ def test_worker_side_check_names_vllm_parameters_left_stale(setup):
     finally:
         engine.weight_names = names
         engine.update_weights(model)
+
+
+def test_a_call_larger_than_one_scheduler_step(setup):
+    # the demo's GRPO step: 32 prompts x 16 rollouts, more prompt tokens (about 5600) than one
+    # vLLM step takes on CPU (4096): vLLM must spread the prefills over steps, and seeded
+    # sampling must still repeat (pilotcommit.rollout.vllm_engine._platform_options)
+    engine, model, tokenizer, learner, _, _ = setup
+    prompts = {f"r{i}": tokenizer(f"{10 + i}*{1 + i % 9}+{20 + i}=")["input_ids"] for i in range(32)}
+    first = engine.generate(uniform(prompts, 16), prompts, TRAIN_PARAMS, seed=51)
+    assert sum(len(ids) for ids in prompts.values()) * 16 > 4096
+    assert [len(result.rollouts) for result in first] == [16] * 32
+    again = engine.generate(uniform(prompts, 16), prompts, TRAIN_PARAMS, seed=51)
+    assert tokens(first) == tokens(again)
+    assert max_logp_gap(learner, all_rollouts(first)[:64]) < LOGP_ATOL
