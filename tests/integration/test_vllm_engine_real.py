@@ -42,7 +42,7 @@ VLLM_CPU_OVERRIDES = [
     "rollout.vllm.dtype=float32",
     "rollout.vllm.kv_cache_memory_gib=0.25",
     "rollout.vllm.enforce_eager=true",
-    "rollout.vllm.max_num_seqs=64",
+    "rollout.vllm.max_num_seqs=512",  # the demo step (512 rollouts) scheduled at once
 ]
 PROBLEMS = ["1+2=", "3*4=", "12+5=", "7+7=", "25+3=", "9*9="]
 
