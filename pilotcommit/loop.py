@@ -193,7 +193,36 @@ def train_run(
     resume: bool | None = None,
     progress: Callable[[int, dict], None] | None = None,
 ) -> RunResult:
-    """Train ``cfg.methods[method_label]`` from ``initial_policy`` with ``seed``; see module docstring."""
+    """Train ``cfg.methods[method_label]`` from ``initial_policy`` with ``seed``; see module docstring.
+
+    The rollout engine is closed when the run ends, also on an error: a process that runs
+    several trainings (``compare``, the tests) gets the vLLM engine's memory back each time."""
+    engines: list[RolloutEngine] = []
+    try:
+        return _train_run(
+            cfg, method_label, seed, prepared=prepared, initial_policy=initial_policy,
+            run_dir=run_dir, tracker=tracker, resume=resume, progress=progress, engines=engines,
+        )
+    finally:
+        for engine in engines:
+            close = getattr(engine, "close", None)  # the transformers engine holds nothing to free
+            if close is not None:
+                close()
+
+
+def _train_run(
+    cfg: ExperimentConfig,
+    method_label: str,
+    seed: int,
+    *,
+    prepared: "PreparedData",
+    initial_policy: str,
+    run_dir: Path,
+    tracker: Tracker | None,
+    resume: bool | None,
+    progress: Callable[[int, dict], None] | None,
+    engines: list[RolloutEngine],
+) -> RunResult:
     from pilotcommit.models.loading import load_policy
     if method_label not in cfg.methods:
         raise ValueError(f"method {method_label!r} is not in the config's methods {sorted(cfg.methods)}")
@@ -228,6 +257,7 @@ def train_run(
             model, cfg.learner, pad_id=tokenizer.pad_token_id, temperature=cfg.rollout.temperature
         )
     engine = make_engine(cfg, model, tokenizer)
+    engines.append(engine)  # closed by train_run
     params = SamplingParams(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.max_new_tokens)
     state = _LoopState()
     run_hash = config_hash(cfg)

