@@ -175,6 +175,13 @@ class LearnerConfig(StrictModel):
         "float32", description="Autocast dtype of the learner's forward pass."
     )
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward.")
+    logprob_chunk_size: int = Field(
+        1024,
+        ge=1,
+        description="Completion positions projected onto the vocabulary at once when the learner "
+        "computes log-probs (each chunk is recomputed in backward); the log-prob peak is about "
+        "4 float32 [chunk, vocab] tensors, independent of the sequence length.",
+    )
 
 
 # --------------------------------------------------------------------------- data
