@@ -3,7 +3,7 @@
 Stages and their cache keys (every key also holds the code version,
 :func:`pilotcommit.tracking.code_version`):
 
-    prepare-data     hash(cfg.data)                               -> <runs>/data/<key>/
+    prepare-data     hash(cfg.data) [+ prompt-length filter]      -> <runs>/data/<key>/
     initial-policy   hash(cfg.model) + data key                   -> <runs>/policies/<key>/
     train            hash(run config) + policy key + data key     -> <runs>/<name>/train/<label>-seed<s>-<key>/
     report           comparison key + train keys + report.py hash -> <runs>/<name>/reports/<key>/
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run, task_run
 
@@ -264,10 +264,14 @@ _TASK_DEFAULTS = {"persist_result": True, "cache_key_fn": _key_from_parameters, 
 @task(name="prepare-data", **_TASK_DEFAULTS)
 def prepare_data_task(cfg: ExperimentConfig, stage_key: str, out_dir: str, rebuild: bool = False) -> dict:
     """:func:`pilotcommit.pipeline.prepare_data` into ``out_dir`` (validated parquet files)."""
-    from pilotcommit.pipeline import prepare_data
+    from pilotcommit.pipeline import PreparedData, prepare_data
 
-    return materialise(Path(out_dir), lambda tmp: {"prepared": prepare_data(cfg, tmp).to_dict()},
-                       prepared_valid, rebuild)
+    stage = materialise(Path(out_dir), lambda tmp: {"prepared": prepare_data(cfg, tmp).to_dict()},
+                        prepared_valid, rebuild)
+    dropped = PreparedData.from_dict(stage["prepared"]).dropped_prompts()
+    if dropped:  # model.max_prompt_length; the training runs log the same counts as parameters
+        get_run_logger().info("prompts dropped as longer than model.max_prompt_length: %s", dropped)
+    return stage
 
 
 @task(name="initial-policy", **_TASK_DEFAULTS)

@@ -357,14 +357,29 @@ class PretrainedModelConfig(StrictModel):
     label: str = Field(description="Short model name for tags and sweep cells, e.g. qwen3-8b.")
     revision: str | None = Field(None, description="Hub revision (commit) for reproducibility.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("bfloat16", description="Weights dtype.")
-    gradient_checkpointing: bool = Field(True, description="Recompute activations in backward.")
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] = Field(
         "sdpa", description="Attention kernel."
     )
-    max_prompt_length: int = Field(2048, ge=1, description="Prompts longer than this are dropped.")
+    max_prompt_length: int = Field(
+        2048,
+        ge=1,
+        description="Prompts (template applied, in tokens of this model's tokenizer) longer than "
+        "this are dropped when the data are prepared; the manifest and the training run's "
+        "`data.*.prompts_too_long` parameters count them.",
+    )
     prompt_template: Literal["boxed_cot", "raw"] = Field(
         "boxed_cot", description="boxed_cot: chat template + the paper's instruction."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_checkpointing_switch(cls, data: object) -> object:
+        if isinstance(data, dict) and "gradient_checkpointing" in data:
+            raise ValueError(
+                "gradient_checkpointing is a learner setting: set learner.gradient_checkpointing "
+                "(model.gradient_checkpointing was never read and has been removed)"
+            )
+        return data
 
 
 ModelConfig = Annotated[Union[TinyModelConfig, PretrainedModelConfig], Field(discriminator="kind")]

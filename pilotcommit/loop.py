@@ -254,7 +254,7 @@ def train_run(
         torch.set_rng_state(saved["torch_rng"])
         engine.update_weights(model)
     else:
-        tracker.log_params(_flat_params(cfg, method_label, seed))
+        tracker.log_params({**_flat_params(cfg, method_label, seed), **prepared.dropped_prompts()})
         _evaluate(state, engine, eval_sets, reward_fn, cfg, tracker, policy.cumulative_sampled)
 
     def save(final: bool = False) -> Path:

@@ -76,7 +76,6 @@ def test_every_qwen_model_file_is_a_bf16_pretrained_config(path: Path):
     assert set(raw) <= set(PretrainedModelConfig.model_fields)
     # float32 master weights (an lr-1e-6 step rounds away in bfloat16); compute is bfloat16
     assert config.dtype == "float32"
-    assert config.gradient_checkpointing is True
     assert config.attn_implementation in ("sdpa", "flash_attention_2")
     assert config.max_prompt_length == 2048
     assert config.prompt_template == "boxed_cot"
@@ -175,3 +174,10 @@ def test_a_sweep_over_the_qwen3_models_builds_every_cell():
     configs = cell_configs(sweep)
     assert [c.model.label for c in configs] == ["qwen3-4b", "qwen3-8b", "qwen3-14b"]
     assert {c.methods["pilot_commit"].group_size for c in configs} == {64}
+
+
+def test_gradient_checkpointing_has_one_switch_the_learners():
+    """model.gradient_checkpointing was never read; it is refused with the field to use."""
+    raw = yaml.safe_load(QWEN_MODEL_FILES[0].read_text())
+    with pytest.raises(pydantic.ValidationError, match="learner.gradient_checkpointing"):
+        pydantic.TypeAdapter(ModelConfig).validate_python({**raw, "gradient_checkpointing": True})
