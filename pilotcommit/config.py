@@ -487,6 +487,25 @@ class TrackingConfig(StrictModel):
     )
 
 
+class ResourcesConfig(StrictModel):
+    """What one training run needs: processes and GPUs (pilotcommit/launch.py)."""
+
+    nproc_per_node: int = Field(
+        1,
+        ge=1,
+        description="Processes of one training run on one machine, one GPU each on CUDA. More than "
+        "1: the training cell launches `torchrun --nproc-per-node N` as a subprocess (FSDP2 "
+        "learner, vLLM tensor-parallel groups of consecutive ranks); the flow and MLflow stay "
+        "in the cell's process and rank 0 tracks.",
+    )
+    device: Literal["auto", "cuda"] = Field(
+        "auto",
+        description="cuda: every process needs its own CUDA GPU (and vLLM's tensor parallelism "
+        "its GPUs), and a cell that sees fewer fails before loading anything. auto: CUDA where "
+        "available, else CPU (gloo between processes).",
+    )
+
+
 # --------------------------------------------------------------------------- experiment
 
 
@@ -510,6 +529,7 @@ class ExperimentConfig(StrictModel):
     torch_threads: int | None = Field(
         None, ge=1, description="torch.set_num_threads for CPU runs (None: torch's default)."
     )
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
 
     @model_validator(mode="after")
     def _check_methods(self) -> "ExperimentConfig":
@@ -523,6 +543,13 @@ class ExperimentConfig(StrictModel):
                 "methods: every method must train on the same number of groups of the same size "
                 "per step for a fair comparison (train_batch_size, group size): "
                 + ", ".join(f"{k}={v}" for k, v in shapes.items())
+            )
+        tp, nproc = self.rollout.vllm.tensor_parallel_size, self.resources.nproc_per_node
+        if self.rollout.engine == "vllm" and nproc > 1 and nproc % tp:
+            raise ValueError(
+                f"resources.nproc_per_node ({nproc}) must be a multiple of "
+                f"rollout.vllm.tensor_parallel_size ({tp}): vLLM's tensor-parallel groups are "
+                "consecutive ranks, and every rank must belong to one"
             )
         if self.target.accuracy is None and self.target.reference_method not in self.methods:
             raise ValueError(

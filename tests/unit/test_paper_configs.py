@@ -22,7 +22,7 @@ from pilotcommit.config import (
     PretrainedModelConfig,
     load_experiment_config,
 )
-from pilotcommit.sweep import SweepConfig, cell_configs
+from pilotcommit.sweep import SweepConfig, cell_configs, load_sweep_config
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 PAPER_FILES = sorted((CONF_DIR / "experiment").glob("paper-*.yaml"))
@@ -160,6 +160,7 @@ def test_the_paper_model_scale_runs_differ_only_in_model_and_sharding():
         for key in ("name", "model", "tracking"):
             dump.pop(key)
         dump["rollout"]["vllm"].pop("tensor_parallel_size")
+        dump.pop("resources")
         dumps[size] = dump
     assert dumps["4b"] == dumps["8b"] == dumps["14b"]
 
@@ -181,3 +182,16 @@ def test_gradient_checkpointing_has_one_switch_the_learners():
     raw = yaml.safe_load(QWEN_MODEL_FILES[0].read_text())
     with pytest.raises(pydantic.ValidationError, match="learner.gradient_checkpointing"):
         pydantic.TypeAdapter(ModelConfig).validate_python({**raw, "gradient_checkpointing": True})
+
+
+def test_each_cell_of_the_qwen3_sweep_is_the_paper_file_of_its_size():
+    """conf/sweep/paper-qwen3.yaml gives each model its own TP and process count: cell k equals
+    conf/experiment/paper-<size>.yaml in everything but the experiment's name."""
+    sweep = load_sweep_config(CONF_DIR / "sweep" / "paper-qwen3.yaml")
+    cells = cell_configs(sweep)
+    expected_tp = {"qwen3-4b": 1, "qwen3-8b": 2, "qwen3-14b": 4}
+    for cell, size in zip(cells, ("4b", "8b", "14b"), strict=True):
+        paper = load_experiment_config(CONF_DIR / "experiment" / f"paper-{size}.yaml")
+        assert cell.rollout.vllm.tensor_parallel_size == expected_tp[cell.model.label]
+        assert cell.resources == paper.resources and cell.resources.device == "cuda"
+        assert cell.model_dump(exclude={"name", "tracking"}) == paper.model_dump(exclude={"name", "tracking"})
