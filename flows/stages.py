@@ -369,6 +369,8 @@ def train_and_track(
         progress({"stage": "train", "method": label, "seed": seed, "model": cfg.model.label,
                   "step": step, "rollouts": metrics.get("rollouts/cumulative")})
 
+    # system/* metrics of this machine while the run trains (all its GPUs under torchrun)
+    monitor = tracking.start_system_metrics(mlflow_run_id, tracking_uri, cfg.tracking.system_metrics_interval_s)
     try:
         result = train_run(
             cfg, label, seed, prepared=PreparedData.from_dict(prepared), initial_policy=initial_policy,
@@ -376,8 +378,12 @@ def train_and_track(
         )
         tracker.log_artifact(run_path / RESULT_FILE, "run")
     except BaseException:
+        if monitor is not None:
+            monitor.finish()
         tracker.close(status="FAILED")
         raise
+    if monitor is not None:
+        monitor.finish()  # its last samples land before the run is marked finished
     gap = tracker.close(status="FINISHED")
     tracked = {"mlflow_run_id": mlflow_run_id, "tracking_uri": tracking_uri, "tracking_gap": gap.summary()}
     (run_path / TRACKING_FILE).write_text(json.dumps(tracked, indent=2))

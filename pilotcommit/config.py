@@ -485,6 +485,13 @@ class TrackingConfig(StrictModel):
     tracking_uri: str | None = Field(
         None, description="MLflow URI (None: $MLFLOW_TRACKING_URI, else a local SQLite store)."
     )
+    system_metrics_interval_s: float | None = Field(
+        10.0,
+        gt=0.0,
+        description="MLflow system metrics of every training run (`system/*`: CPU, memory, disk, "
+        "network; GPU utilisation and memory where pynvml is installed), sampled every this "
+        "many seconds by MLflow's SystemMetricsMonitor (None: off).",
+    )
 
 
 class ResourcesConfig(StrictModel):
