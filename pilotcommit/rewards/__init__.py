@@ -5,7 +5,7 @@ applies one to the engine's rollouts in place.
 """
 
 from pilotcommit.rewards.arith import arith_reward, is_canonical_integer
-from pilotcommit.rewards.math import math_reward
+from pilotcommit.rewards.math import math_reward, math_verifier_timeouts
 from pilotcommit.rewards.scoring import RewardFn, score_rollouts
 
 REWARDS: dict[str, RewardFn] = {
@@ -13,11 +13,19 @@ REWARDS: dict[str, RewardFn] = {
     "math_verify": math_reward,
 }
 
+
+
+def reward_timeouts() -> int:
+    """Rewards of this process that hit their time limit so far (only math_verify has one)."""
+    return math_verifier_timeouts()
+
+
 __all__ = [
     "REWARDS",
     "RewardFn",
     "arith_reward",
     "is_canonical_integer",
     "math_reward",
+    "reward_timeouts",
     "score_rollouts",
 ]
