@@ -164,3 +164,10 @@ def test_micro_batching_and_skipped_rows_do_not_change_the_update(steps):
         )
         results.append(model.state_dict())
     _assert_same_weights(results[0], results[1])
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_learner_gradient_checkpointing_is_the_switch_that_reaches_the_model(enabled):
+    model, pad_id = _model()
+    Learner(model, _config(gradient_checkpointing=enabled), pad_id=pad_id)
+    assert model.is_gradient_checkpointing is enabled
