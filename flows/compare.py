@@ -16,6 +16,7 @@ from prefect import flow
 
 from flows import stages
 from pilotcommit import report, tracking
+from pilotcommit.pipeline import data_fingerprint
 from pilotcommit.config import (
     ExperimentConfig,
     config_hash,
@@ -38,7 +39,7 @@ def comparison_tags(ctx: stages.Context, cfg: ExperimentConfig, kind: str) -> di
 
 def prepare_stages(ctx: stages.Context, cfg: ExperimentConfig, refresh: bool = False) -> dict:
     """The data and initial-policy stages of ``cfg`` (cached); their outputs and keys."""
-    data_key = stages.stage_key("data", config_hash(cfg.data), ctx.code_version)
+    data_key = stages.stage_key("data", *data_fingerprint(cfg), ctx.code_version)
     data_dir = ctx.data_dir(data_key)
     data_stage = stages.read_stage(data_dir)
     stale = refresh or not (data_stage and stages.prepared_valid(data_stage))
@@ -88,7 +89,9 @@ def run_model_cells(
     ``parallel_runs``: how many runs train at once, each in its own process (None: one per
     ``torch_threads`` cores on a CPU machine, one on a GPU machine; flows/processes.py)."""
     from flows.processes import auto_parallel_runs
+    from pilotcommit.launch import check_gpus
 
+    check_gpus(cfg, f"experiment {cfg.name}")  # before any data or model is loaded
     num_runs = len(cfg.methods) * len(cfg.seeds)
     stages.set_parallel_runs(parallel_runs or auto_parallel_runs(cfg.torch_threads, num_runs))
     ctx_dict = ctx.to_dict()

@@ -15,6 +15,7 @@ from prefect import flow
 from flows import stages
 from pilotcommit import tracking
 from pilotcommit.config import config_hash, demo_config_path, load_experiment_config
+from pilotcommit.pipeline import data_fingerprint
 
 
 def checkpoint_fingerprint(checkpoint: str) -> str:
@@ -39,7 +40,7 @@ def evaluate_flow(
     cfg = load_experiment_config(config_path or demo_config_path(), list(overrides or []))
     ctx = stages.make_context(cfg.tracking.experiment_name or cfg.name, runs_dir,
                               tracking_uri or cfg.tracking.tracking_uri)
-    data_key = stages.stage_key("data", config_hash(cfg.data), ctx.code_version)
+    data_key = stages.stage_key("data", *data_fingerprint(cfg), ctx.code_version)
     data_dir = ctx.data_dir(data_key)
     stale = not (stages.read_stage(data_dir) and stages.prepared_valid(stages.read_stage(data_dir)))
     prepared = stages.prepare_data_task.with_options(**stages.stage_options(ctx, stale))(

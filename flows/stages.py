@@ -3,7 +3,7 @@
 Stages and their cache keys (every key also holds the code version,
 :func:`pilotcommit.tracking.code_version`):
 
-    prepare-data     hash(cfg.data)                               -> <runs>/data/<key>/
+    prepare-data     hash(cfg.data) [+ prompt-length filter]      -> <runs>/data/<key>/
     initial-policy   hash(cfg.model) + data key                   -> <runs>/policies/<key>/
     train            hash(run config) + policy key + data key     -> <runs>/<name>/train/<label>-seed<s>-<key>/
     report           comparison key + train keys + report.py hash -> <runs>/<name>/reports/<key>/
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run, task_run
 
@@ -264,10 +264,14 @@ _TASK_DEFAULTS = {"persist_result": True, "cache_key_fn": _key_from_parameters, 
 @task(name="prepare-data", **_TASK_DEFAULTS)
 def prepare_data_task(cfg: ExperimentConfig, stage_key: str, out_dir: str, rebuild: bool = False) -> dict:
     """:func:`pilotcommit.pipeline.prepare_data` into ``out_dir`` (validated parquet files)."""
-    from pilotcommit.pipeline import prepare_data
+    from pilotcommit.pipeline import PreparedData, prepare_data
 
-    return materialise(Path(out_dir), lambda tmp: {"prepared": prepare_data(cfg, tmp).to_dict()},
-                       prepared_valid, rebuild)
+    stage = materialise(Path(out_dir), lambda tmp: {"prepared": prepare_data(cfg, tmp).to_dict()},
+                        prepared_valid, rebuild)
+    dropped = PreparedData.from_dict(stage["prepared"]).dropped_prompts()
+    if dropped:  # model.max_prompt_length; the training runs log the same counts as parameters
+        get_run_logger().info("prompts dropped as longer than model.max_prompt_length: %s", dropped)
+    return stage
 
 
 @task(name="initial-policy", **_TASK_DEFAULTS)
@@ -351,13 +355,48 @@ def train_and_track(
     progress: Callable[[dict[str, Any]], None],
 ) -> dict:
     """The body of :func:`train_task` once it has decided to train: ``train_run`` logging to
-    ``mlflow_run_id``, in this process or in a child (flows/processes.py)."""
-    from pilotcommit.pipeline import PreparedData, train_run
-
+    ``mlflow_run_id``, in this process or in a child (flows/processes.py); a run that asks for
+    more than one process (``resources.nproc_per_node``) is launched with ``torchrun`` from
+    here, and its rank 0 tracks (pilotcommit/launch.py)."""
     run_path = Path(run_dir)
     client = tracking.mlflow_client(tracking_uri)
     if client.get_run(mlflow_run_id).info.status != "RUNNING":
         client.update_run(mlflow_run_id, status="RUNNING")
+    # system/* metrics of this machine while the run trains (all its GPUs under torchrun)
+    monitor = tracking.start_system_metrics(mlflow_run_id, tracking_uri, cfg.tracking.system_metrics_interval_s)
+    try:
+        if cfg.resources.nproc_per_node > 1:
+            result_dict, gap_summary = _train_under_torchrun(
+                cfg, label, seed, prepared, initial_policy, run_path, tracking_uri, mlflow_run_id, fresh, progress)
+        else:
+            result_dict, gap_summary = _train_here(
+                cfg, label, seed, prepared, initial_policy, run_path, client, mlflow_run_id, fresh, progress)
+    except BaseException:
+        if monitor is not None:
+            monitor.finish()
+        _set_status(client, mlflow_run_id, "FAILED")
+        raise
+    if monitor is not None:
+        monitor.finish()  # its last samples land before the run is marked finished
+    _set_status(client, mlflow_run_id, "FINISHED")
+    tracked = {"mlflow_run_id": mlflow_run_id, "tracking_uri": tracking_uri, "tracking_gap": gap_summary}
+    (run_path / TRACKING_FILE).write_text(json.dumps(tracked, indent=2))
+    return {"result": result_dict, **tracked}
+
+
+def _set_status(client, run_id: str, status: str) -> None:
+    """End the MLflow run; a store that is down must not turn a trained run into a failure."""
+    try:
+        client.set_terminated(run_id, status=status)
+    except Exception as err:  # noqa: BLE001 - the metrics are delivered or spooled already
+        tracking.logger.warning("MLflow run %s: could not set status %s: %s", run_id, status, err)
+
+
+def _train_here(cfg, label, seed, prepared, initial_policy, run_path: Path, client, mlflow_run_id: str, fresh: bool,
+                progress) -> tuple[dict, str]:
+    """``train_run`` in this process, tracked by an :class:`~pilotcommit.tracking.MlflowTracker`."""
+    from pilotcommit.pipeline import PreparedData, train_run
+
     # Fresh runs log into a new MLflow run, so skipping logged steps only ever matters on resume.
     tracker = tracking.MlflowTracker(mlflow_run_id, client, spool_path=run_path / "tracking-undelivered.jsonl")
 
@@ -371,13 +410,25 @@ def train_and_track(
             run_dir=run_path, tracker=tracker, resume=False if fresh else None, progress=on_step,
         )
         tracker.log_artifact(run_path / RESULT_FILE, "run")
-    except BaseException:
-        tracker.close(status="FAILED")
-        raise
-    gap = tracker.close(status="FINISHED")
-    tracked = {"mlflow_run_id": mlflow_run_id, "tracking_uri": tracking_uri, "tracking_gap": gap.summary()}
-    (run_path / TRACKING_FILE).write_text(json.dumps(tracked, indent=2))
-    return {"result": result.to_dict(), **tracked}
+    finally:
+        gap = tracker.close()
+    return result.to_dict(), gap.summary()
+
+
+def _train_under_torchrun(cfg, label, seed, prepared, initial_policy, run_path: Path, tracking_uri: str,
+                          mlflow_run_id: str, fresh: bool, progress) -> tuple[dict, str]:
+    """The run in ``resources.nproc_per_node`` processes (pilotcommit/launch.py); rank 0 tracks
+    into ``mlflow_run_id``. Progress is reported when the processes are done."""
+    from pilotcommit.launch import train_under_torchrun
+    from pilotcommit.loop import RunResult
+
+    outcome = train_under_torchrun(cfg, label, seed, prepared=prepared, initial_policy=initial_policy,
+                                   run_dir=run_path, tracking_uri=tracking_uri, mlflow_run_id=mlflow_run_id,
+                                   resume=False if fresh else None)
+    result = RunResult.from_dict(json.loads((run_path / RESULT_FILE).read_text()))
+    progress({"stage": "train", "method": label, "seed": seed, "model": cfg.model.label,
+              "step": result.steps, "rollouts": result.cumulative_rollouts})
+    return result.to_dict(), outcome["tracking_gap"]
 
 
 @task(name="evaluate", **_TASK_DEFAULTS)

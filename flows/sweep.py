@@ -27,6 +27,7 @@ from flows import stages
 from flows.compare import comparison_tags, run_model_cells
 from pilotcommit import report, tracking
 from pilotcommit.config import config_hash
+from pilotcommit.launch import check_gpus
 from pilotcommit.sweep import cell_config, cell_configs, load_sweep_config
 
 DISPATCH_MODES = ("subflow", "deployment")
@@ -48,6 +49,8 @@ def sweep_model_flow(
     of the sweep's parent run ``parent_run_id`` (``parallel_runs`` at once, see compare)."""
     sweep = load_sweep_config(sweep_config)
     cfg = cell_config(sweep, model_index, list(overrides or []))
+    # before the tracking store, the data or the model: a too-small worker fails in seconds
+    check_gpus(cfg, f"sweep {sweep.name}, cell models[{model_index}]")
     ctx = stages.make_context(sweep.name, runs_dir, tracking_uri)
     runs = run_model_cells(ctx, cfg, parent_run_id, parent_key, refresh, parallel_runs)
     return {"model": cfg.model.label, "runs": runs}

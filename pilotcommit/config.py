@@ -214,6 +214,13 @@ class LearnerConfig(StrictModel):
         "float32", description="Autocast dtype of the learner's forward pass."
     )
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward.")
+    logprob_chunk_size: int = Field(
+        1024,
+        ge=1,
+        description="Completion positions projected onto the vocabulary at once when the learner "
+        "computes log-probs (each chunk is recomputed in backward); the log-prob peak is about "
+        "4 float32 [chunk, vocab] tensors, independent of the sequence length.",
+    )
 
 
 # --------------------------------------------------------------------------- data
@@ -389,14 +396,29 @@ class PretrainedModelConfig(StrictModel):
     label: str = Field(description="Short model name for tags and sweep cells, e.g. qwen3-8b.")
     revision: str | None = Field(None, description="Hub revision (commit) for reproducibility.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("bfloat16", description="Weights dtype.")
-    gradient_checkpointing: bool = Field(True, description="Recompute activations in backward.")
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] = Field(
         "sdpa", description="Attention kernel."
     )
-    max_prompt_length: int = Field(2048, ge=1, description="Prompts longer than this are dropped.")
+    max_prompt_length: int = Field(
+        2048,
+        ge=1,
+        description="Prompts (template applied, in tokens of this model's tokenizer) longer than "
+        "this are dropped when the data are prepared; the manifest and the training run's "
+        "`data.*.prompts_too_long` parameters count them.",
+    )
     prompt_template: Literal["boxed_cot", "raw"] = Field(
         "boxed_cot", description="boxed_cot: chat template + the paper's instruction."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_checkpointing_switch(cls, data: object) -> object:
+        if isinstance(data, dict) and "gradient_checkpointing" in data:
+            raise ValueError(
+                "gradient_checkpointing is a learner setting: set learner.gradient_checkpointing "
+                "(model.gradient_checkpointing was never read and has been removed)"
+            )
+        return data
 
 
 ModelConfig = Annotated[Union[TinyModelConfig, PretrainedModelConfig], Field(discriminator="kind")]
@@ -517,6 +539,32 @@ class TrackingConfig(StrictModel):
     tracking_uri: str | None = Field(
         None, description="MLflow URI (None: $MLFLOW_TRACKING_URI, else a local SQLite store)."
     )
+    system_metrics_interval_s: float | None = Field(
+        10.0,
+        gt=0.0,
+        description="MLflow system metrics of every training run (`system/*`: CPU, memory, disk, "
+        "network; GPU utilisation and memory where pynvml is installed), sampled every this "
+        "many seconds by MLflow's SystemMetricsMonitor (None: off).",
+    )
+
+
+class ResourcesConfig(StrictModel):
+    """What one training run needs: processes and GPUs (pilotcommit/launch.py)."""
+
+    nproc_per_node: int = Field(
+        1,
+        ge=1,
+        description="Processes of one training run on one machine, one GPU each on CUDA. More than "
+        "1: the training cell launches `torchrun --nproc-per-node N` as a subprocess (FSDP2 "
+        "learner, vLLM tensor-parallel groups of consecutive ranks); the flow and MLflow stay "
+        "in the cell's process and rank 0 tracks.",
+    )
+    device: Literal["auto", "cuda"] = Field(
+        "auto",
+        description="cuda: every process needs its own CUDA GPU (and vLLM's tensor parallelism "
+        "its GPUs), and a cell that sees fewer fails before loading anything. auto: CUDA where "
+        "available, else CPU (gloo between processes).",
+    )
 
 
 # --------------------------------------------------------------------------- experiment
@@ -576,6 +624,7 @@ class ExperimentConfig(StrictModel):
     torch_threads: int | None = Field(
         None, ge=1, description="torch.set_num_threads for CPU runs (None: torch's default)."
     )
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
 
     @model_validator(mode="after")
     def _check_methods(self) -> "ExperimentConfig":
@@ -614,6 +663,13 @@ class ExperimentConfig(StrictModel):
             raise ValueError(
                 "rollout.temperature: training rollouts need a temperature > 0 (at 0 every "
                 "group's rollouts are identical and the learner's log-probs are undefined)"
+            )
+        tp, nproc = self.rollout.vllm.tensor_parallel_size, self.resources.nproc_per_node
+        if self.rollout.engine == "vllm" and nproc > 1 and nproc % tp:
+            raise ValueError(
+                f"resources.nproc_per_node ({nproc}) must be a multiple of "
+                f"rollout.vllm.tensor_parallel_size ({tp}): vLLM's tensor-parallel groups are "
+                "consecutive ranks, and every rank must belong to one"
             )
         if self.target.accuracy is None and self.target.reference_method not in self.methods:
             raise ValueError(

@@ -158,6 +158,42 @@ def score_results(
     score_rollouts(results, answers, reward_fn, overlong=cfg.rollout.overlong_penalty)
 
 
+def score_once(
+    results: list[RequestResult], answers: Mapping[str, str], reward_fn, cfg: ExperimentConfig,
+    sharding: "_Sharding | None" = None,
+) -> int:
+    """Score ``results`` in place (:func:`score_results`); return the rewards that timed out.
+
+    Under ``torchrun`` every rank holds the same results, but a time-limited reward can differ
+    between processes (one rank's verifier runs out of time, another's does not); the
+    allocation plans built from differing rewards would then differ and the ranks' collectives
+    hang or train mismatched batches. So each rank scores every ``world_size``-th request and
+    the rewards are all-gathered: every rank ends with the SAME rewards by construction, and
+    the timeouts are summed over ranks.
+    """
+    from pilotcommit.rewards import reward_timeouts
+
+    before = reward_timeouts()
+    if sharding is None:
+        score_results(results, answers, reward_fn, cfg)
+        return reward_timeouts() - before
+    import torch.distributed as dist
+
+    world = dist.get_world_size()
+    mine = results[sharding.rank :: world]
+    score_results(mine, answers, reward_fn, cfg)
+    # both the 0/1 correctness (what the policies filter on) and the shaped reward (what the
+    # learner trains on) travel: either one differing between ranks would split the ranks
+    share = ([[(r.correct, r.reward) for r in result.rollouts] for result in mine], reward_timeouts() - before)
+    gathered: list = [None] * world
+    dist.all_gather_object(gathered, share)
+    for rank, (scores, _) in enumerate(gathered):
+        for result, values in zip(results[rank::world], scores, strict=True):
+            for rollout, (correct, reward) in zip(result.rollouts, values, strict=True):
+                rollout.correct, rollout.reward = correct, reward
+    return sum(timeouts for _, timeouts in gathered)
+
+
 def budget_reached(cfg: ExperimentConfig, steps: int, cumulative_rollouts: int) -> bool:
     budget = cfg.budget
     if budget.max_steps is not None and steps >= budget.max_steps:
@@ -238,9 +274,11 @@ def _train_run(
         torch.set_num_threads(cfg.torch_threads)
 
     train_df = apply_train_mix(read_prompt_table(prepared.train_path), cfg.train_mix, str(prepared.train_path))
-    model, tokenizer = load_policy(
-        initial_policy, cfg.model, device=sharding.device if sharding is not None else None
-    )
+    if sharding is None:
+        model, tokenizer = load_policy(initial_policy, cfg.model)
+        learner = Learner(model, cfg.learner, pad_id=tokenizer.pad_token_id, temperature=cfg.rollout.temperature)
+    else:  # rank 0 reads the weights, the shards are broadcast (FSDP2); every rank builds the same batches
+        model, tokenizer, learner = sharding.load_and_shard(initial_policy, cfg)
     train_ids = train_df["prompt_id"].tolist()
     prompt_token_ids = dict(zip(train_ids, encode_prompts(train_df["problem"].tolist(), tokenizer, cfg)))
     answers = dict(zip(train_ids, train_df["answer"].tolist()))
@@ -248,14 +286,6 @@ def _train_run(
     reward_fn = reward_function(cfg)
 
     policy = make_policy(cfg.methods[method_label], train_ids, seed=seed)
-    if sharding is None:
-        learner = Learner(
-            model, cfg.learner, pad_id=tokenizer.pad_token_id, temperature=cfg.rollout.temperature
-        )
-    else:  # shards the model in place (FSDP2); every rank builds the same batches
-        learner = sharding.make_learner(
-            model, cfg.learner, pad_id=tokenizer.pad_token_id, temperature=cfg.rollout.temperature
-        )
     engine = make_engine(cfg, model, tokenizer)
     engines.append(engine)  # closed by train_run
     params = SamplingParams(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.max_new_tokens)
@@ -279,8 +309,9 @@ def _train_run(
         engine.update_weights(model)
     else:
         # the hardware and software the numbers come from (docs/embedded_task.md: they are
-        # hardware-specific); logged once, at the run's start
-        tracker.log_params({**_flat_params(cfg, method_label, seed), **as_params(machine_fingerprint())})
+        # hardware-specific), and the prompts dropped as too long; logged once, at the run's start
+        tracker.log_params({**_flat_params(cfg, method_label, seed), **as_params(machine_fingerprint()),
+                            **prepared.dropped_prompts()})
         _evaluate(state, engine, eval_sets, reward_fn, cfg, tracker, policy.cumulative_sampled)
 
     def save(final: bool = False) -> Path:
@@ -310,6 +341,7 @@ def _train_run(
         step = state.steps
         t0 = time.perf_counter()
         generated = 0
+        reward_timeouts = 0
         round_index = 0
         batch = None
         while batch is None:
@@ -325,7 +357,8 @@ def _train_run(
                 raise _diverged(
                     "the policy's sampled log-probabilities are NaN or infinite", step, run_dir
                 )
-            score_results(results, answers, reward_fn, cfg)
+            # under torchrun: each rank scores a share, all get every reward (identical plans)
+            reward_timeouts += score_once(results, answers, reward_fn, cfg, sharding)
             for result in results:
                 correct = [r.correct for r in result.rollouts]
                 state.train_pass_rates[result.request.prompt_id] = (float(np.mean(correct)), step)
@@ -349,6 +382,7 @@ def _train_run(
             **batch.metrics,
             **learn_metrics,
             "tokens/generated_cumulative": state.generated_tokens,
+            "reward/timeouts": float(reward_timeouts),  # scored 0 because the verifier ran out of time
             "time/generate_s": t1 - t0,
             "time/learn_s": t2 - t1,
             "throughput/generated_tokens_per_s": generated / max(t1 - t0, 1e-9),
@@ -422,10 +456,11 @@ class _Sharding:
         return cls(context.rank, context.device)
 
     @staticmethod
-    def make_learner(model, config, *, pad_id: int, temperature: float) -> Learner:
-        from pilotcommit.learner.distributed import make_learner
+    def load_and_shard(initial_policy: str, cfg: ExperimentConfig):
+        """``(model, tokenizer, learner)``: read on rank 0, sharded and broadcast (FSDP2)."""
+        from pilotcommit.learner.distributed import load_sharded_policy
 
-        return make_learner(model, config, pad_id=pad_id, temperature=temperature)
+        return load_sharded_policy(initial_policy, cfg.model, cfg.learner, temperature=cfg.rollout.temperature)
 
 
 def _full_weights(model: torch.nn.Module, sharding: _Sharding | None) -> dict:

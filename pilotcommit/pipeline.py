@@ -17,16 +17,27 @@ need (``PreparedData``, ``read_prompt_table``) lives below them in
 from __future__ import annotations
 
 import json
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from pilotcommit.config import ArithDataConfig, ExperimentConfig, MathDataConfig, TinyModelConfig
-from pilotcommit.data.prepared import PreparedData, read_prompt_table
+from pilotcommit.config import (
+    ArithDataConfig,
+    ExperimentConfig,
+    MathDataConfig,
+    PretrainedModelConfig,
+    TinyModelConfig,
+    config_hash,
+)
+from pilotcommit.data.prepared import PROMPTS_TOO_LONG, PreparedData, read_prompt_table
+from pilotcommit.data.schema import validate_prompt_table
 from pilotcommit.evaluation import evaluate_policy
 from pilotcommit.loop import RunResult, build_eval_sets, reward_function, train_run
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+_log = logging.getLogger(__name__)
 
 __all__ = [
     "PreparedData",
@@ -49,28 +60,80 @@ def prepare_data(cfg: ExperimentConfig, out_dir: Path) -> PreparedData:
         paths = write_prepared_dataset(out_dir, data.to_spec())
         prepared = PreparedData(paths.train, {"arith": paths.test}, paths.manifest)
     else:
-        prepared = _prepare_math_data(data, out_dir)
+        prepared = _prepare_math_data(cfg, out_dir, prompt_length_filter(cfg))
     for path in [prepared.train_path, *prepared.eval_paths.values()]:
         read_prompt_table(path)  # fail here, naming the file, not in the middle of training
     return prepared
 
 
-def _prepare_math_data(data: MathDataConfig, out_dir: Path) -> PreparedData:
+@dataclass(frozen=True)
+class PromptLengthFilter:
+    """Drops prompts longer than ``max_tokens`` tokens, counted as the policy will see them
+    (template applied, the policy's tokenizer): ``model.max_prompt_length``."""
+
+    max_tokens: int
+    tokenizer_source: str
+    fingerprint: str  # what the prepared data then depend on (for the data stage's cache key)
+    model: object  # the PretrainedModelConfig (tokenizer revision, template)
+
+    def too_long(self, problems: list[str], cfg: ExperimentConfig) -> list[bool]:
+        from pilotcommit.loop import encode_prompts
+        from pilotcommit.models.loading import load_tokenizer
+
+        tokenizer = load_tokenizer(self.tokenizer_source, self.model)
+        return [len(ids) > self.max_tokens for ids in encode_prompts(problems, tokenizer, cfg)]
+
+
+def prompt_length_filter(cfg: ExperimentConfig) -> PromptLengthFilter | None:
+    """The prompt-length filter of ``cfg`` (math data with a pretrained model), else None."""
+    model = cfg.model
+    if not isinstance(cfg.data, MathDataConfig) or not isinstance(model, PretrainedModelConfig):
+        return None
+    parts = [model.name_or_path, model.revision, model.prompt_template, model.max_prompt_length]
+    return PromptLengthFilter(model.max_prompt_length, model.name_or_path, json.dumps(parts), model)
+
+
+def data_fingerprint(cfg: ExperimentConfig) -> list[str]:
+    """What the prepared data depend on (the parts of the data stage's cache key): the data
+    config, and the prompt-length filter's tokenizer, template and limit where one applies."""
+    length_filter = prompt_length_filter(cfg)
+    parts = [config_hash(cfg.data)]
+    return parts if length_filter is None else [*parts, length_filter.fingerprint]
+
+
+def _prepare_math_data(
+    cfg: ExperimentConfig, out_dir: Path, length_filter: PromptLengthFilter | None
+) -> PreparedData:
     from pilotcommit.data.loaders import load_prompt_table
 
+    data = cfg.data
     base_dir = Path(data.base_dir) if data.base_dir else REPO_ROOT
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest: dict = {"train": {}, "benchmarks": {}}
 
     def write(spec, path: Path, section: dict) -> Path:
         loaded = load_prompt_table(spec, base_dir=base_dir)
+        frame, too_long = loaded.frame, 0
+        if length_filter is not None:
+            drop = length_filter.too_long(frame["problem"].tolist(), cfg)
+            too_long = sum(drop)
+            frame = frame[[not d for d in drop]]
+            if too_long:
+                _log.warning("%s: dropped %d of %d prompts longer than model.max_prompt_length = %d tokens",
+                             loaded.origin, too_long, len(loaded.frame), length_filter.max_tokens)
+            if frame.empty:
+                raise ValueError(
+                    f"{loaded.origin}: every one of its {len(loaded.frame)} prompts is longer than "
+                    f"model.max_prompt_length = {length_filter.max_tokens} tokens; raise the limit"
+                )
         tmp = path.with_suffix(".tmp")
-        loaded.frame.to_parquet(tmp, index=False)
+        frame.to_parquet(tmp, index=False)
         tmp.replace(path)  # no half-written file ever carries the final name
         section[spec.name] = {
             "origin": loaded.origin,
-            "rows": len(loaded.frame),
+            "rows": len(frame),
             "duplicates_removed": loaded.duplicates_removed,
+            PROMPTS_TOO_LONG: too_long,
         }
         return path
 

@@ -38,7 +38,10 @@ class SweepConfig(BaseModel):
         description="Experiment file: a name under conf/experiment/ or a path to a YAML file."
     )
     models: list[str | dict[str, Any]] = Field(
-        min_length=1, description="Model entries, each what an experiment's `model:` accepts."
+        min_length=1,
+        description="Model entries, each what an experiment's `model:` accepts, or "
+        "`{model: <that>, overrides: [KEY=VALUE, ...]}` for settings of that model's cell only "
+        "(its tensor parallelism and process count, e.g.).",
     )
     seeds: list[int] | None = Field(None, description="Seeds of every cell (None: the experiment's).")
     methods: list[str] | None = Field(
@@ -56,7 +59,26 @@ class SweepConfig(BaseModel):
     def _check(self) -> SweepConfig:
         if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds: duplicates in {self.seeds}")
+        for i, entry in enumerate(self.models):
+            if isinstance(entry, dict) and _CELL_MODEL in entry:
+                extra = set(entry) - {_CELL_MODEL, _CELL_OVERRIDES}
+                if extra:
+                    raise ValueError(f"models[{i}]: unknown keys {sorted(extra)} beside `model` "
+                                     "(a cell entry has `model` and `overrides` only)")
+                overrides = entry.get(_CELL_OVERRIDES, [])
+                if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+                    raise ValueError(f"models[{i}].overrides: expected a list of KEY=VALUE strings")
         return self
+
+    def cell_entry(self, index: int) -> tuple[str | dict[str, Any], list[str]]:
+        """``(model entry, the cell's own overrides)`` of model ``index``."""
+        entry = self.models[index]
+        if isinstance(entry, dict) and _CELL_MODEL in entry:
+            return entry[_CELL_MODEL], list(entry.get(_CELL_OVERRIDES, []))
+        return entry, []
+
+
+_CELL_MODEL, _CELL_OVERRIDES = "model", "overrides"  # a model config never has a `model` key
 
 
 def load_sweep_config(path: str | Path, overrides: list[str] | None = None) -> SweepConfig:
@@ -100,10 +122,12 @@ def cell_config(
     if not path.is_file():
         raise ConfigError(f"sweep {sweep.name}: experiment file not found: {path}")
     raw = yaml.safe_load(path.read_text()) or {}
-    raw["model"] = sweep.models[model_index]
+    model_entry, cell_overrides = sweep.cell_entry(model_index)
+    raw["model"] = model_entry
     origin = f"{path} (sweep {sweep.name}, models[{model_index}])"
     raw = resolve_references(raw, conf_dir, origin)
-    overrides = list(sweep.overrides) + list(extra_overrides or [])
+    # the sweep's, then this cell's own, then the caller's (the command line wins)
+    overrides = list(sweep.overrides) + cell_overrides + list(extra_overrides or [])
     if sweep.seeds is not None:
         overrides.append(f"seeds={sweep.seeds}")
     raw = apply_overrides(raw, overrides)

@@ -655,6 +655,35 @@ class TrackingGap:
         return "; ".join(parts)
 
 
+def start_system_metrics(run_id: str, tracking_uri: str, interval_s: float | None):
+    """Start MLflow's ``SystemMetricsMonitor`` on ``run_id`` (``system/*`` metrics, a daemon
+    thread sampling this machine every ``interval_s``); returns it, to be ``finish()``-ed, or
+    None when ``interval_s`` is None or psutil is missing.
+
+    GPU metrics (``system/gpu_*``) need ``pynvml`` (the ``nvidia-ml-py`` package, which vLLM's
+    CUDA build installs); without it MLflow skips them, and this says so once on a CUDA machine.
+    A resumed run continues the ``system/*`` steps where they stopped (``resume_logging``).
+    """
+    if interval_s is None:
+        return None
+    import importlib.util
+
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    if importlib.util.find_spec("psutil") is None:
+        logger.warning("MLflow run %s: no system metrics (psutil is not installed)", run_id)
+        return None
+    if importlib.util.find_spec("pynvml") is None:
+        import torch
+
+        if torch.cuda.is_available():
+            logger.warning("MLflow run %s: no GPU system metrics (pip install nvidia-ml-py)", run_id)
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=interval_s, samples_before_logging=1,
+                                   resume_logging=True, tracking_uri=tracking_uri)
+    monitor.start()
+    return monitor
+
+
 class MlflowTracker:
     """:class:`Tracker` writing to one MLflow run, without ever stopping the training.
 

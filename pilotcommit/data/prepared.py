@@ -9,12 +9,15 @@ never imports the pipeline.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from pilotcommit.data.schema import validate_prompt_table
+
+PROMPTS_TOO_LONG = "prompts_too_long"  # manifest key: prompts dropped by model.max_prompt_length
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,16 @@ class PreparedData:
             {k: Path(v) for k, v in data["eval_paths"].items()},
             Path(data["manifest_path"]),
         )
+
+    def dropped_prompts(self) -> dict[str, int]:
+        """``{"data.<section>.<name>.prompts_too_long": count}`` from the manifest (empty when
+        no length filter applied), for the training run's parameters."""
+        manifest = json.loads(self.manifest_path.read_text())
+        return {
+            f"data.{section}.{name}.{PROMPTS_TOO_LONG}": int(entry[PROMPTS_TOO_LONG])
+            for section, tables in manifest.items() if isinstance(tables, dict)
+            for name, entry in tables.items() if isinstance(entry, dict) and PROMPTS_TOO_LONG in entry
+        }
 
     def exists(self) -> bool:
         paths = [self.train_path, self.manifest_path, *self.eval_paths.values()]

@@ -8,7 +8,9 @@ groups and their rewards only.
 What one training step does (ALGORITHMS.md, "Shared learner"):
 
 1. Pack every rollout as ``prompt + completion`` (right-padded) with a mask
-   over the completion tokens.
+   over the completion tokens. Only those positions are scored: their hidden
+   states go through the output layer in chunks (``learner.logprob_chunk_size``,
+   pilotcommit/learner/logprobs.py), so no ``[B, T, vocab]`` tensor exists.
 2. Advantages: one scalar per rollout from its group's rewards.
 3. Old log-probs are the current weights' log-probs just before the update,
    for every mini-batch (so the first mini-batch's ratio is exactly 1 and the
@@ -54,7 +56,8 @@ from torch import Tensor
 
 from pilotcommit.config import LearnerConfig
 from pilotcommit.learner.advantages import group_advantages
-from pilotcommit.learner.loss import policy_loss, token_logprobs
+from pilotcommit.learner.logprobs import completion_logprobs_from_model
+from pilotcommit.learner.loss import policy_loss
 from pilotcommit.types import TrainBatch
 
 
@@ -158,12 +161,15 @@ class Learner:
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return torch.autocast(device_type=self.device.type, enabled=False)
 
-    def _logprobs(self, input_ids_BT: Tensor, attention_mask_BT: Tensor) -> Tensor:
+    def _logprobs(self, input_ids_BT: Tensor, attention_mask_BT: Tensor, mask_BT: Tensor) -> Tensor:
+        """Float32 log-probs ``[B, T-1]`` of the tokens where ``mask_BT`` is set (0 elsewhere):
+        only completion positions are projected onto the vocabulary, in chunks of
+        ``config.logprob_chunk_size`` (pilotcommit/learner/logprobs.py)."""
         with self._autocast():
-            logits_BTV = self.model(input_ids=input_ids_BT, attention_mask=attention_mask_BT).logits
-        return token_logprobs(  # [B, T-1]
-            logits_BTV[:, :-1], input_ids_BT[:, 1:], temperature=self.temperature
-        )
+            return completion_logprobs_from_model(
+                self.model, input_ids_BT, attention_mask_BT, mask_BT,
+                chunk_size=self.config.logprob_chunk_size, temperature=self.temperature,
+            )
 
     def _rows_to_device(self, packed: PackedBatch, rows: Tensor):
         def take(x: Tensor) -> Tensor:
@@ -180,8 +186,8 @@ class Learner:
         """The current weights' log-probs of each micro-batch's rows (no gradient)."""
         old = []
         for rows in micro:
-            ids, att, _ = self._rows_to_device(packed, rows)
-            old.append(self._logprobs(ids, att).float())
+            ids, att, mask = self._rows_to_device(packed, rows)
+            old.append(self._logprobs(ids, att, mask))
         return old
 
     # ------------------------------------------------------------------ hooks for sharding
@@ -252,7 +258,7 @@ class Learner:
                 ids, att, mask = self._rows_to_device(packed, rows)
                 if is_padding:  # one real row with an empty mask: zero loss, same collectives
                     mask = torch.zeros_like(mask)
-                logp_BT = self._logprobs(ids, att).float()
+                logp_BT = self._logprobs(ids, att, mask)
                 old_BT = logp_BT.detach() if old is None else old[i]
                 out = policy_loss(
                     logp_BT,

@@ -42,9 +42,16 @@ def load_policy(
             attn_implementation=model_config.attn_implementation,
             revision=model_config.revision,
         )
-    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+    tokenizer = load_tokenizer(source, model_config)
     model = AutoModelForCausalLM.from_pretrained(source, **kwargs).to(device)
     model.eval()
+    return model, tokenizer
+
+
+def load_tokenizer(name_or_path: str | Path, model_config: ModelConfig) -> PreTrainedTokenizerBase:
+    """The policy's tokenizer alone (data preparation counts prompt tokens with it)."""
+    revision = model_config.revision if isinstance(model_config, PretrainedModelConfig) else None
+    tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=False, revision=revision)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
+    return tokenizer

@@ -5,13 +5,19 @@ applies one to the engine's rollouts in place (accuracy and shaped reward).
 """
 
 from pilotcommit.rewards.arith import arith_reward, is_canonical_integer
-from pilotcommit.rewards.math import math_reward
+from pilotcommit.rewards.math import math_reward, math_verifier_timeouts
 from pilotcommit.rewards.scoring import RewardFn, overlong_penalty, score_rollouts
 
 REWARDS: dict[str, RewardFn] = {
     "arith_exact": arith_reward,
     "math_verify": math_reward,
 }
+
+
+def reward_timeouts() -> int:
+    """Rewards of this process that hit their time limit so far (only math_verify has one)."""
+    return math_verifier_timeouts()
+
 
 __all__ = [
     "REWARDS",
@@ -20,5 +26,6 @@ __all__ = [
     "is_canonical_integer",
     "math_reward",
     "overlong_penalty",
+    "reward_timeouts",
     "score_rollouts",
 ]

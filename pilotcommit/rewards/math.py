@@ -550,6 +550,12 @@ _VERIFIER = _VerifierProcess()
 atexit.register(_VERIFIER.close)
 
 
+def math_verifier_timeouts() -> int:
+    """How many math-verify calls of this process ran out of time (the worker was killed and the
+    rollout scored 0): the training loop reports the count per step (``reward/timeouts``)."""
+    return _VERIFIER.kills
+
+
 def start_math_verifier() -> None:
     """Start math-verify's worker process ahead of the first reward (optional)."""
     _VERIFIER.start()

@@ -155,6 +155,7 @@ FREE_TEXT_FIELDS = {
     "model.label": "short model name for tags",
     "model.revision": "hub commit of the model",
     "methods[key]": "run label of a method",
+    "train_mix.level_shares[key]": "a level value, compared with the prepared table's `level` column",
     "target.metric": "metric name looked up in evaluation results",
     "target.reference_method": "a key of methods (checked)",
     "tracking.experiment_name": "MLflow experiment name",

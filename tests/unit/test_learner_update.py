@@ -304,3 +304,8 @@ def test_the_learner_trains_on_the_shaped_reward_not_on_accuracy():
     packed = pack_batch(batch, pad_id=0, config=_config())
     advantages = packed.advantages_B[8:12].tolist()
     assert advantages[0] > 0 > advantages[1] and advantages[0] == pytest.approx(-advantages[1])
+@pytest.mark.parametrize("enabled", [True, False])
+def test_learner_gradient_checkpointing_is_the_switch_that_reaches_the_model(enabled):
+    model, pad_id = _model()
+    Learner(model, _config(gradient_checkpointing=enabled), pad_id=pad_id)
+    assert model.is_gradient_checkpointing is enabled

@@ -23,7 +23,7 @@ from pilotcommit.config import (
     load_experiment_config,
 )
 from pilotcommit.rewards import overlong_penalty
-from pilotcommit.sweep import SweepConfig, cell_configs
+from pilotcommit.sweep import SweepConfig, cell_configs, load_sweep_config
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 PAPER_FILES = sorted((CONF_DIR / "experiment").glob("paper-*.yaml"))
@@ -77,7 +77,6 @@ def test_every_qwen_model_file_is_a_bf16_pretrained_config(path: Path):
     assert set(raw) <= set(PretrainedModelConfig.model_fields)
     # float32 master weights (an lr-1e-6 step rounds away in bfloat16); compute is bfloat16
     assert config.dtype == "float32"
-    assert config.gradient_checkpointing is True
     assert config.attn_implementation in ("sdpa", "flash_attention_2")
     assert config.max_prompt_length == 2048
     assert config.prompt_template == "boxed_cot"
@@ -163,6 +162,7 @@ def test_the_paper_model_scale_runs_differ_only_in_model_and_sharding():
         for key in ("name", "model", "tracking"):
             dump.pop(key)
         dump["rollout"]["vllm"].pop("tensor_parallel_size")
+        dump.pop("resources")
         dumps[size] = dump
     assert dumps["4b"] == dumps["8b"] == dumps["14b"]
 
@@ -177,3 +177,23 @@ def test_a_sweep_over_the_qwen3_models_builds_every_cell():
     configs = cell_configs(sweep)
     assert [c.model.label for c in configs] == ["qwen3-4b", "qwen3-8b", "qwen3-14b"]
     assert {c.methods["pilot_commit"].group_size for c in configs} == {64}
+
+
+def test_gradient_checkpointing_has_one_switch_the_learners():
+    """model.gradient_checkpointing was never read; it is refused with the field to use."""
+    raw = yaml.safe_load(QWEN_MODEL_FILES[0].read_text())
+    with pytest.raises(pydantic.ValidationError, match="learner.gradient_checkpointing"):
+        pydantic.TypeAdapter(ModelConfig).validate_python({**raw, "gradient_checkpointing": True})
+
+
+def test_each_cell_of_the_qwen3_sweep_is_the_paper_file_of_its_size():
+    """conf/sweep/paper-qwen3.yaml gives each model its own TP and process count: cell k equals
+    conf/experiment/paper-<size>.yaml in everything but the experiment's name."""
+    sweep = load_sweep_config(CONF_DIR / "sweep" / "paper-qwen3.yaml")
+    cells = cell_configs(sweep)
+    expected_tp = {"qwen3-4b": 1, "qwen3-8b": 2, "qwen3-14b": 4}
+    for cell, size in zip(cells, ("4b", "8b", "14b"), strict=True):
+        paper = load_experiment_config(CONF_DIR / "experiment" / f"paper-{size}.yaml")
+        assert cell.rollout.vllm.tensor_parallel_size == expected_tp[cell.model.label]
+        assert cell.resources == paper.resources and cell.resources.device == "cuda"
+        assert cell.model_dump(exclude={"name", "tracking"}) == paper.model_dump(exclude={"name", "tracking"})

@@ -51,3 +51,18 @@ def test_bad_entries_fail_clearly(tmp_path):
         load_sweep_config(bad)
     with pytest.raises(ConfigError, match="sweep config not found"):
         load_sweep_config(tmp_path / "missing.yaml")
+
+
+def test_a_cell_entry_carries_its_own_overrides_after_the_sweeps():
+    sweep = SweepConfig(name="s", experiment="smoke", overrides=["learner.lr=0.001", "learner.micro_batch_size=8"],
+                        models=[{"model": "tiny-arith", "overrides": ["learner.lr=0.002"]},
+                                {"base": "tiny-arith", "num_layers": 2}])
+    first, second = cell_configs(sweep)
+    assert first.learner.lr == 0.002 and first.learner.micro_batch_size == 8
+    assert second.learner.lr == 0.001
+    (cli,) = cell_configs(SweepConfig(name="s", experiment="smoke",
+                                      models=[{"model": "tiny-arith", "overrides": ["learner.lr=0.002"]}]),
+                          ["learner.lr=0.003"])
+    assert cli.learner.lr == 0.003  # the command line wins
+    with pytest.raises(ValueError, match="unknown keys \\['overides'\\]"):
+        SweepConfig(name="s", experiment="smoke", models=[{"model": "tiny-arith", "overides": []}])
