@@ -121,7 +121,8 @@ class AllocationTally:
         if self.steps == 0:
             return "no training steps yet"
         s = self.sums
-        text = (f"{self.steps} steps, {s.get('alloc/rounds', 0.0) / self.steps:.1f} sampling rounds/step, "
+        steps = f"{self.steps} step" + ("s" if self.steps != 1 else "")
+        text = (f"{steps}, {s.get('alloc/rounds', 0.0) / self.steps:.1f} sampling rounds/step, "
                 f"groups {s.get('alloc/informative', 0.0):.0f} informative / {s.get('alloc/too_hard', 0.0):.0f} "
                 f"too hard / {s.get('alloc/too_easy', 0.0):.0f} too easy")
         if s.get("alloc/dropped_groups"):

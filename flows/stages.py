@@ -360,8 +360,7 @@ def train_task(
     # progress events -> the CLI's bars and, thinned to a readable rate, the Prefect run log
     describe = f"train {label} seed {seed} ({cfg.model.label})"
     log = TrainingLog(describe, cfg.budget.max_steps, cfg.budget.max_rollouts, cfg.target.metric, emit_progress)
-    log.logger.info("%s: training %s", describe,
-                    "from scratch" if fresh else "(resuming from its last checkpoint, if it has one)")
+    log.logger.info("%s: %s", describe, _start_point(cfg, run_path, fresh))
     if _parallel_runs <= 1:
         out = train_and_track(**kwargs, progress=log)
     else:
@@ -378,6 +377,19 @@ def train_task(
         mlflow_run_url(tracking_uri, client.get_run(mlflow_run_id).info.experiment_id, mlflow_run_id),
     )
     return out
+
+
+def _start_point(cfg: ExperimentConfig, run_path: Path, fresh: bool) -> str:
+    """Where the run starts, for the log (the loop itself decides, by the same rule)."""
+    from pilotcommit.checkpoint import latest_checkpoint
+
+    if fresh or not cfg.checkpoint.resume:
+        return "training from scratch"
+    try:
+        checkpoint = latest_checkpoint(run_path)
+    except Exception:  # noqa: BLE001 - a broken checkpoint is the loop's error to raise, not the log's
+        return "training (resuming from its last checkpoint)"
+    return "training from scratch" if checkpoint is None else f"resuming from checkpoint {checkpoint.name}"
 
 
 def train_and_track(
