@@ -81,11 +81,16 @@ def flow_logs(flow_run_id) -> list[str]:
 def flow_artifacts(flow_run_id) -> dict[str, object]:
     """``{key: artifact}`` of the artifacts created in a flow run."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
     with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+        return flow_artifacts_with(client, flow_run_id)
+
+
+def flow_artifacts_with(client, flow_run_id) -> dict[str, object]:
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    artifacts = client.read_artifacts(
+        artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
     return {a.key: a for a in artifacts if a.key}
 
 
@@ -245,11 +250,85 @@ def test_nightly_verdict_is_an_artifact(prefect_api, compared):
 # --------------------------------------------------------------------------- in a browser
 
 
-def chromium(args: list[str], url: str, profile) -> subprocess.CompletedProcess:
-    base = ["chromium", "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
-            "--virtual-time-budget=30000", "--window-size=1500,1100"]
-    return subprocess.run(base + args + [url], check=False, capture_output=True, text=True, timeout=300)
+class Browser:
+    """Headless Chromium driven over the DevTools protocol (a tab must be clicked: the Prefect UI
+    opens a flow run on its Logs tab). Only Chromium and the ``websockets`` package Prefect
+    already depends on; no browser-automation library."""
+
+    def __init__(self, profile) -> None:
+        import json
+        import urllib.request
+
+        from websockets.sync.client import connect
+
+        profile.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            ["chromium", "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
+             "--remote-debugging-port=0", "--remote-debugging-address=127.0.0.1", "--window-size=1500,1000",
+             "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        port_file = profile / "DevToolsActivePort"
+        deadline = time.monotonic() + 120
+        while not (port_file.is_file() and port_file.read_text().strip()):
+            assert time.monotonic() < deadline and self.process.poll() is None, "chromium did not start"
+            time.sleep(0.2)
+        port = port_file.read_text().split()[0]
+        targets = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=30))
+        page = next(t for t in targets if t["type"] == "page")
+        self.ws = connect(page["webSocketDebuggerUrl"], max_size=None, open_timeout=60)
+        self.next_id = 0
+
+    def call(self, method: str, **params):
+        import json
+
+        self.next_id += 1
+        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        while True:  # events arrive in between; skip them
+            message = json.loads(self.ws.recv(timeout=120))
+            if message.get("id") == self.next_id:
+                assert "error" not in message, message
+                return message["result"]
+
+    def text(self) -> str:
+        return self.call("Runtime.evaluate", expression="document.body.innerText", returnByValue=True)["result"].get("value", "")
+
+    def wait_for_text(self, expected: str, timeout_s: float = 120) -> str:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            text = self.text()
+            if expected in text:
+                return text
+            assert time.monotonic() < deadline, f"{expected!r} not on the page:\n{text[-3000:]}"
+            time.sleep(1)
+
+    def open(self, url: str, expected: str) -> str:
+        self.call("Page.navigate", url=url)
+        return self.wait_for_text(expected)
+
+    def click(self, label: str) -> None:
+        found = self.call("Runtime.evaluate", returnByValue=True, expression=(
+            "(() => { const el = [...document.querySelectorAll('button, [role=tab], a, li')]"
+            f".find(e => e.textContent.trim() === {label!r}); if (el) el.click(); return !!el; }})()"))
+        assert found["result"]["value"], f"no {label!r} control on the page"
+
+    def scroll_to(self, text: str) -> None:
+        """Scroll the innermost element showing ``text`` to the top of the window."""
+        found = self.call("Runtime.evaluate", returnByValue=True, expression=(
+            "(() => { const all = [...document.querySelectorAll('body *')]"
+            f".filter(e => e.textContent.includes({text!r}));"
+            " const el = all[all.length - 1]; if (el) el.scrollIntoView({block: 'start'}); return !!el; })()"))
+        assert found["result"]["value"], f"{text!r} not on the page"
+
+    def screenshot(self, path) -> None:
+        import base64
+
+        time.sleep(2)  # let the last render settle
+        path.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"]))
+
+    def close(self) -> None:
+        self.ws.close()
+        self.process.terminate()
+        self.process.wait(30)
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium package")
@@ -275,16 +354,29 @@ def test_prefect_ui_shows_the_logs_and_artifacts_of_a_compare(tmp_path):
 
         with temporary_settings(updates={PREFECT_API_URL: server.url}), get_client(sync_client=True) as client:
             (run,) = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["compare"])))
+            artifact_id = flow_artifacts_with(client, run.id)["comparison-smoke"].id
         ui = server.url.removesuffix("/api")
         docs = os.environ.get("PILOTCOMMIT_UPDATE_DOCS_SCREENSHOT")
-        for tab, expected in (("Artifacts", "comparison-smoke"),
-                              ("Logs", "train grpo seed 0 (tiny-h64-l2): evaluation at step")):
-            url = f"{ui}/runs/flow-run/{run.id}?tab={tab}"
-            page = chromium(["--dump-dom"], url, tmp_path / f"profile-{tab}")
-            assert expected in page.stdout, f"{expected!r} not on the {tab} tab:\n{page.stdout[-3000:]}"
-            target = (REPO_ROOT / "docs" / f"prefect_run_{tab.lower()}.png" if docs
-                      else tmp_path / f"prefect_run_{tab.lower()}.png")
-            chromium([f"--screenshot={target}"], url, tmp_path / f"profile-{tab}-shot")
-            assert target.is_file() and target.stat().st_size > 10_000
+        shots = REPO_ROOT / "docs" if docs else tmp_path
+        browser = Browser(tmp_path / "chromium-profile")
+        try:
+            # the Logs tab (the default): the stage and evaluation lines of the run
+            browser.open(f"{ui}/runs/flow-run/{run.id}", "train grpo seed 0 (tiny-h64-l2): evaluation at step 0/2")
+            browser.wait_for_text("MLflow parent run http://127.0.0.1:5000/#/experiments/")
+            browser.scroll_to("initial-policy (tiny-h64-l2): computed")
+            browser.screenshot(shots / "prefect_run_logs.png")
+            browser.click("Artifacts")
+            text = browser.wait_for_text("comparison-smoke-mlflow-chart")
+            assert "comparison-smoke-mlflow-run" in text and "comparison-smoke" in text
+            browser.screenshot(shots / "prefect_run_artifacts.png")
+            # the markdown artifact itself: the comparison table
+            browser.open(f"{ui}/artifacts/artifact/{artifact_id}", "Rollouts to target per seed")
+            text = browser.text()
+            assert "pilot_commit" in text and "speed-up vs grpo" in text
+            browser.screenshot(shots / "prefect_artifact_comparison.png")
+        finally:
+            browser.close()
+        for name in ("prefect_run_logs.png", "prefect_run_artifacts.png", "prefect_artifact_comparison.png"):
+            assert (shots / name).stat().st_size > 10_000
     finally:
         server.stop()
