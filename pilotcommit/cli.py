@@ -381,7 +381,8 @@ def report(
         summary = report_mod.summarize_comparison(runs, cfg.target)
     except ValueError as err:
         _fail(str(err), EXIT_FAILED)
-    _print_summary(summary, f"{cfg.name} (run {run_id})")
+    console.print(f"comparison of MLflow parent run {run_id}")
+    _print_summary(summary, cfg.name)
     if log:
         out_dir = (runs_dir.resolve() if runs_dir else tracking.default_runs_root()) / cfg.name / "reports" / run_id
         paths = report_mod.log_comparison(client, run_id, runs, summary, out_dir)

@@ -490,7 +490,9 @@ def render_summary(summary: ComparisonSummary, title: str = "Comparison"):
     per seed are :func:`render_details`' tables."""
     from rich.table import Table
 
-    table = Table(title=f"{title}: target {summary.metric} = {summary.target:.4f}")
+    heading = f"{title}: target {summary.metric} = {summary.target:.4f}"
+    # as wide as the title (up to 80 columns), so that it does not wrap over the narrow table
+    table = Table(title=heading, min_width=min(len(heading), 80))
     table.add_column("method")
     table.add_column("rollouts to target", justify="right")
     table.add_column("reached", justify="right")

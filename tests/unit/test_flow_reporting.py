@@ -52,8 +52,10 @@ def test_the_cli_tables_fit_80_columns_without_wrapping():
         assert max(len(line) for line in wide) <= 80, "\n".join(wide)
         # ...so on an 80-column terminal nothing wraps: the same lines
         assert _render(table, 80) == wide
-    main = "\n".join(_render(render_summary(summary, "demo"), 80))
-    assert "1,050,000 ± 123,000" in main and "0.5816" in main
+    main = "\n".join(_render(render_summary(summary, "model-scale / qwen3-14b-base"), 80))
+    assert "1,050,000 ± 123,000" in main
+    # the title on one line: the table is as wide as it
+    assert main.splitlines()[0].strip() == "model-scale / qwen3-14b-base: target eval/average_accuracy = 0.5816"
     details = "\n".join("\n".join(_render(t, 80)) for t in render_details(summary))
     assert "2.10x partial" in details and "[2.02-2.20]" in details and "n/a: not reached" in details
     # one row per seed, a column per method
