@@ -15,15 +15,22 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import sys
+from pathlib import Path
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/_requires.py, also when loaded by path
+from _requires import require  # noqa: E402
 
-from pilotcommit.config import demo_config_path, load_experiment_config
-from pilotcommit.data.synthetic import content_hash, generate_arith_splits
-from pilotcommit.fingerprint import machine_fingerprint
-from pilotcommit.models.tiny import build_tiny_model
-from pilotcommit.models.tokenizer import build_char_tokenizer
-from pilotcommit.models.warm_start import train_warm_start
+require(__file__, "torch", "pilotcommit")
+
+import torch  # noqa: E402
+
+from pilotcommit.config import demo_config_path, load_experiment_config  # noqa: E402
+from pilotcommit.data.synthetic import content_hash, generate_arith_splits  # noqa: E402
+from pilotcommit.fingerprint import machine_fingerprint  # noqa: E402
+from pilotcommit.models.tiny import build_tiny_model  # noqa: E402
+from pilotcommit.models.tokenizer import build_char_tokenizer  # noqa: E402
+from pilotcommit.models.warm_start import train_warm_start  # noqa: E402
 
 
 def weights_hash(model: torch.nn.Module) -> str:

@@ -33,16 +33,23 @@ import argparse
 import importlib.util
 import random
 import statistics
+import sys
 import tempfile
 import time
+from pathlib import Path
 
-import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/_requires.py, also when loaded by path
+from _requires import require  # noqa: E402
 
-from pilotcommit.models.tokenizer import build_char_tokenizer
-from pilotcommit.rollout.protocol import SamplingParams
-from pilotcommit.rollout.transformers_engine import TransformersEngine
-from pilotcommit.types import RolloutKind, RolloutRequest
+require(__file__, "torch", "transformers", "pilotcommit")
+
+import torch  # noqa: E402
+from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
+
+from pilotcommit.models.tokenizer import build_char_tokenizer  # noqa: E402
+from pilotcommit.rollout.protocol import SamplingParams  # noqa: E402
+from pilotcommit.rollout.transformers_engine import TransformersEngine  # noqa: E402
+from pilotcommit.types import RolloutKind, RolloutRequest  # noqa: E402
 
 NUM_PROMPTS, ROLLOUTS_PER_PROMPT, MAX_NEW_TOKENS = 32, 16, 8
 PROMPT_POSITIONS = 16  # the longest prompt below is 11 tokens (BOS + 10 characters)

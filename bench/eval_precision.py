@@ -11,15 +11,21 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/_requires.py, also when loaded by path
+from _requires import require  # noqa: E402
 
-from pilotcommit.config import demo_config_path, load_experiment_config
-from pilotcommit.pipeline import build_initial_policy, evaluate_checkpoint, prepare_data
+require(__file__, "torch", "transformers", "rich", "pilotcommit")
+
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from pilotcommit.config import demo_config_path, load_experiment_config  # noqa: E402
+from pilotcommit.pipeline import build_initial_policy, evaluate_checkpoint, prepare_data  # noqa: E402
 
 
 def main() -> None:

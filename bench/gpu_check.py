@@ -32,14 +32,21 @@ from __future__ import annotations
 
 import argparse
 import resource
+import sys
 import time
+from pathlib import Path
 
-import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/_requires.py, also when loaded by path
+from _requires import require  # noqa: E402
 
-from pilotcommit.config import LearnerConfig
-from pilotcommit.learner.update import Learner
-from pilotcommit.types import Group, Rollout, RolloutKind, TrainBatch
+require(__file__, "torch", "transformers", "pilotcommit")
+
+import torch  # noqa: E402
+from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
+
+from pilotcommit.config import LearnerConfig  # noqa: E402
+from pilotcommit.learner.update import Learner  # noqa: E402
+from pilotcommit.types import Group, Rollout, RolloutKind, TrainBatch  # noqa: E402
 
 GIB = 1024**3
 QWEN25_MATH_15B = dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,

@@ -42,6 +42,12 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/_requires.py, also when loaded by path
+from _requires import require  # noqa: E402
+
+require(__file__, "torch", "pilotcommit")
 
 HIDDEN = 1536
 VOCAB = 151_936

@@ -68,6 +68,10 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/_requires.py, also when loaded by path
+from _requires import require  # noqa: E402
+
+require(__file__, "torch", "transformers", "prefect", "mlflow", "pilotcommit", "flows")
 
 DEFAULT_RUNS_DIR = REPO_ROOT / "runs" / "bench" / "overhead"
 DEFAULT_OVERRIDES = ["seeds=[0]", "budget.max_rollouts=8192"]

@@ -20,12 +20,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from pathlib import Path
 
-from pilotcommit.data.loaders import load_prompt_table
-from pilotcommit.data.specs import read_dataset_specs
-from pilotcommit.rewards.math import (
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/_requires.py, also when loaded by path
+from _requires import require  # noqa: E402
+
+require(__file__, "math_verify", "pandas", "pilotcommit")
+
+from pilotcommit.data.loaders import load_prompt_table  # noqa: E402
+from pilotcommit.data.specs import read_dataset_specs  # noqa: E402
+from pilotcommit.rewards.math import (  # noqa: E402
     math_reward,
     normalise_ground_truth,
     normalise_latex_string,

@@ -58,6 +58,10 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/_requires.py, also when loaded by path
+from _requires import require  # noqa: E402
+
+require(__file__, "numpy", "torch", "prefect", "mlflow", "pilotcommit", "flows")
 
 import numpy as np
 

@@ -69,6 +69,10 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/_requires.py, also when loaded by path
+from _requires import require  # noqa: E402
+
+require(__file__, "torch", "transformers", "pilotcommit")
 
 NUM_PROMPTS, GROUP_SIZE = 32, 16
 DEFAULT_CACHE = REPO_ROOT / "runs" / "bench" / "throughput"
@@ -752,6 +756,11 @@ def main() -> None:
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
+    if not args.gpu:  # the TRL sides need the bench extra: say so now, not from a child later
+        trl_sides = sorted({*args.sides, args.child or "", args.profile or ""} & {"trl", "trl-gc"})
+        if trl_sides:
+            require(__file__, "trl", "accelerate",
+                    needed_for=f"the sides {', '.join(trl_sides)}; --sides ours ours-all runs without it")
     if args.child:
         child_main(args)
         return

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from prefect import flow
 
-from flows import stages
+from flows import reporting, stages
 from pilotcommit import report, tracking
 from pilotcommit.pipeline import data_fingerprint
 from pilotcommit.config import (
@@ -43,16 +43,18 @@ def prepare_stages(ctx: stages.Context, cfg: ExperimentConfig, refresh: bool = F
     data_dir = ctx.data_dir(data_key)
     data_stage = stages.read_stage(data_dir)
     stale = refresh or not (data_stage and stages.prepared_valid(data_stage))
-    prepared = stages.prepare_data_task.with_options(**stages.stage_options(ctx, stale))(
-        cfg, data_key, str(data_dir), rebuild=refresh
+    prepared = stages.run_stage(
+        stages.prepare_data_task.with_options(**stages.stage_options(ctx, stale)), f"prepare-data ({cfg.name})",
+        cfg, data_key, str(data_dir), rebuild=refresh,
     )["prepared"]
 
     policy_key = stages.stage_key("policy", config_hash(cfg.model), data_key, ctx.code_version)
     policy_dir = ctx.policy_dir(policy_key)
     policy_stage = stages.read_stage(policy_dir)
     stale = refresh or not (policy_stage and stages.policy_valid(policy_stage))
-    initial_policy = stages.initial_policy_task.with_options(**stages.stage_options(ctx, stale))(
-        cfg, policy_key, prepared, str(policy_dir), rebuild=refresh
+    initial_policy = stages.run_stage(
+        stages.initial_policy_task.with_options(**stages.stage_options(ctx, stale)),
+        f"initial-policy ({cfg.model.label})", cfg, policy_key, prepared, str(policy_dir), rebuild=refresh,
     )["initial_policy"]
     return {"prepared": prepared, "initial_policy": initial_policy, "data_key": data_key, "policy_key": policy_key}
 
@@ -119,18 +121,22 @@ def run_model_cells(
                                  ctx.tracking_uri, child["run_id"])))
             runs.append({"method": label, "seed": seed, "model": cfg.model.label, "stage_key": train_key,
                          "mlflow_run_id": child["run_id"], "run_dir": str(run_dir)})
-    for run, out in zip(runs, _train_cells(calls, refresh), strict=True):
+    names = [f"train {r['method']} seed {r['seed']} ({r['model']})" for r in runs]
+    for run, out, name in zip(runs, _train_cells(calls, refresh, names), names, strict=True):
         run.update(final_metrics=out["result"]["final_metrics"], tracking_gap=out.get("tracking_gap", ""))
+        if out.get("copied_from"):
+            reporting.run_logger().info("%s: reused the finished run on disk (MLflow data copied from run %s)",
+                                        name, out["copied_from"])
     return runs
 
 
-def _train_cells(calls: list[tuple], refresh: bool) -> list[dict]:
+def _train_cells(calls: list[tuple], refresh: bool, names: list[str]) -> list[dict]:
     """Run the train tasks ``(task, args)``: one after the other in this process, or
     (``parallel_runs`` > 1) submitted together, each training in its own child process, at most
     ``parallel_runs`` at once. Every task finishes (or fails) before the first failure is
-    raised, so no child is orphaned."""
+    raised, so no child is orphaned. Each one's cache hit or computation is logged (``names``)."""
     if stages.parallel_runs() <= 1:
-        return [task(*args, fresh=refresh) for task, args in calls]
+        return [stages.run_stage(task, name, *args, fresh=refresh) for (task, args), name in zip(calls, names)]
     from prefect.futures import wait
 
     from flows.processes import terminate_children
@@ -141,6 +147,8 @@ def _train_cells(calls: list[tuple], refresh: bool) -> list[dict]:
     except BaseException:  # Ctrl-C or SIGTERM: the task threads are waiting on their children
         terminate_children()
         raise
+    for future, name in zip(futures, names):
+        stages.log_stage_state(name, future.state)
     return [future.result() for future in futures]
 
 
@@ -149,9 +157,27 @@ def report_stage(ctx: stages.Context, cfg: ExperimentConfig, parent: dict, paren
     key = stages.stage_key(
         "report", parent_key, model or "", *[r["stage_key"] for r in runs], stages.file_hash(Path(report.__file__))
     )
-    return stages.report_task.with_options(**stages.stage_options(ctx, refresh or parent["created"]))(
-        cfg, key, ctx.tracking_uri, parent["run_id"], str(ctx.report_dir(cfg.name, key)), model
+    return stages.run_stage(
+        stages.report_task.with_options(**stages.stage_options(ctx, refresh or parent["created"])),
+        f"report ({cfg.name})", cfg, key, ctx.tracking_uri, parent["run_id"], str(ctx.report_dir(cfg.name, key)),
+        model,
     )
+
+
+def publish_outcome(key: str, title: str, summaries: dict[str, report.ComparisonSummary], ctx: stages.Context,
+                    parent_run_id: str, run_ids: list[str]) -> reporting.MlflowLinks:
+    """The end of a flow on the Prefect run: the summary lines and the MLflow links in its log, and
+    the comparison's markdown artifact ``key`` with link artifacts to the parent run and its chart."""
+    links = reporting.mlflow_links(ctx.tracking_uri, ctx.experiment_id, parent_run_id, run_ids)
+    log = reporting.run_logger()
+    for label, summary in summaries.items():
+        for line in report.summary_text(summary).splitlines():
+            log.info("%s%s", f"{label}: " if label else "", line)
+    log.info("MLflow parent run %s; accuracy against rollouts of every run: %s", links.parent_run, links.chart)
+    if links.local_store:
+        log.info("(%s)", links.hint())
+    reporting.publish_comparison(key, title, summaries, links)
+    return links
 
 
 @flow(name="compare")
@@ -180,8 +206,13 @@ def compare_flow(
     parent = stages.open_run_task(ctx.to_dict(), parent_key, f"{cfg.name}-compare",
                                   comparison_tags(ctx, cfg, "comparison"), config=cfg)
     try:
+        reporting.run_logger().info("compare %s: %s x seeds %s on %s, MLflow parent run %s", cfg.name,
+                                    ", ".join(cfg.methods), cfg.seeds, cfg.model.label, parent["run_id"])
         runs = run_model_cells(ctx, cfg, parent["run_id"], parent_key, refresh, parallel_runs)
         summary = report_stage(ctx, cfg, parent, parent_key, runs, refresh)
+        publish_outcome(reporting.artifact_key("comparison", cfg.name), f"comparison {cfg.name}",
+                        {"": report.ComparisonSummary.from_dict(summary["summary"])}, ctx, parent["run_id"],
+                        [r["mlflow_run_id"] for r in runs])
     except BaseException:
         stages.close_run_task(ctx.to_dict(), parent["run_id"], "FAILED")
         raise

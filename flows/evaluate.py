@@ -12,7 +12,7 @@ from pathlib import Path
 
 from prefect import flow
 
-from flows import stages
+from flows import reporting, stages
 from pilotcommit import tracking
 from pilotcommit.config import config_hash, demo_config_path, load_experiment_config
 from pilotcommit.pipeline import data_fingerprint
@@ -43,16 +43,14 @@ def evaluate_flow(
     data_key = stages.stage_key("data", *data_fingerprint(cfg), ctx.code_version)
     data_dir = ctx.data_dir(data_key)
     stale = not (stages.read_stage(data_dir) and stages.prepared_valid(stages.read_stage(data_dir)))
-    prepared = stages.prepare_data_task.with_options(**stages.stage_options(ctx, stale))(
-        cfg, data_key, str(data_dir)
-    )["prepared"]
+    prepared = stages.run_stage(stages.prepare_data_task.with_options(**stages.stage_options(ctx, stale)),
+                                f"prepare-data ({cfg.name})", cfg, data_key, str(data_dir))["prepared"]
     eval_seed = cfg.eval.seed if seed is None else seed
     key = stages.stage_key("evaluate", data_key, config_hash(cfg.eval), config_hash(cfg.rollout),
                            config_hash(cfg.model), checkpoint_fingerprint(checkpoint), eval_seed,
                            ctx.code_version)
-    metrics = stages.evaluate_task.with_options(**stages.stage_options(ctx, False))(
-        cfg, key, checkpoint, prepared, eval_seed
-    )["metrics"]
+    metrics = stages.run_stage(stages.evaluate_task.with_options(**stages.stage_options(ctx, False)),
+                               f"evaluate ({checkpoint})", cfg, key, checkpoint, prepared, eval_seed)["metrics"]
     run = stages.open_run_task(
         ctx.to_dict(), tracking.run_key(key), f"evaluate-{Path(checkpoint).name}",
         {tracking.TAG_KIND: "evaluation", "model": cfg.model.label, "checkpoint": checkpoint,
@@ -66,4 +64,10 @@ def evaluate_flow(
         now_ms = int(time.time() * 1000)
         client.log_batch(run["run_id"], metrics=[Metric(k, float(v), now_ms, 0) for k, v in metrics.items()])
         client.set_terminated(run["run_id"], "FINISHED")
+    value = metrics.get(cfg.target.metric)
+    reporting.run_logger().info(
+        "evaluate %s: %s %s; MLflow run %s", checkpoint, cfg.target.metric,
+        "missing" if value is None else f"{value:.4f}",
+        reporting.mlflow_run_url(ctx.tracking_uri, ctx.experiment_id, run["run_id"]),
+    )
     return {"metrics": metrics, "mlflow_run_id": run["run_id"]}

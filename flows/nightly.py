@@ -85,6 +85,26 @@ def regression_check_task(
     return {"passed": verdict.passed, "baseline_run_id": baseline.info.run_id, "report": text}
 
 
+def publish_nightly(config_name: str, out: dict, verdict: dict) -> None:
+    """The verdict and the rerun's comparison on the Prefect run (log lines and artifacts), so the
+    UI shows why a nightly failed without opening MLflow."""
+    from flows import reporting
+
+    log = reporting.run_logger()
+    for line in verdict["report"].splitlines():
+        (log.info if verdict["passed"] else log.error)("%s", line)
+    uri, experiment_id = out["tracking_uri"], out["experiment_id"]
+    baseline = verdict.get("baseline_run_id")
+    reporting.publish_verdict(
+        reporting.artifact_key("nightly", config_name, "verdict"), bool(verdict["passed"]), verdict["report"],
+        reporting.mlflow_run_url(uri, experiment_id, baseline) if baseline else None,
+        reporting.mlflow_run_url(uri, experiment_id, out["parent_run_id"]),
+    )
+    links = reporting.mlflow_links(uri, experiment_id, out["parent_run_id"], [r["mlflow_run_id"] for r in out["runs"]])
+    reporting.publish_comparison(reporting.artifact_key("nightly", config_name), f"nightly {config_name}",
+                                 {"": report.ComparisonSummary.from_dict(out["report"]["summary"])}, links)
+
+
 @flow(name="nightly-regression")
 def nightly_regression_flow(
     config_path: str | None = None,
@@ -115,6 +135,7 @@ def nightly_regression_flow(
         accuracy_drop, rollouts_increase, accept_if_no_baseline,
     )
     print(verdict["report"])
+    publish_nightly(cfg.name, out, verdict)
     if not verdict["passed"]:
         raise RegressionDetected(verdict["report"])
     if accept:

@@ -27,6 +27,7 @@ import json
 import os
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,6 +61,25 @@ def set_progress_sink(sink: Callable[[dict[str, Any]], None] | None) -> None:
 def emit_progress(event: dict[str, Any]) -> None:
     if _progress_sink is not None:
         _progress_sink(event)
+
+
+def run_stage(task_call, describe: str, *args, **kwargs) -> Any:
+    """Call a configured task (``task.with_options(...)``) in the flow and log on the Prefect run
+    whether it was served from the cache or computed; its result (raises as the task did)."""
+    started = time.perf_counter()
+    state = task_call(*args, return_state=True, **kwargs)
+    log_stage_state(describe, state, time.perf_counter() - started)
+    return state.result()
+
+
+def log_stage_state(describe: str, state, seconds: float | None = None) -> None:
+    from flows.reporting import run_logger
+
+    if state.name == "Cached":
+        run_logger().info("%s: served from the cache", describe)
+    elif state.is_completed():
+        took = f" in {seconds:.1f} s" if seconds is not None else ""
+        run_logger().info("%s: computed%s", describe, took)
 
 
 # --------------------------------------------------------------------------- runs at once
@@ -264,13 +284,15 @@ _TASK_DEFAULTS = {"persist_result": True, "cache_key_fn": _key_from_parameters, 
 @task(name="prepare-data", **_TASK_DEFAULTS)
 def prepare_data_task(cfg: ExperimentConfig, stage_key: str, out_dir: str, rebuild: bool = False) -> dict:
     """:func:`pilotcommit.pipeline.prepare_data` into ``out_dir`` (validated parquet files)."""
+    from flows.reporting import run_logger
     from pilotcommit.pipeline import PreparedData, prepare_data
 
+    run_logger().info("prepare-data: running (%s, into %s)", stage_key, out_dir)
     stage = materialise(Path(out_dir), lambda tmp: {"prepared": prepare_data(cfg, tmp).to_dict()},
                         prepared_valid, rebuild)
     dropped = PreparedData.from_dict(stage["prepared"]).dropped_prompts()
     if dropped:  # model.max_prompt_length; the training runs log the same counts as parameters
-        get_run_logger().info("prompts dropped as longer than model.max_prompt_length: %s", dropped)
+        run_logger().info("prompts dropped as longer than model.max_prompt_length: %s", dropped)
     return stage
 
 
@@ -282,8 +304,12 @@ def initial_policy_task(
     from pilotcommit.config import TinyModelConfig
     from pilotcommit.pipeline import PreparedData, build_initial_policy
 
+    from flows.reporting import run_logger
+
     if not isinstance(cfg.model, TinyModelConfig):  # a hub model: nothing to build or cache on disk
+        run_logger().info("initial-policy: the hub model %s", cfg.model.name_or_path)
         return {"initial_policy": cfg.model.name_or_path, "local": False}
+    run_logger().info("initial-policy: running (%s, warm start of %s into %s)", stage_key, cfg.model.label, out_dir)
 
     def build(tmp: Path) -> dict:
         emit_progress({"stage": "initial-policy", "model": cfg.model.label, "status": "start"})
@@ -333,13 +359,41 @@ def train_task(
 
     kwargs = dict(cfg=cfg, label=label, seed=seed, prepared=prepared, initial_policy=initial_policy,
                   run_dir=run_dir, tracking_uri=tracking_uri, mlflow_run_id=mlflow_run_id, fresh=fresh)
-    if _parallel_runs <= 1:
-        return train_and_track(**kwargs, progress=emit_progress)
-    from flows.processes import run_in_child
+    from flows.reporting import TrainingLog, mlflow_run_url
 
-    with _run_slots:  # at most `parallel_runs` children at once
-        return run_in_child(train_and_track, kwargs, on_progress=emit_progress,
-                            describe=f"training run {label} seed {seed} ({cfg.model.label})")
+    # progress events -> the CLI's bars and, thinned to a readable rate, the Prefect run log
+    describe = f"train {label} seed {seed} ({cfg.model.label})"
+    log = TrainingLog(describe, cfg.budget.max_steps, cfg.budget.max_rollouts, cfg.target.metric, emit_progress)
+    log.logger.info("%s: %s", describe, _start_point(cfg, run_path, fresh))
+    if _parallel_runs <= 1:
+        out = train_and_track(**kwargs, progress=log)
+    else:
+        from flows.processes import run_in_child
+
+        with _run_slots:  # at most `parallel_runs` children at once
+            out = run_in_child(train_and_track, kwargs, on_progress=log,
+                               describe=f"training run {label} seed {seed} ({cfg.model.label})")
+    result = out["result"]
+    value = result["final_metrics"].get(cfg.target.metric)
+    log.logger.info(
+        "%s: finished after %d steps, %s rollouts, final %s %s; MLflow run %s", describe, result["steps"],
+        f"{result['cumulative_rollouts']:,}", cfg.target.metric, "missing" if value is None else f"{value:.4f}",
+        mlflow_run_url(tracking_uri, client.get_run(mlflow_run_id).info.experiment_id, mlflow_run_id),
+    )
+    return out
+
+
+def _start_point(cfg: ExperimentConfig, run_path: Path, fresh: bool) -> str:
+    """Where the run starts, for the log (the loop itself decides, by the same rule)."""
+    from pilotcommit.checkpoint import latest_checkpoint
+
+    if fresh or not cfg.checkpoint.resume:
+        return "training from scratch"
+    try:
+        checkpoint = latest_checkpoint(run_path)
+    except Exception:  # noqa: BLE001 - a broken checkpoint is the loop's error to raise, not the log's
+        return "training (resuming from its last checkpoint)"
+    return "training from scratch" if checkpoint is None else f"resuming from checkpoint {checkpoint.name}"
 
 
 def train_and_track(
@@ -399,6 +453,8 @@ def _train_here(cfg, label, seed, prepared, initial_policy, run_path: Path, clie
 
     # Fresh runs log into a new MLflow run, so skipping logged steps only ever matters on resume.
     tracker = tracking.MlflowTracker(mlflow_run_id, client, spool_path=run_path / "tracking-undelivered.jsonl")
+    reporter = EvaluationReporter(tracker, progress, {"stage": "train", "method": label, "seed": seed,
+                                                      "model": cfg.model.label})
 
     def on_step(step: int, metrics: dict) -> None:
         progress({"stage": "train", "method": label, "seed": seed, "model": cfg.model.label,
@@ -407,7 +463,7 @@ def _train_here(cfg, label, seed, prepared, initial_policy, run_path: Path, clie
     try:
         result = train_run(
             cfg, label, seed, prepared=PreparedData.from_dict(prepared), initial_policy=initial_policy,
-            run_dir=run_path, tracker=tracker, resume=False if fresh else None, progress=on_step,
+            run_dir=run_path, tracker=reporter, resume=False if fresh else None, progress=on_step,
         )
         tracker.log_artifact(run_path / RESULT_FILE, "run")
     finally:
@@ -431,11 +487,54 @@ def _train_under_torchrun(cfg, label, seed, prepared, initial_policy, run_path: 
     return result.to_dict(), outcome["tracking_gap"]
 
 
+class EvaluationReporter:
+    """The run's tracker, passed through, that also reports every evaluation as a progress event
+    (``event: "evaluation"``: step, cumulative rollouts, the evaluation metrics and the
+    allocation counters of the steps since the previous evaluation). The loop already hands
+    each evaluation to its tracker; listening there keeps the loop unaware of logging."""
+
+    def __init__(self, inner: tracking.Tracker, progress: Callable[[dict[str, Any]], None],
+                 identity: dict[str, Any]) -> None:
+        from flows.reporting import AllocationTally
+
+        self.inner, self.progress, self.identity = inner, progress, identity
+        self.tally = AllocationTally()
+
+    def log_metrics(self, metrics, step: int) -> None:
+        self.inner.log_metrics(metrics, step)
+        self.tally.add_step(metrics)
+
+    def log_evaluation(self, metrics, step: int, cumulative_rollouts: int) -> None:
+        from flows.reporting import AllocationTally
+
+        self.inner.log_evaluation(metrics, step, cumulative_rollouts)
+        self.progress({**self.identity, "event": "evaluation", "step": int(step), "rollouts": int(cumulative_rollouts),
+                       "metrics": {k: float(v) for k, v in metrics.items()}, "alloc": self.tally.to_dict()})
+        self.tally = AllocationTally()
+
+    def log_prompt_stats(self, table, step: int, name: str) -> None:
+        self.inner.log_prompt_stats(table, step, name)
+
+    def log_params(self, params) -> None:
+        self.inner.log_params(params)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self.inner.log_artifact(path, artifact_path)
+
+    def checkpoint_barrier(self) -> bool:
+        return self.inner.checkpoint_barrier()
+
+    def __getattr__(self, name: str) -> Any:  # anything a tracker grows later goes straight through
+        return getattr(self.inner, name)
+
+
 @task(name="evaluate", **_TASK_DEFAULTS)
 def evaluate_task(cfg: ExperimentConfig, stage_key: str, checkpoint: str, prepared: dict, seed: int) -> dict:
     """:func:`pilotcommit.pipeline.evaluate_checkpoint` on the prepared evaluation sets."""
+    from flows.reporting import run_logger
     from pilotcommit.pipeline import PreparedData, evaluate_checkpoint
 
+    run_logger().info("evaluate: running (%s, checkpoint %s)", stage_key, checkpoint)
     return {"metrics": evaluate_checkpoint(cfg, checkpoint, PreparedData.from_dict(prepared), seed=seed)}
 
 
@@ -444,8 +543,10 @@ def report_task(cfg: ExperimentConfig, stage_key: str, tracking_uri: str, parent
                 out_dir: str, model: str | None = None) -> dict:
     """:mod:`pilotcommit.report` on the runs under ``parent_run_id`` (only ``model``'s runs when
     given, for a sweep), logged to the parent run."""
+    from flows.reporting import run_logger
     from pilotcommit import report
 
+    run_logger().info("report: running (%s, the runs under MLflow run %s)", stage_key, parent_run_id)
     client = tracking.mlflow_client(tracking_uri)
     runs = report.load_comparison_runs(client, parent_run_id, cfg.target.metric)
     if model is not None:

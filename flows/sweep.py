@@ -23,8 +23,8 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows import stages
-from flows.compare import comparison_tags, run_model_cells
+from flows import reporting, stages
+from flows.compare import comparison_tags, publish_outcome, run_model_cells
 from pilotcommit import report, tracking
 from pilotcommit.config import config_hash
 from pilotcommit.launch import check_gpus
@@ -52,8 +52,25 @@ def sweep_model_flow(
     # before the tracking store, the data or the model: a too-small worker fails in seconds
     check_gpus(cfg, f"sweep {sweep.name}, cell models[{model_index}]")
     ctx = stages.make_context(sweep.name, runs_dir, tracking_uri)
+    reporting.run_logger().info("sweep %s, model %s: %s x seeds %s, MLflow parent run %s", sweep.name,
+                                cfg.model.label, ", ".join(cfg.methods), cfg.seeds, parent_run_id)
     runs = run_model_cells(ctx, cfg, parent_run_id, parent_key, refresh, parallel_runs)
+    run_ids = [r["mlflow_run_id"] for r in runs]
+    summary = cell_summary_task(ctx.tracking_uri, run_ids, cfg.target)
+    publish_outcome(reporting.artifact_key("sweep", sweep.name, "cell", cfg.model.label),
+                    f"sweep {sweep.name}", {cfg.model.label: report.ComparisonSummary.from_dict(summary)},
+                    ctx, parent_run_id, run_ids)
     return {"model": cfg.model.label, "runs": runs}
+
+
+@task(name="cell-summary", cache_policy=NO_CACHE)
+def cell_summary_task(tracking_uri: str, run_ids: list[str], target_cfg) -> dict:
+    """The comparison of one sweep cell's runs (read back from MLflow; nothing logged): the
+    content of the cell's Prefect artifact. Only these runs are read, since other cells of the
+    sweep may still be training under the same parent run."""
+    client = tracking.mlflow_client(tracking_uri)
+    runs = [report.load_run_history(client, client.get_run(run_id), target_cfg.metric) for run_id in run_ids]
+    return report.summarize_comparison(runs, target_cfg).to_dict()
 
 
 def _wait_for_flow_runs(flow_run_ids: list, timeout_s: float, poll_s: float = 5.0) -> dict[str, str]:
@@ -97,7 +114,8 @@ def sweep_report_task(ctx: dict, parent_run_id: str, model_configs: dict, out_di
     table.to_csv(path, index=False)
     client.log_artifact(parent_run_id, str(path), "sweep")
     return {"summaries": {m: s.to_dict() for m, s in summaries.items()},
-            "text": {m: report.summary_text(s) for m, s in summaries.items()}, "table": str(path)}
+            "text": {m: report.summary_text(s) for m, s in summaries.items()}, "table": str(path),
+            "run_ids": [r.run_id for r in runs]}
 
 
 @flow(name="sweep")
@@ -131,6 +149,8 @@ def sweep_flow(
     tags.update({"model": ",".join(c.model.label for c in configs), "config_hash": parent_key,
                  tracking.TAG_CONFIG_NAME: sweep.name})
     parent = stages.open_run_task(ctx.to_dict(), parent_key, f"{sweep.name}-sweep", tags)
+    reporting.run_logger().info("sweep %s: models %s (dispatch %s), MLflow parent run %s", sweep.name,
+                                [c.model.label for c in configs], dispatch, parent["run_id"])
     cell_parameters = [
         {"sweep_config": sweep_path, "model_index": i, "parent_run_id": parent["run_id"],
          "parent_key": parent_key, "overrides": list(overrides or []),
@@ -143,6 +163,9 @@ def sweep_flow(
             from prefect.deployments import run_deployment
 
             flow_runs = [run_deployment(sweep.cell_deployment, parameters=p, timeout=0) for p in cell_parameters]
+            for config, fr in zip(configs, flow_runs):
+                reporting.run_logger().info("sweep %s: model %s handed to %s as flow run %s", sweep.name,
+                                            config.model.label, sweep.cell_deployment, fr.id)
             states = _wait_for_flow_runs([fr.id for fr in flow_runs], cell_timeout_s)
             failed = {k: v for k, v in states.items() if v != "Completed"}
             if failed:
@@ -154,6 +177,9 @@ def sweep_flow(
             ctx.to_dict(), parent["run_id"], {c.model.label: c for c in configs},
             str(ctx.runs_root / sweep.name / "reports" / parent_key),
         )
+        publish_outcome(reporting.artifact_key("sweep", sweep.name), f"sweep {sweep.name}",
+                        {m: report.ComparisonSummary.from_dict(s) for m, s in summary["summaries"].items()},
+                        ctx, parent["run_id"], summary["run_ids"])
     except BaseException:
         stages.close_run_task(ctx.to_dict(), parent["run_id"], "FAILED")
         raise

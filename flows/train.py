@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows import stages
+from flows import reporting, stages
 from flows.compare import prepare_stages, train_stage_key, train_tags
 from pilotcommit import tracking
 from pilotcommit.config import demo_config_path, load_experiment_config
@@ -43,9 +43,13 @@ def train_flow(
         train_tags(ctx, run_cfg, method, seed), config=run_cfg, datasets=upstream["prepared"],
     )
     stale = (not resume) or run["created"] or stages.read_train_outputs(run_dir) is None
-    out = stages.train_task.with_options(**stages.stage_options(ctx, stale))(
+    out = stages.run_stage(
+        stages.train_task.with_options(**stages.stage_options(ctx, stale)),
+        f"train {method} seed {seed} ({cfg.model.label})",
         run_cfg, method, seed, train_key, upstream["prepared"], upstream["initial_policy"], str(run_dir),
         ctx.tracking_uri, run["run_id"], fresh=not resume,
     )
+    reporting.run_logger().info("MLflow run %s; run directory %s",
+                                reporting.mlflow_run_url(ctx.tracking_uri, ctx.experiment_id, run["run_id"]), run_dir)
     return {"mlflow_run_id": run["run_id"], "tracking_uri": ctx.tracking_uri, "run_dir": str(run_dir),
             "final_metrics": out["result"]["final_metrics"], "tracking_gap": out.get("tracking_gap", "")}

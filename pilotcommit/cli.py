@@ -31,8 +31,11 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-# Quiet Prefect's per-task INFO lines unless asked (--verbose); must precede the first import.
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+# Prefect's run logs (INFO) go to its API, so a Prefect server's run page shows them, but its
+# console handler prints only warnings unless asked (--verbose): the CLI has its own progress
+# bars. Must precede the first import of prefect.
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
@@ -96,11 +99,19 @@ def _check_store(runs_dir: Path | None, uri: str | None) -> str:
 
 
 def _quiet_prefect(verbose: bool) -> None:
-    if verbose:
-        return
-    # The CLI prints failures itself; Prefect's engine would log each one with a traceback.
-    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs", "prefect.server", "httpx", "mlflow"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
+    """Set what Prefect prints on the console: everything with --verbose, else nothing (the CLI
+    prints failures itself; Prefect's engine would log each one with a traceback). Only the
+    console handlers change, so the run logs still reach the Prefect API."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    level = logging.INFO if verbose else logging.CRITICAL
+    for name in ("", "uvicorn", "fastapi"):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, PrefectConsoleHandler):
+                handler.setLevel(level)
+    if not verbose:
+        for name in ("prefect.server", "httpx", "mlflow"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 class TrainingProgress:
@@ -172,10 +183,18 @@ def _run_flow(call, verbose: bool):
 
 
 def _print_report(result: dict, title: str) -> None:
-    from pilotcommit.report import ComparisonSummary, render_summary
+    from pilotcommit.report import ComparisonSummary
 
-    summary = ComparisonSummary.from_dict(result["summary"])
+    _print_summary(ComparisonSummary.from_dict(result["summary"]), title)
+
+
+def _print_summary(summary, title: str) -> None:
+    """The comparison's tables, each within an 80-column terminal."""
+    from pilotcommit.report import render_details, render_summary
+
     console.print(render_summary(summary, title))
+    for table in render_details(summary):
+        console.print(table)
 
 
 def _print_where(out: dict) -> None:
@@ -423,7 +442,8 @@ def report(
         summary = report_mod.summarize_comparison(runs, cfg.target)
     except ValueError as err:
         _fail(str(err), EXIT_FAILED)
-    console.print(report_mod.render_summary(summary, f"{cfg.name} (run {run_id})"))
+    console.print(f"comparison of MLflow parent run {run_id}")
+    _print_summary(summary, cfg.name)
     if log:
         out_dir = (runs_dir.resolve() if runs_dir else tracking.default_runs_root()) / cfg.name / "reports" / run_id
         paths = report_mod.log_comparison(client, run_id, runs, summary, out_dir)

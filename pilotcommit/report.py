@@ -8,7 +8,7 @@ rollouts-to-target rule themselves are :mod:`pilotcommit.evaluation`'s. Around t
 readers and writers: :func:`load_comparison_runs` reads a comparison's child runs back from
 MLflow (``eval/*`` against steps, ``by_rollouts/*`` against cumulative rollouts),
 :func:`log_comparison` writes the figure, the summary table and summary metrics to the parent
-run, :func:`render_summary` makes the rich table the CLI prints.
+run, :func:`render_summary` and :func:`render_details` make the rich tables the CLI prints.
 
 Conventions (ALGORITHMS.md, "Evaluation and the headline metric"):
 - a seed that never reaches the target is reported as *not reached*, never as a number;
@@ -561,28 +561,60 @@ def _fmt_speedup(s: SpeedUp | None) -> str:
 
 
 def render_summary(summary: ComparisonSummary, title: str = "Comparison"):
-    """A rich Table: rollouts to target (mean ± std, reached k/n), final accuracy, speed-ups."""
+    """The headline rich Table, one row per method: rollouts to target (mean ± std), reached
+    k/n, final accuracy. Narrow enough for an 80-column terminal; the speed-ups and the values
+    per seed are :func:`render_details`' tables."""
     from rich.table import Table
 
-    table = Table(title=f"{title}: target {summary.metric} = {summary.target:.4f}")
+    heading = f"{title}: target {summary.metric} = {summary.target:.4f}"
+    # as wide as the title (up to 80 columns), so that it does not wrap over the narrow table
+    table = Table(title=heading, min_width=min(len(heading), 80))
     table.add_column("method")
-    table.add_column("rollouts to target (mean ± std)", justify="right")
+    table.add_column("rollouts to target", justify="right")
     table.add_column("reached", justify="right")
-    table.add_column("per seed", justify="right")
     table.add_column("final accuracy", justify="right")
-    baselines = [s.baseline for s in summary.speedups]
-    for b in baselines:
-        table.add_column(f"speed-up vs {b} [paired min-max]", justify="right")
     for name, m in summary.methods.items():
         mean = _fmt_rollouts(m.mean) + (f" ± {m.std:,.0f}" if m.std is not None else "")
-        per_seed = ", ".join(f"{s}:{_fmt_rollouts(v)}" for s, v in m.rollouts_to_target.items())
-        cells = [name, mean, f"{m.reached}/{m.seeds}", per_seed,
-                 f"{m.final_accuracy_mean:.4f} ± {m.final_accuracy_std:.4f}"]
-        for b in baselines:
-            found = next((s for s in summary.speedups if s.method == name and s.baseline == b), None)
-            cells.append(_fmt_speedup(found))
-        table.add_row(*cells)
+        table.add_row(name, mean, f"{m.reached}/{m.seeds}",
+                      f"{m.final_accuracy_mean:.4f} ± {m.final_accuracy_std:.4f}")
     return table
+
+
+def render_details(summary: ComparisonSummary) -> list:
+    """The speed-ups (ratio of the means, with the [min-max] of the per-seed paired ratios) and
+    the rollouts to target of every seed (a row per seed, a column per method, so more seeds
+    make the table longer, not wider), as rich Tables for an 80-column terminal."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    tables = []
+    if summary.speedups:
+        speedups = Table(title="speed-up in rollouts to target",
+                         caption="partial: a mean leaves out seeds that never reached the target")
+        speedups.add_column("method vs baseline")
+        speedups.add_column("of the means", justify="right")
+        speedups.add_column(escape("paired [min-max]"), justify="right")
+        for s in summary.speedups:
+            if s.ratio_of_means is None:
+                ratio = "n/a: met at step 0" if s.note == "target met before training" else "n/a: not reached"
+            else:
+                ratio = f"{s.ratio_of_means:.2f}x" + (" partial" if s.partial else "")
+            paired = escape(f"[{s.paired_min:.2f}-{s.paired_max:.2f}]") if s.paired else "-"
+            speedups.add_row(f"{s.method} vs {s.baseline}", ratio, paired)
+        tables.append(speedups)
+    seeds = sorted({seed for m in summary.methods.values() for seed in m.rollouts_to_target})
+    per_seed = Table(title="rollouts to target per seed", caption="-: never reached the target")
+    per_seed.add_column("seed", justify="right")
+    for name in summary.methods:
+        per_seed.add_column(name, justify="right")
+    for seed in seeds:
+        cells = []
+        for m in summary.methods.values():
+            value = m.rollouts_to_target.get(seed)
+            cells.append("-" if value is None else f"{value:,}")
+        per_seed.add_row(str(seed), *cells)
+    tables.append(per_seed)
+    return tables
 
 
 def summary_text(summary: ComparisonSummary) -> str:

@@ -192,7 +192,8 @@ def prefect_env(home: Path, api_url: str | None = None) -> dict[str, str]:
         "PREFECT_LOCAL_STORAGE_PATH": str(home / "storage"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_UI_ENABLED": "true",
-        "PREFECT_LOGGING_LEVEL": os.environ.get("PREFECT_LOGGING_LEVEL", "WARNING"),
+        # INFO: the flow runs' own log lines reach the server's run pages (docs/orchestration.md)
+        "PREFECT_LOGGING_LEVEL": os.environ.get("PREFECT_LOGGING_LEVEL", "INFO"),
     }
     if api_url:
         env["PREFECT_API_URL"] = api_url

@@ -72,7 +72,8 @@ def test_compare_twice_then_report_accept_train(tmp_path):
     first = run_cli(["compare", *common], env)
     first_s = time.perf_counter() - started
     assert first.returncode == 0, first.stdout + first.stderr
-    for text in ("rollouts to target", "grpo", "dapo", "pilot_commit", "speed-up vs grpo", "parent run"):
+    for text in ("rollouts to target", "grpo", "dapo", "pilot_commit", "pilot_commit vs grpo",
+                 "rollouts to target per seed", "parent run"):
         assert text in first.stdout, text
     results = {p: p.stat().st_mtime_ns for p in runs.glob("smoke/train/*/result.json")}
     assert len(results) == 3

@@ -4,7 +4,8 @@ The test starts ``pilotcommit serve`` (an MLflow server, a Prefect server and a 
 all on 127.0.0.1 at free ports, plus ``prefect deploy --all`` of prefect.yaml), runs
 ``prefect deployment run sweep/model-scale`` with the smoke sweep, waits until the flow run is
 Completed (its per-model cells dispatched with ``run_deployment`` to the same worker), checks
-the sweep's MLflow runs through the MLflow server, and stops ``serve`` with Ctrl-C (SIGINT),
+the sweep's MLflow runs through the MLflow server and the Prefect run logs and artifacts of
+the sweep and its cells through the Prefect server, and stops ``serve`` with Ctrl-C (SIGINT),
 after which nothing answers on the ports any more.
 """
 
@@ -33,6 +34,33 @@ def wait_for(predicate, timeout_s: float, what: str, process: subprocess.Popen, 
             raise AssertionError(f"serve exited ({process.returncode}) before {what}:\n{log.read_text()[-4000:]}")
         time.sleep(1)
     raise AssertionError(f"timed out waiting for {what}:\n{log.read_text()[-4000:]}")
+
+
+def prefect_api_post(api: str, path: str, body: dict) -> list[dict]:
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(f"{api}/{path}", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.load(response)
+
+
+def wait_for_logs(api: str, flow_run_id: str, expected: str, timeout_s: float = 120) -> str:
+    """The log messages of a flow run once ``expected`` is among them (logs arrive in batches)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        logs = prefect_api_post(api, "logs/filter", {"logs": {"flow_run_id": {"any_": [flow_run_id]}},
+                                                     "sort": "TIMESTAMP_ASC", "limit": 200})
+        text = "\n".join(log["message"] for log in logs)
+        if expected in text or time.monotonic() > deadline:
+            return text
+        time.sleep(2)
+
+
+def prefect_artifact_keys(api: str, flow_run_id: str) -> set[str]:
+    artifacts = prefect_api_post(api, "artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}})
+    return {a["key"] for a in artifacts if a.get("key")}
 
 
 def test_serve_deploy_and_run_model_scale_sweep(tmp_path):
@@ -82,6 +110,17 @@ def test_serve_deploy_and_run_model_scale_sweep(tmp_path):
             assert child.info.status == "FINISHED"
             assert "by_rollouts/eval/average_accuracy" in child.data.metrics
         assert [a.path for a in client.list_artifacts(parent.info.run_id, "sweep")] == ["sweep/scale_summary.csv"]
+
+        # what the user sees on the Prefect run pages of the deployment runs: logs and artifacts
+        sweep_run = parent.data.tags["prefect_flow_run_id"]
+        logs = wait_for_logs(prefect_api, sweep_run, "MLflow parent run")
+        assert "sweep sweep-smoke: models" in logs and "handed to sweep-model/cell" in logs
+        assert f"MLflow parent run {mlflow_url}/#/experiments/{experiment.experiment_id}/runs/" in logs
+        assert {"sweep-sweep-smoke", "sweep-sweep-smoke-mlflow-run"} <= prefect_artifact_keys(prefect_api, sweep_run)
+        for cell_run in cell_flow_runs:
+            logs = wait_for_logs(prefect_api, cell_run, "MLflow parent run")
+            assert "train grpo seed 0" in logs and "evaluation at step 2/2 (100% of the budget)" in logs
+            assert any(k.startswith("sweep-sweep-smoke-cell-tiny-h64-") for k in prefect_artifact_keys(prefect_api, cell_run))
     finally:
         if serve.poll() is None:
             serve.send_signal(signal.SIGINT)
