@@ -17,7 +17,9 @@ boundary for everything else in it (docs/reliability.md).
 
 from __future__ import annotations
 
+import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 from prefect.filesystems import LocalFileSystem
@@ -79,3 +81,13 @@ class TrustedResultStorage(LocalFileSystem):
     async def awrite_path(self, path: str, content: bytes) -> str:
         check_result_record(content, str(self._resolve_path(path)))
         return await super().awrite_path(path, content)
+
+
+def trusted_storage(results_dir: Path) -> TrustedResultStorage:
+    """The :class:`TrustedResultStorage` of ``results_dir``, saved as a block on the Prefect API
+    (Prefect takes only saved blocks as a task's result storage). One block per directory,
+    named by its path's hash; saving again updates it, so concurrent workers agree."""
+    storage = TrustedResultStorage(basepath=str(results_dir))
+    name = "pilotcommit-results-" + hashlib.sha256(str(results_dir).encode()).hexdigest()[:16]
+    storage.save(name, overwrite=True, _sync=True)
+    return storage

@@ -272,10 +272,10 @@ def _key_from_parameters(context, parameters: dict) -> str:
 def stage_options(ctx: Context, refresh: bool) -> dict:
     """Task options for a call: results persisted under the runs directory; ``refresh``
     recomputes and overwrites the cached entry."""
-    from flows.results import TrustedResultStorage
+    from flows.results import trusted_storage
 
     # read as data only: a record this pipeline did not write is refused (flows/results.py)
-    return {"result_storage": TrustedResultStorage(basepath=str(ctx.results_dir)), "refresh_cache": refresh}
+    return {"result_storage": trusted_storage(ctx.results_dir), "refresh_cache": refresh}
 
 
 # --------------------------------------------------------------------------- tasks

@@ -101,12 +101,3 @@ def test_a_task_result_that_is_not_plain_json_is_refused_at_write(tmp_path):
     with pytest.raises(UntrustedResultError, match="__class__"):
         storage.write_path("k", _record(JSONSerializer(), {"run_dir": Path("/x")}), _sync=True)
     assert not (tmp_path / "k").exists()
-
-
-def test_the_stages_persist_through_the_trusted_storage(tmp_path):
-    from flows import stages
-
-    ctx = stages.Context(tmp_path, "sqlite:///x.db", "0", "v", "sha")
-    storage = stages.stage_options(ctx, False)["result_storage"]
-    assert isinstance(storage, TrustedResultStorage)
-    assert Path(storage.basepath) == tmp_path / stages.RESULTS_DIRNAME
