@@ -10,8 +10,10 @@ Stages and their cache keys (every key also holds the code version,
 
 The *run config* of a training run is the experiment config narrowed to that run (its one
 method, its one seed), so adding a seed or a method to a comparison reuses the runs already
-trained. Results are persisted (JSON) under ``<runs>/prefect-results`` with the key as the
-file name, so a second identical ``compare`` is served from the cache. Every stage also
+trained. Results are persisted (plain JSON, read back only through
+:class:`flows.results.TrustedResultStorage`, which refuses records naming code) under
+``<runs>/prefect-results`` with the key as the file name, so a second identical ``compare``
+is served from the cache. Every stage also
 materialises its outputs on disk (``stage.json`` / the run's ``result.json``); the flows
 check those before trusting a cached result and recompute (``refresh_cache``) when files are
 gone, so a cache hit never returns stale paths.
@@ -45,6 +47,7 @@ STAGE_FILE = "stage.json"
 TRACKING_FILE = "tracking.json"
 RESULT_FILE = "result.json"  # written by pilotcommit.loop.train_run
 RESULTS_DIRNAME = "prefect-results"
+ATTEMPT_FILE = "attempt.json"  # which task run restarted a run from scratch (kept by retire_outputs)
 
 # --------------------------------------------------------------------------- progress
 
@@ -266,6 +269,22 @@ def read_train_outputs(run_dir: Path) -> dict | None:
     return {"result": result, **tracked}
 
 
+def read_attempt(run_dir: Path) -> str | None:
+    """The id of the task run that last restarted ``run_dir`` from scratch (``attempt.json``)."""
+    try:
+        return json.loads((Path(run_dir) / ATTEMPT_FILE).read_text())["task_run_id"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def write_attempt(run_dir: Path, task_run_id: str) -> None:
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / f".{ATTEMPT_FILE}.tmp"
+    tmp.write_text(json.dumps({"task_run_id": task_run_id}))
+    os.replace(tmp, run_dir / ATTEMPT_FILE)
+
+
 def _key_from_parameters(context, parameters: dict) -> str:
     return parameters["stage_key"]
 
@@ -273,7 +292,10 @@ def _key_from_parameters(context, parameters: dict) -> str:
 def stage_options(ctx: Context, refresh: bool) -> dict:
     """Task options for a call: results persisted under the runs directory; ``refresh``
     recomputes and overwrites the cached entry."""
-    return {"result_storage": ctx.results_dir, "refresh_cache": refresh}
+    from flows.results import trusted_storage
+
+    # read as data only: a record this pipeline did not write is refused (flows/results.py)
+    return {"result_storage": trusted_storage(ctx.results_dir), "refresh_cache": refresh}
 
 
 # --------------------------------------------------------------------------- tasks
@@ -336,15 +358,23 @@ def train_task(
     """:func:`pilotcommit.pipeline.train_run` for one method x seed, logging to ``mlflow_run_id``.
 
     A Prefect retry (or a rerun after a crash) resumes from the run's last checkpoint, and the
-    tracker drops the steps the run had already logged. A finished run found on disk is not
-    trained again: its MLflow data is copied into ``mlflow_run_id`` when that is a new run of a
-    new comparison; if that data is gone from the store, the run is retrained from scratch so
-    the comparison's run has its metrics.
+    tracker drops the (metric, step) pairs the run had already logged. ``fresh`` (a refresh, or
+    a run whose MLflow data is lost) first retires the directory's old outputs in one step and
+    records this task run in ``attempt.json``; a retry of the same task run then resumes the new
+    run, so a failed attempt can never hand back the previous run's result. A finished run
+    found on disk is not trained again: its MLflow data is copied into ``mlflow_run_id`` when
+    that is a new run of a new comparison; if that data is gone from the store, the run is
+    retrained from scratch so the comparison's run has its metrics.
     """
+    from pilotcommit.loop import retire_outputs
+
     run_path = Path(run_dir)
     client = tracking.mlflow_client(tracking_uri)
-    if task_run.run_count > 1:
-        fresh = False  # a Prefect retry continues the attempt that failed, never restarts it
+    attempt = str(task_run.id or "")
+    if attempt and read_attempt(run_path) == attempt:
+        # An earlier try of this very task run retired the old outputs and started the new
+        # run: a Prefect retry continues that new run (from its checkpoint), never the old one.
+        fresh = False
     done = None if fresh else read_train_outputs(run_path)
     if done is not None:
         source = done.get("mlflow_run_id")
@@ -356,6 +386,11 @@ def train_task(
             client.set_terminated(mlflow_run_id, status="FINISHED")
             return {**done, "mlflow_run_id": mlflow_run_id, "copied_from": source}
         fresh = source != mlflow_run_id  # the metrics are lost: train again into this run
+    if fresh:
+        # From scratch: the old result, tracking record, final policy and checkpoints go first,
+        # in one step, so neither a retry nor a cache check can mistake them for this run's.
+        retire_outputs(run_path)
+        write_attempt(run_path, attempt)
 
     kwargs = dict(cfg=cfg, label=label, seed=seed, prepared=prepared, initial_policy=initial_policy,
                   run_dir=run_dir, tracking_uri=tracking_uri, mlflow_run_id=mlflow_run_id, fresh=fresh)

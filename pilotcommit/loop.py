@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -48,6 +49,9 @@ from pilotcommit.types import RequestResult
 
 RESULT_FILE = "result.json"
 FINAL_POLICY_DIR = "final_policy"
+# What a finished run leaves in its directory (tracking.json is the Prefect stage's record of
+# the MLflow run, written next to result.json); a restart from scratch retires all of it.
+RUN_OUTPUTS = (RESULT_FILE, "tracking.json", FINAL_POLICY_DIR, "checkpoints")
 _LEARN_SEED_TAG = 7_777  # separates the learner's seed stream from the sampling rounds'
 
 
@@ -294,13 +298,8 @@ def _train_run(
 
     checkpoint = latest_checkpoint(run_dir) if resume else None
     if checkpoint is not None:
-        saved = load_checkpoint(checkpoint)
-        if saved["config_hash"] != run_hash or saved["method"] != method_label or saved["seed"] != seed:
-            raise ValueError(
-                f"{checkpoint}: saved by another configuration (config {saved['config_hash']}, "
-                f"method {saved['method']}, seed {saved['seed']}); use a new run directory or "
-                "--no-resume"
-            )
+        # meta.json is compared before anything else of the checkpoint is read
+        saved = load_checkpoint(checkpoint, expect={"config_hash": run_hash, "method": method_label, "seed": seed})
         _load_weights(model, saved["model"], sharding)
         learner.load_state_dict(saved["learner"])
         policy.load_state_dict(saved["policy"])
@@ -308,6 +307,8 @@ def _train_run(
         torch.set_rng_state(saved["torch_rng"])
         engine.update_weights(model)
     else:
+        if sharding is None or sharding.is_main:
+            retire_outputs(run_dir)  # from scratch: nothing of an earlier run may look finished
         # the hardware and software the numbers come from (docs/embedded_task.md: they are
         # hardware-specific), and the prompts dropped as too long; logged once, at the run's start
         tracker.log_params({**_flat_params(cfg, method_label, seed), **as_params(machine_fingerprint()),
@@ -424,6 +425,30 @@ def _train_run(
     if sharding is None or sharding.is_main:
         (run_dir / RESULT_FILE).write_text(json.dumps(result.to_dict(), indent=2))
     return result
+
+
+def retire_outputs(run_dir: Path) -> bool:
+    """Remove an earlier run's :data:`RUN_OUTPUTS` from ``run_dir`` in one atomic step.
+
+    The directory is renamed away and recreated, and everything that is not an output (logs,
+    spool files, markers of the caller) is moved back: a kill at any moment leaves either the
+    old run whole or none of it, never a ``result.json`` without the checkpoints it came from
+    or checkpoints of the old run under a new attempt (which a retry would resume). True when
+    there was something to retire.
+    """
+    run_dir = Path(run_dir)
+    if not any((run_dir / name).exists() for name in RUN_OUTPUTS):
+        return False
+    for leftover in run_dir.parent.glob(f".{run_dir.name}.retired-*"):  # of a retire killed midway
+        shutil.rmtree(leftover, ignore_errors=True)
+    retired = run_dir.parent / f".{run_dir.name}.retired-{os.getpid()}-{time.time_ns()}"
+    os.rename(run_dir, retired)
+    run_dir.mkdir()
+    for entry in retired.iterdir():
+        if entry.name not in RUN_OUTPUTS:
+            os.rename(entry, run_dir / entry.name)
+    shutil.rmtree(retired, ignore_errors=True)
+    return True
 
 
 # --------------------------------------------------------------------------- several processes

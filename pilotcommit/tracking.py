@@ -4,8 +4,8 @@ The loop calls a :class:`Tracker` with plain dicts named as in DESIGN.md
 ("Metric names"); it never imports MLflow. :class:`MemoryTracker` keeps
 everything in memory (tests, the bare loop). :class:`MlflowTracker` writes to
 one MLflow run through a background queue, so a tracking-server outage delays
-metrics instead of stopping the training, and drops steps already logged when a
-run resumes. The helpers below it are what the flows need: where the store is
+metrics instead of stopping the training, and drops the (metric, step) pairs
+already in the store when a run resumes. The helpers below it are what the flows need: where the store is
 (``resolve_tracking_uri``: explicit > ``$MLFLOW_TRACKING_URI`` > SQLite under the
 runs directory), a fail-fast reachability check, experiments, parent and child
 runs found again by a key tag, the resolved config and dataset inputs, and the
@@ -695,8 +695,8 @@ class MlflowTracker:
     undelivered to a JSONL spool file.
 
     On a resumed run (same ``run_id``) the loop re-logs the steps after its last checkpoint;
-    the tracker reads the steps already logged for each metric at start and drops values at
-    those steps, so no step appears twice and the gaps a crash left (writes still queued when
+    the tracker reads every (metric, step) pair already logged at start and drops exactly those
+    pairs, so no step appears twice and the gaps a crash left (writes still queued when
     the process died, possibly before later ones that were delivered) are filled.
     """
 
@@ -734,7 +734,8 @@ class MlflowTracker:
         self._closed = False
         self._thread: threading.Thread | None = None
         self._tmpdir = Path(tempfile.mkdtemp(prefix="pilotcommit-tracker-"))
-        # Highest step already in the store per metric key (resume), and params already set.
+        # Every step already in the store per metric key (resume: exact (metric, step) pairs are
+        # dropped, not everything up to a highest step), and params already set.
         self._logged_steps: dict[str, set[int]] = {}
         self._logged_params: dict[str, str] = {}
         try:

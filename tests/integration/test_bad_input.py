@@ -32,6 +32,8 @@ from pilotcommit.checkpoint import (
     checkpoint_root,
     latest_checkpoint,
     load_checkpoint,
+    read_meta,
+    save_checkpoint,
 )
 from pilotcommit.config import ConfigError, load_experiment_config
 from pilotcommit.data.loaders import DatasetColumnError
@@ -384,7 +386,8 @@ def test_nan_weights_after_an_update_stop_the_run_before_they_are_checkpointed(
     assert moments, "step 1 made no optimizer step: nothing to poison"
     for exp_avg_sq in moments:
         exp_avg_sq.fill_(float("nan"))
-    torch.save(state, checkpoint / STATE_FILE)
+    meta = {k: v for k, v in read_meta(checkpoint).items() if k != "step"}
+    assert save_checkpoint(run_dir, 1, state, meta) == checkpoint  # the poisoned state, same format
 
     with pytest.raises(TrainingDivergedError) as err:
         train_run(cfg, "dapo", 0, prepared=smoke_prepared, initial_policy=smoke_policy, run_dir=run_dir)

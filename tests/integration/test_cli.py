@@ -103,9 +103,19 @@ def test_compare_twice_then_report_accept_train(tmp_path):
     # --no-resume reaches the flow: grpo retrains from scratch into a new MLflow run, the others stay
     fresh = run_cli(["train", *common, "--method", "grpo", "--no-resume"], env)
     assert fresh.returncode == 0, fresh.stdout + fresh.stderr
-    assert _mlflow_run_id(fresh.stdout) != reused_run
+    fresh_run = _mlflow_run_id(fresh.stdout)
+    assert fresh_run != reused_run
     changed = {p.parent.name.split("-seed")[0] for p in results if p.stat().st_mtime_ns != results[p]}
     assert changed == {"grpo"}, changed
+    # ... from step 0: the new run holds the initial evaluation and every training step (a resume
+    # from the final checkpoint would have trained and logged none of them)
+    from pilotcommit import tracking
+
+    client = tracking.mlflow_client(f"sqlite:///{runs / 'mlflow.db'}")  # the CLI's default store
+    max_steps = 2  # conf/experiment/smoke.yaml budget.max_steps
+    assert [m.step for m in client.get_metric_history(fresh_run, "eval/average_accuracy")] == list(range(max_steps + 1))
+    assert sorted(m.step for m in client.get_metric_history(fresh_run, "loss/policy")) == list(range(1, max_steps + 1))
+    assert "learner.lr" in client.get_run(fresh_run).data.params  # params are logged by a run that starts
     # and --resume (the default, spelled out) trains nothing: the finished run on disk serves the
     # train flow's own MLflow run of this config again
     after_fresh = {p: p.stat().st_mtime_ns for p in results}

@@ -4,7 +4,8 @@
 then headless Chromium (Debian's ``chromium``) on the UI page that charts
 ``by_rollouts/eval/average_accuracy`` for the comparison's child runs: the three methods' runs
 must be on the rendered page. A screenshot is written to the test's directory, or to
-``docs/mlflow_by_rollouts.png`` with ``PILOTCOMMIT_UPDATE_DOCS_SCREENSHOT=1``.
+``docs/mlflow_by_rollouts.png`` with ``PILOTCOMMIT_UPDATE_DOCS_SCREENSHOT=1``. Only that test
+needs chromium; the check that a started server listens on 127.0.0.1 only runs without it.
 """
 
 from __future__ import annotations
@@ -19,11 +20,8 @@ import pytest
 from pilotcommit import services, tracking
 from tests.conftest import REPO_ROOT, SMOKE_CONFIG, listening_addresses
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium package"),
-]
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+needs_chromium = pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium package")
 
 
 def chromium(args: list[str], url: str) -> subprocess.CompletedProcess:
@@ -32,6 +30,24 @@ def chromium(args: list[str], url: str) -> subprocess.CompletedProcess:
     return subprocess.run(base + args + [url], check=False, capture_output=True, text=True, timeout=240)
 
 
+def _assert_loopback_only(server) -> None:
+    """The server (and its worker processes) listen on loopback only, on the port in its URL."""
+    listening = listening_addresses(server.process.pid)
+    assert {ip for ip, _ in listening} == {"127.0.0.1"}, listening
+    assert int(server.url.rsplit(":", 1)[1]) in {port for _, port in listening}, listening
+
+
+def test_a_started_mlflow_server_listens_on_127_0_0_1_only(tmp_path):
+    """Needs no browser: runs where chromium is missing (the UI test below is then skipped)."""
+    server = services.start_mlflow_server(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "mlartifacts",
+                                          tmp_path / "mlflow.log")
+    try:
+        _assert_loopback_only(server)
+    finally:
+        server.stop()
+
+
+@needs_chromium
 def test_mlflow_ui_shows_the_three_methods_by_rollouts(tmp_path):
     env = dict(os.environ)
     for key in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "PILOTCOMMIT_RUNS_DIR"):
@@ -54,10 +70,7 @@ def test_mlflow_ui_shows_the_three_methods_by_rollouts(tmp_path):
 
     server = services.start_mlflow_server(store, runs / "mlartifacts", tmp_path / "mlflow.log")
     try:
-        # the server (and its worker processes) listen on loopback only, on the port in its URL
-        listening = listening_addresses(server.process.pid)
-        assert {ip for ip, _ in listening} == {"127.0.0.1"}, listening
-        assert int(server.url.rsplit(":", 1)[1]) in {port for _, port in listening}, listening
+        _assert_loopback_only(server)
         url = tracking.metric_chart_url(server.url, experiment.experiment_id, [r.info.run_id for r in children])
         page = chromium(["--dump-dom"], url)
         for name in names:

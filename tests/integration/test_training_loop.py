@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from pilotcommit.checkpoint import load_checkpoint
 from pilotcommit.loop import RESULT_FILE, RunResult, train_run
 from pilotcommit.tracking import MemoryTracker
 
@@ -70,8 +71,8 @@ def test_same_seed_same_metrics(smoke_config, smoke_prepared, smoke_policy, tmp_
     strip = lambda ms: [(s, {k: v for k, v in m.items() if not k.startswith(("time/", "throughput/"))}) for s, m in ms]
     assert strip(ta.metrics) == strip(tb.metrics)
     assert [e.metrics for e in a.eval_history] == [e.metrics for e in b.eval_history]
-    wa = torch.load(a.run_dir / "checkpoints" / "step-000002" / "state.pt", weights_only=False)["model"]
-    wb = torch.load(b.run_dir / "checkpoints" / "step-000002" / "state.pt", weights_only=False)["model"]
+    wa = load_checkpoint(a.run_dir / "checkpoints" / "step-000002")["model"]
+    wb = load_checkpoint(b.run_dir / "checkpoints" / "step-000002")["model"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 

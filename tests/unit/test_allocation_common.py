@@ -7,13 +7,12 @@ Scripted Bernoulli rewards (``allocation_sim.Scorer``); no model, milliseconds p
 from __future__ import annotations
 
 import copy
-import io
 import math
-import pickle
+import tempfile
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import torch
 
 from pilotcommit.allocation import (
     POLICIES,
@@ -23,6 +22,7 @@ from pilotcommit.allocation import (
     PilotCommitPolicy,
     make_policy,
 )
+from pilotcommit.checkpoint import load_checkpoint, save_checkpoint
 from pilotcommit.config import METHOD_NAMES, DAPOConfig, GRPOConfig, PilotCommitConfig
 from pilotcommit.types import RequestResult, RolloutKind
 from tests.unit.allocation_sim import Scorer, make_rollout, prompt_ids, run_rounds, run_steps
@@ -183,13 +183,11 @@ def test_protocol_misuse_fails_clearly():
 
 
 def through_disk(state: dict) -> dict:
-    """A pickle round trip and a torch.save round trip, as a checkpoint would do."""
-    state = pickle.loads(pickle.dumps(state))
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    buffer.seek(0)
-    # the state holds the project's dataclasses (rollouts, requests): not a weights-only load
-    return torch.load(buffer, weights_only=False)
+    """The round trip a checkpoint makes (pilotcommit/checkpoint.py: tensors in state.pt,
+    everything else as tagged JSON of allow-listed records, no pickle)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = save_checkpoint(Path(tmp), 1, {"policy": state}, {})
+        return load_checkpoint(path)["policy"]
 
 
 def advance_to(policy, score, where: str):

@@ -276,12 +276,16 @@ def test_model_directories_with_custom_code_are_refused_and_never_run(tmp_path):
 
 
 def test_package_source_has_no_unsafe_loaders_or_dynamic_code():
-    """No unsafe YAML loader, eval/exec, dynamic import or trust_remote_code=True anywhere in the
-    library or the flows. (torch.load with weights_only=False is allowed in one place: the
-    project's own checkpoint files, as pilotcommit/checkpoint.py documents.)"""
+    """No unsafe YAML loader, eval/exec, dynamic import, pickle, trust_remote_code=True anywhere
+    in the library or the flows; no torch.load without weights_only=True (checkpoints hold
+    tensors and allow-listed JSON, pilotcommit/checkpoint.py); and none of the parsers that
+    evaluate model output as code: sympy's parse_expr / sympify and math-verify's
+    ExprExtractionConfig (its plain-expression extraction calls parse_expr)."""
     forbidden = re.compile(
         r"yaml\.(load|unsafe_load|full_load)\(|yaml\.(Unsafe|Full)?Loader\b|(?<![.\w])(eval|exec)\(|"
-        r"import_module\(|__import__\(|trust_remote_code\s*=\s*True|pickle\.loads?\("
+        r"import_module\(|__import__\(|trust_remote_code\s*=\s*True|pickle\.loads?\(|"
+        r"weights_only\s*=\s*False|parse_expr\(|sympify\(|ExprExtractionConfig|"
+        r"torch\.load\((?!.*weights_only\s*=\s*True)"
     )
     hits = []
     for path in sorted([*(REPO_ROOT / "pilotcommit").rglob("*.py"), *(REPO_ROOT / "flows").rglob("*.py")]):
@@ -289,9 +293,24 @@ def test_package_source_has_no_unsafe_loaders_or_dynamic_code():
             if forbidden.search(line):
                 hits.append(f"{path.relative_to(REPO_ROOT)}:{number}: {line.strip()}")
     assert not hits, "\n".join(hits)
-    weights_only_false = [
-        str(p.relative_to(REPO_ROOT))
-        for p in (REPO_ROOT / "pilotcommit").rglob("*.py")
-        if re.search(r"weights_only\s*=\s*False", p.read_text())
-    ]
-    assert weights_only_false == ["pilotcommit/checkpoint.py"]
+
+
+@pytest.mark.parametrize("line", [
+    "x = torch.load(path, weights_only=False)",
+    "x = torch.load(path)",
+    "expr = parse_expr(text)",
+    "value = sympy.sympify(text)",
+    "configs = [ExprExtractionConfig(), LatexExtractionConfig()]",
+    "obj = pickle.loads(blob)",
+])
+def test_the_source_scan_catches_each_forbidden_call(line, tmp_path, monkeypatch):
+    """Control for the scan above: each forbidden call, planted in a package file, is reported."""
+    import tests.unit.test_config_safety as this
+
+    fake = tmp_path / "repo"
+    (fake / "pilotcommit").mkdir(parents=True)
+    (fake / "flows").mkdir()
+    (fake / "pilotcommit" / "planted.py").write_text(f"{line}\n")
+    monkeypatch.setattr(this, "REPO_ROOT", fake)
+    with pytest.raises(AssertionError, match="planted.py:1"):
+        test_package_source_has_no_unsafe_loaders_or_dynamic_code()

@@ -85,20 +85,42 @@ def test_a_correct_answer_at_the_end_of_a_megabyte_still_counts() -> None:
     assert reward == 1.0 and seconds < BOUND_S
 
 
-@pytest.mark.parametrize(
-    "template",
-    [
-        "\\boxed{{__import__('os').system('touch {marker}')}}",
-        "\\boxed{{eval(\"__import__('os').system('touch {marker}')\")}}",
-        '\\boxed{{exec(\'open("{marker}", "w")\')}}',
-        "The answer is __import__('os').system('touch {marker}')",
-        "\\boxed{{x = __import__('os').system('touch {marker}')}}",
-        "\\boxed{{\\text{{__import__('os').system('touch {marker}')}}}}",
-    ],
-)
-def test_code_in_the_answer_is_never_executed(template: str, tmp_path: Path) -> None:
+# Python code in the answer; each would create ``{marker}`` if anything evaluated it.
+CODE = {
+    "import": "__import__('os').system('touch {marker}')",
+    "eval": "eval(\"__import__('os').system('touch {marker}')\")",
+    "exec": "exec('open(\"{marker}\", \"w\")')",
+}
+CODE_IN_ANSWERS = [  # (where the code sits in the completion, which code)
+    ("\\boxed{{{code}}}", "import"),
+    ("\\boxed{{{code}}}", "eval"),
+    ("\\boxed{{{code}}}", "exec"),
+    ("The answer is {code}", "import"),
+    ("\\boxed{{x = {code}}}", "import"),
+    ("\\boxed{{\\text{{{code}}}}}", "import"),
+]
+
+
+@pytest.mark.parametrize("code", list(CODE))
+def test_control_the_code_runs_under_a_parser_that_evaluates_it(code: str, tmp_path: Path) -> None:
+    """Guards the test below: each payload really executes under sympy's ``parse_expr`` (what
+    math-verify's ExprExtractionConfig calls, and which the package never uses:
+    tests/unit/test_config_safety.py scans for it), so 'marker absent' there means something."""
+    from sympy.parsing.sympy_parser import parse_expr
+
     marker = tmp_path / "executed"
-    reward, seconds = _timed_reward(template.format(marker=marker), truth="0")
+    try:
+        parse_expr(CODE[code].format(marker=marker))
+    except Exception:  # noqa: BLE001 (sympy cannot make an expression of the result: it ran anyway)
+        pass
+    assert marker.exists()
+
+
+@pytest.mark.parametrize(("template", "code"), CODE_IN_ANSWERS)
+def test_code_in_the_answer_is_never_executed(template: str, code: str, tmp_path: Path) -> None:
+    marker = tmp_path / "executed"
+    completion = template.format(code=CODE[code].format(marker=marker))
+    reward, seconds = _timed_reward(completion, truth="0")
     assert reward == 0.0 and seconds < BOUND_S
     assert not marker.exists(), "the completion was executed"
 
@@ -110,7 +132,9 @@ def test_a_worker_that_overruns_is_killed_and_replaced(monkeypatch) -> None:
     kills_before = math_module._VERIFIER.kills
     reward, seconds = _timed_reward("\\boxed{(10^{100})!}", timeout_s=1.0)
     assert reward == 0.0
-    assert seconds < 1.0 + 0.5, f"{seconds:.2f} s"
+    # The worker's own deadline is 50 s here and the factorial never ends: returning within the
+    # caller's 1 s plus a margin for the kill on a loaded machine shows the caller killed it.
+    assert seconds < 1.0 + 9.0, f"{seconds:.2f} s"
     assert math_module._VERIFIER.kills == kills_before + 1
     monkeypatch.undo()
     # the replacement answers (its start-up is paid here, not by the killed call)
