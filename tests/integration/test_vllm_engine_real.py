@@ -85,7 +85,9 @@ def learner_logprobs(learner: Learner, rollouts) -> list[torch.Tensor]:
     batch = TrainBatch(step=0, groups=[Group(0, rollouts[0].prompt_id, list(rollouts))])
     packed = pack_batch(batch, learner.pad_id, learner.config)
     with torch.no_grad():
-        logp_BT = learner._logprobs(packed.input_ids_BT, packed.attention_mask_BT).float()
+        logp_BT = learner._logprobs(
+            packed.input_ids_BT, packed.attention_mask_BT, packed.completion_mask_BT
+        ).float()
     return [logp_BT[b][packed.completion_mask_BT[b].bool()] for b in range(len(rollouts))]
 
 
