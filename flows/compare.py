@@ -69,6 +69,7 @@ def train_tags(ctx: stages.Context, run_cfg: ExperimentConfig, label: str, seed:
         tracking.TAG_KIND: "train",
         "method": label,
         "model": run_cfg.model.label,
+        "cell": run_cfg.cell_label,
         "seed": str(seed),
         "config_hash": config_hash(run_cfg),
         "git_sha": ctx.git_sha,
@@ -107,8 +108,8 @@ def run_model_cells(
             run_dir = ctx.train_dir(cfg.name, label, seed, train_key)
             child = stages.open_run_task(
                 ctx_dict,
-                tracking.run_key(parent_key, label, seed, cfg.model.label, train_key),
-                f"{label}-{cfg.model.label}-seed{seed}",
+                tracking.run_key(parent_key, label, seed, cfg.cell_label, train_key),
+                f"{label}-{cfg.cell_label}-seed{seed}",
                 train_tags(ctx, run_cfg, label, seed),
                 parent_run_id=parent_run_id,
                 config=run_cfg,
@@ -119,9 +120,10 @@ def run_model_cells(
             task = stages.train_task.with_options(**stages.stage_options(ctx, stale))
             calls.append((task, (run_cfg, label, seed, train_key, prepared, initial_policy, str(run_dir),
                                  ctx.tracking_uri, child["run_id"])))
-            runs.append({"method": label, "seed": seed, "model": cfg.model.label, "stage_key": train_key,
+            runs.append({"method": label, "seed": seed, "model": cfg.model.label, "cell": cfg.cell_label,
+                         "stage_key": train_key,
                          "mlflow_run_id": child["run_id"], "run_dir": str(run_dir)})
-    names = [f"train {r['method']} seed {r['seed']} ({r['model']})" for r in runs]
+    names = [f"train {r['method']} seed {r['seed']} ({r['cell']})" for r in runs]
     for run, out, name in zip(runs, _train_cells(calls, refresh, names), names, strict=True):
         run.update(final_metrics=out["result"]["final_metrics"], tracking_gap=out.get("tracking_gap", ""))
         if out.get("copied_from"):

@@ -397,7 +397,7 @@ def train_task(
     from flows.reporting import TrainingLog, mlflow_run_url
 
     # progress events -> the CLI's bars and, thinned to a readable rate, the Prefect run log
-    describe = f"train {label} seed {seed} ({cfg.model.label})"
+    describe = f"train {label} seed {seed} ({cfg.cell_label})"
     log = TrainingLog(describe, cfg.budget.max_steps, cfg.budget.max_rollouts, cfg.target.metric, emit_progress)
     log.logger.info("%s: %s", describe, _start_point(cfg, run_path, fresh))
     if _parallel_runs <= 1:
@@ -407,7 +407,7 @@ def train_task(
 
         with _run_slots:  # at most `parallel_runs` children at once
             out = run_in_child(train_and_track, kwargs, on_progress=log,
-                               describe=f"training run {label} seed {seed} ({cfg.model.label})")
+                               describe=f"training run {label} seed {seed} ({cfg.cell_label})")
     result = out["result"]
     value = result["final_metrics"].get(cfg.target.metric)
     log.logger.info(
@@ -489,10 +489,10 @@ def _train_here(cfg, label, seed, prepared, initial_policy, run_path: Path, clie
     # Fresh runs log into a new MLflow run, so skipping logged steps only ever matters on resume.
     tracker = tracking.MlflowTracker(mlflow_run_id, client, spool_path=run_path / "tracking-undelivered.jsonl")
     reporter = EvaluationReporter(tracker, progress, {"stage": "train", "method": label, "seed": seed,
-                                                      "model": cfg.model.label})
+                                                      "model": cfg.model.label, "cell": cfg.cell_label})
 
     def on_step(step: int, metrics: dict) -> None:
-        progress({"stage": "train", "method": label, "seed": seed, "model": cfg.model.label,
+        progress({"stage": "train", "method": label, "seed": seed, "model": cfg.model.label, "cell": cfg.cell_label, "cell": cfg.cell_label,
                   "step": step, "rollouts": metrics.get("rollouts/cumulative")})
 
     try:
@@ -517,7 +517,7 @@ def _train_under_torchrun(cfg, label, seed, prepared, initial_policy, run_path: 
                                    run_dir=run_path, tracking_uri=tracking_uri, mlflow_run_id=mlflow_run_id,
                                    resume=False if fresh else None)
     result = RunResult.from_dict(json.loads((run_path / RESULT_FILE).read_text()))
-    progress({"stage": "train", "method": label, "seed": seed, "model": cfg.model.label,
+    progress({"stage": "train", "method": label, "seed": seed, "model": cfg.model.label, "cell": cfg.cell_label,
               "step": result.steps, "rollouts": result.cumulative_rollouts})
     return result.to_dict(), outcome["tracking_gap"]
 
@@ -585,7 +585,7 @@ def report_task(cfg: ExperimentConfig, stage_key: str, tracking_uri: str, parent
     client = tracking.mlflow_client(tracking_uri)
     runs = report.load_comparison_runs(client, parent_run_id, cfg.target.metric)
     if model is not None:
-        runs = [r for r in runs if r.model == model]
+        runs = [r for r in runs if r.cell == model]
     summary = report.summarize_comparison(runs, cfg.target)
     subdir = f"comparison/{model}" if model else "comparison"
     paths = report.log_comparison(client, parent_run_id, runs, summary, Path(out_dir), artifact_dir=subdir,

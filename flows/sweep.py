@@ -53,14 +53,14 @@ def sweep_model_flow(
     check_gpus(cfg, f"sweep {sweep.name}, cell models[{model_index}]")
     ctx = stages.make_context(sweep.name, runs_dir, tracking_uri)
     reporting.run_logger().info("sweep %s, model %s: %s x seeds %s, MLflow parent run %s", sweep.name,
-                                cfg.model.label, ", ".join(cfg.methods), cfg.seeds, parent_run_id)
+                                cfg.cell_label, ", ".join(cfg.methods), cfg.seeds, parent_run_id)
     runs = run_model_cells(ctx, cfg, parent_run_id, parent_key, refresh, parallel_runs)
     run_ids = [r["mlflow_run_id"] for r in runs]
     summary = cell_summary_task(ctx.tracking_uri, run_ids, cfg.target)
-    publish_outcome(reporting.artifact_key("sweep", sweep.name, "cell", cfg.model.label),
-                    f"sweep {sweep.name}", {cfg.model.label: report.ComparisonSummary.from_dict(summary)},
+    publish_outcome(reporting.artifact_key("sweep", sweep.name, "cell", cfg.cell_label),
+                    f"sweep {sweep.name}", {cfg.cell_label: report.ComparisonSummary.from_dict(summary)},
                     ctx, parent_run_id, run_ids)
-    return {"model": cfg.model.label, "runs": runs}
+    return {"model": cfg.model.label, "cell": cfg.cell_label, "runs": runs}
 
 
 @task(name="cell-summary", cache_policy=NO_CACHE)
@@ -95,19 +95,19 @@ def _wait_for_flow_runs(flow_run_ids: list, timeout_s: float, poll_s: float = 5.
 
 
 @task(name="sweep-report", cache_policy=NO_CACHE)
-def sweep_report_task(ctx: dict, parent_run_id: str, model_configs: dict, out_dir: str) -> dict:
-    """Per model: summary, figure and table on the sweep's parent run; then the scale table."""
+def sweep_report_task(ctx: dict, parent_run_id: str, cell_configs: dict, out_dir: str) -> dict:
+    """Per cell: summary, figure and table on the sweep's parent run; then the scale table."""
     context = stages.Context.from_dict(ctx)
     client = context.client()
     runs = report.load_comparison_runs(client, parent_run_id)
     summaries = {}
-    for model, cfg in model_configs.items():
-        model_runs = [r for r in runs if r.model == model]
-        if not model_runs:
-            raise ValueError(f"sweep: no finished runs of model {model!r} under MLflow run {parent_run_id}")
-        summaries[model] = report.summarize_comparison(model_runs, cfg.target)
-        report.log_comparison(client, parent_run_id, model_runs, summaries[model], Path(out_dir) / model,
-                              artifact_dir=f"comparison/{model}", metric_prefix=f"comparison/{model}/")
+    for cell, cfg in cell_configs.items():
+        cell_runs = [r for r in runs if r.cell == cell]
+        if not cell_runs:
+            raise ValueError(f"sweep: no finished runs of cell {cell!r} under MLflow run {parent_run_id}")
+        summaries[cell] = report.summarize_comparison(cell_runs, cfg.target)
+        report.log_comparison(client, parent_run_id, cell_runs, summaries[cell], Path(out_dir) / cell,
+                              artifact_dir=f"comparison/{cell}", metric_prefix=f"comparison/{cell}/")
     table = report.scale_frame(summaries)
     path = Path(out_dir) / "scale_summary.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -146,11 +146,11 @@ def sweep_flow(
         "sweep", config_hash(sweep), *[config_hash(c) for c in configs], ctx.code_version, attempt
     )
     tags = comparison_tags(ctx, configs[0], "sweep")
-    tags.update({"model": ",".join(c.model.label for c in configs), "config_hash": parent_key,
+    tags.update({"model": ",".join(sorted({c.model.label for c in configs})), "config_hash": parent_key,
                  tracking.TAG_CONFIG_NAME: sweep.name})
     parent = stages.open_run_task(ctx.to_dict(), parent_key, f"{sweep.name}-sweep", tags)
     reporting.run_logger().info("sweep %s: models %s (dispatch %s), MLflow parent run %s", sweep.name,
-                                [c.model.label for c in configs], dispatch, parent["run_id"])
+                                [c.cell_label for c in configs], dispatch, parent["run_id"])
     cell_parameters = [
         {"sweep_config": sweep_path, "model_index": i, "parent_run_id": parent["run_id"],
          "parent_key": parent_key, "overrides": list(overrides or []),
@@ -165,7 +165,7 @@ def sweep_flow(
             flow_runs = [run_deployment(sweep.cell_deployment, parameters=p, timeout=0) for p in cell_parameters]
             for config, fr in zip(configs, flow_runs):
                 reporting.run_logger().info("sweep %s: model %s handed to %s as flow run %s", sweep.name,
-                                            config.model.label, sweep.cell_deployment, fr.id)
+                                            config.cell_label, sweep.cell_deployment, fr.id)
             states = _wait_for_flow_runs([fr.id for fr in flow_runs], cell_timeout_s)
             failed = {k: v for k, v in states.items() if v != "Completed"}
             if failed:
@@ -174,7 +174,7 @@ def sweep_flow(
             for p in cell_parameters:
                 sweep_model_flow(**p)
         summary = sweep_report_task(
-            ctx.to_dict(), parent["run_id"], {c.model.label: c for c in configs},
+            ctx.to_dict(), parent["run_id"], {c.cell_label: c for c in configs},
             str(ctx.runs_root / sweep.name / "reports" / parent_key),
         )
         publish_outcome(reporting.artifact_key("sweep", sweep.name), f"sweep {sweep.name}",
@@ -185,4 +185,4 @@ def sweep_flow(
         raise
     stages.close_run_task(ctx.to_dict(), parent["run_id"], "FINISHED")
     return {"sweep": sweep.name, "parent_run_id": parent["run_id"], "experiment_id": ctx.experiment_id,
-            "tracking_uri": ctx.tracking_uri, "models": [c.model.label for c in configs], "report": summary}
+            "tracking_uri": ctx.tracking_uri, "models": [c.cell_label for c in configs], "report": summary}

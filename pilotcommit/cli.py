@@ -118,7 +118,7 @@ class TrainingProgress:
     """Rich progress bars fed by the train task's progress events (one bar per run)."""
 
     def __init__(self, cfgs: list, console: Console) -> None:
-        self.budget = {c.model.label: c.budget for c in cfgs}
+        self.budget = {c.cell_label: c.budget for c in cfgs}
         self.progress = Progress(
             SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
             TimeElapsedColumn(), console=console, transient=False,
@@ -135,14 +135,15 @@ class TrainingProgress:
             return
         if event.get("stage") != "train":
             return
-        key = (event["model"], event["method"], event["seed"])
-        budget = self.budget.get(event["model"])
+        cell = event.get("cell", event["model"])
+        key = (cell, event["method"], event["seed"])
+        budget = self.budget.get(cell)
         by_rollouts = budget is not None and budget.max_rollouts is not None
         total = (budget.max_rollouts if by_rollouts else budget.max_steps) if budget else None
         if key not in self.bars:
             unit = "rollouts" if by_rollouts else "steps"
             self.bars[key] = self.progress.add_task(
-                f"{event['method']:<13} {event['model']} seed {event['seed']} ({unit})", total=total
+                f"{event['method']:<13} {cell} seed {event['seed']} ({unit})", total=total
             )
         done = event.get("rollouts") if by_rollouts else event.get("step")
         if done is not None:
@@ -364,7 +365,7 @@ def sweep(
     _check_store(runs_dir, tracking_uri)
     from flows.sweep import sweep_flow
 
-    console.print(f"[bold]{sweep_cfg.name}[/]: models {[c.model.label for c in cfgs]} x {list(cfgs[0].methods)} x seeds {cfgs[0].seeds}")
+    console.print(f"[bold]{sweep_cfg.name}[/]: cells {[c.cell_label for c in cfgs]} x {list(cfgs[0].methods)} x seeds {cfgs[0].seeds}")
     with TrainingProgress(cfgs, console):
         out = _run_flow(lambda: sweep_flow(
             sweep_config=str(config), overrides=list(set_ or []), dispatch=dispatch,

@@ -611,6 +611,11 @@ class ExperimentConfig(StrictModel):
     methods: dict[str, MethodConfig] = Field(
         min_length=1, description="Methods compared, keyed by run label (usually the method name)."
     )
+    cell: str | None = Field(
+        None, min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="This configuration's name as a sweep cell (a sweep sets it; None: the model's "
+        "label). Tags the runs (`cell`) and groups them in the sweep's report.",
+    )
     train_mix: TrainMixConfig | None = Field(
         None, description="RL training prompts as a level mix of the training split (None: all)."
     )
@@ -681,6 +686,11 @@ class ExperimentConfig(StrictModel):
     @property
     def model_label(self) -> str:
         return self.model.label
+
+    @property
+    def cell_label(self) -> str:
+        """What tells this configuration's runs apart from a sweep's other cells."""
+        return self.cell or self.model.label
 
 
 # --------------------------------------------------------------------------- loading

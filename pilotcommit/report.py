@@ -51,6 +51,7 @@ class RunHistory:
     history: list[EvalRecord]
     model: str = ""
     run_id: str | None = None
+    cell: str = ""  # the sweep cell (tag `cell`; the model's label where a run has no such tag)
 
 
 @dataclass(frozen=True)
@@ -274,11 +275,12 @@ def summarize_comparison(
 
 
 def scale_frame(summaries: Mapping[str, ComparisonSummary]) -> pd.DataFrame:
-    """A sweep's table: one row per model x method (the model's own target in each row)."""
+    """A sweep's table: one row per cell (a model, or a named cell) x method, the cell's own
+    target in each row."""
     frames = []
-    for model, summary in summaries.items():
+    for cell, summary in summaries.items():
         frame = summary.to_frame()
-        frame.insert(0, "model", model)
+        frame.insert(0, "cell", cell)
         frame.insert(1, "target", summary.target)
         frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
@@ -459,7 +461,8 @@ def load_run_history(client, run, metric: str = AVERAGE_ACCURACY) -> RunHistory:
             raise ValueError(f"MLflow run {run_id}: missing tag {needed!r}; not a pilotcommit training run")
     eval_keys = [k for k in run.data.metrics if k.startswith("eval/")]
     if metric not in eval_keys:
-        return RunHistory(tags["method"], int(tags["seed"]), [], tags.get("model", ""), run_id)
+        return RunHistory(tags["method"], int(tags["seed"]), [], tags.get("model", ""), run_id,
+                          tags.get("cell", tags.get("model", "")))
     by_step = metric_history(client, run_id, metric)
     by_rollouts = metric_history(client, run_id, BY_ROLLOUTS_PREFIX + metric)
     pairs = _pair_histories(run_id, by_step, by_rollouts)
@@ -468,7 +471,8 @@ def load_run_history(client, run, metric: str = AVERAGE_ACCURACY) -> RunHistory:
         EvalRecord(step, int(rollouts), {k: v[step] for k, v in values.items() if step in v})
         for step, rollouts in pairs
     ]
-    return RunHistory(tags["method"], int(tags["seed"]), history, tags.get("model", ""), run_id)
+    return RunHistory(tags["method"], int(tags["seed"]), history, tags.get("model", ""), run_id,
+                      tags.get("cell", tags.get("model", "")))
 
 
 def load_comparison_runs(client, parent_run_id: str, metric: str = AVERAGE_ACCURACY) -> list[RunHistory]:

@@ -39,9 +39,10 @@ class SweepConfig(BaseModel):
     )
     models: list[str | dict[str, Any]] = Field(
         min_length=1,
-        description="Model entries, each what an experiment's `model:` accepts, or "
-        "`{model: <that>, overrides: [KEY=VALUE, ...]}` for settings of that model's cell only "
-        "(its tensor parallelism and process count, e.g.).",
+        description="Model entries, each what an experiment's `model:` accepts, or a cell "
+        "`{model: <that>, label: <name>, overrides: [KEY=VALUE, ...]}` with settings of that cell "
+        "only (its tensor parallelism and process count, or a data mix and group size); `label` "
+        "names the cell (default: the model's label) and must be unique.",
     )
     seeds: list[int] | None = Field(None, description="Seeds of every cell (None: the experiment's).")
     methods: list[str] | None = Field(
@@ -61,24 +62,28 @@ class SweepConfig(BaseModel):
             raise ValueError(f"seeds: duplicates in {self.seeds}")
         for i, entry in enumerate(self.models):
             if isinstance(entry, dict) and _CELL_MODEL in entry:
-                extra = set(entry) - {_CELL_MODEL, _CELL_OVERRIDES}
+                extra = set(entry) - {_CELL_MODEL, _CELL_OVERRIDES, _CELL_LABEL}
                 if extra:
                     raise ValueError(f"models[{i}]: unknown keys {sorted(extra)} beside `model` "
-                                     "(a cell entry has `model` and `overrides` only)")
+                                     "(a cell entry has `model`, `label` and `overrides` only)")
+                label = entry.get(_CELL_LABEL)
+                if label is not None and not (isinstance(label, str) and label):
+                    raise ValueError(f"models[{i}].label: expected a non-empty name, got {label!r}")
                 overrides = entry.get(_CELL_OVERRIDES, [])
                 if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
                     raise ValueError(f"models[{i}].overrides: expected a list of KEY=VALUE strings")
         return self
 
-    def cell_entry(self, index: int) -> tuple[str | dict[str, Any], list[str]]:
-        """``(model entry, the cell's own overrides)`` of model ``index``."""
+    def cell_entry(self, index: int) -> tuple[str | dict[str, Any], list[str], str | None]:
+        """``(model entry, the cell's own overrides, its label or None)`` of cell ``index``."""
         entry = self.models[index]
         if isinstance(entry, dict) and _CELL_MODEL in entry:
-            return entry[_CELL_MODEL], list(entry.get(_CELL_OVERRIDES, []))
-        return entry, []
+            return entry[_CELL_MODEL], list(entry.get(_CELL_OVERRIDES, [])), entry.get(_CELL_LABEL)
+        return entry, [], None
 
 
-_CELL_MODEL, _CELL_OVERRIDES = "model", "overrides"  # a model config never has a `model` key
+# a model config never has a `model` key
+_CELL_MODEL, _CELL_OVERRIDES, _CELL_LABEL = "model", "overrides", "label"
 
 
 def load_sweep_config(path: str | Path, overrides: list[str] | None = None) -> SweepConfig:
@@ -122,8 +127,10 @@ def cell_config(
     if not path.is_file():
         raise ConfigError(f"sweep {sweep.name}: experiment file not found: {path}")
     raw = yaml.safe_load(path.read_text()) or {}
-    model_entry, cell_overrides = sweep.cell_entry(model_index)
+    model_entry, cell_overrides, label = sweep.cell_entry(model_index)
     raw["model"] = model_entry
+    if label is not None:
+        raw["cell"] = label
     origin = f"{path} (sweep {sweep.name}, models[{model_index}])"
     raw = resolve_references(raw, conf_dir, origin)
     # the sweep's, then this cell's own, then the caller's (the command line wins)
@@ -141,9 +148,10 @@ def cell_config(
 
 
 def cell_configs(sweep: SweepConfig, extra_overrides: list[str] | None = None) -> list[ExperimentConfig]:
-    """Every model's config, validated up front so a bad entry fails before any compute."""
+    """Every cell's config, validated up front so a bad entry fails before any compute."""
     configs = [cell_config(sweep, i, extra_overrides) for i in range(len(sweep.models))]
-    labels = [c.model.label for c in configs]
+    labels = [c.cell_label for c in configs]
     if len(set(labels)) != len(labels):
-        raise ConfigError(f"sweep {sweep.name}: two model entries have the same label {labels}")
+        raise ConfigError(f"sweep {sweep.name}: two cells have the same label {labels}; give each "
+                          "cell entry its own `label`")
     return configs

@@ -172,14 +172,14 @@ def test_target_met_before_training_is_not_called_unreached():
     assert "n/a (target met before training)" in summary_text(summary)
 
 
-def test_scale_frame_one_row_per_model_and_method():
+def test_scale_frame_one_row_per_cell_and_method():
     from pilotcommit.report import scale_frame
 
     small = summarize_comparison(make_runs(), TargetConfig())
     large = summarize_comparison(make_runs(), TargetConfig(accuracy=0.6))
     frame = scale_frame({"tiny-h64-l2": small, "tiny-h128-l3": large})
     assert len(frame) == 6
-    row = frame[(frame.model == "tiny-h128-l3") & (frame.method == "grpo")].iloc[0]
+    row = frame[(frame.cell == "tiny-h128-l3") & (frame.method == "grpo")].iloc[0]
     assert row["target"] == 0.6 and row["rollouts_to_target_mean"] == 100
 
 
