@@ -131,6 +131,7 @@ def _leaf_types(annotation, path: str):
 # or used to pick code; a new free-text field fails this test until it is reviewed and added.
 FREE_TEXT_FIELDS = {
     "name": "experiment name: MLflow experiment and directory names",
+    "cell": "sweep cell name (a pattern of letters, digits, `_.-`): tags, run names, artifact paths",
     "data.levels[].templates[]": "arithmetic template, parsed by synthetic.parse_template's own grammar",
     "data.train.name": "dataset name, validated by a pattern; metric names and the source column",
     "data.train.hub_name": "hub dataset id, read by datasets.load_dataset (no loading scripts)",
