@@ -10,6 +10,9 @@ function; this file only decides keys, directories and which cached results to t
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 from pathlib import Path
 
 from prefect import flow
@@ -59,6 +62,22 @@ def prepare_stages(ctx: stages.Context, cfg: ExperimentConfig, refresh: bool = F
     return {"prepared": prepared, "initial_policy": initial_policy, "data_key": data_key, "policy_key": policy_key}
 
 
+def probe_stage(ctx: stages.Context, cfg: ExperimentConfig, upstream: dict, refresh: bool = False) -> dict | None:
+    """The cached probe of ``cfg``'s training prompts under its initial policy (``cfg.probe``;
+    None when ``probe.prompts`` is 0), reported as a progress event before any training, so that
+    the CLI prints the prediction first (docs/regimes.md)."""
+    if cfg.probe.prompts == 0:
+        return None
+    settings = cfg.model_dump(mode="json", include={"probe", "methods", "train_mix", "rollout"})
+    key = stages.stage_key("probe", hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16],
+                           upstream["policy_key"], upstream["data_key"], ctx.code_version)
+    out = stages.run_stage(stages.probe_task.with_options(**stages.stage_options(ctx, refresh)),
+                           f"probe ({cfg.cell_label})", cfg, key, upstream["prepared"], upstream["initial_policy"])
+    reporting.run_logger().info("probe (%s): %s", cfg.cell_label, out["recommendation"])
+    stages.emit_progress({"stage": "probe", "cell": cfg.cell_label, "probe": out})
+    return out
+
+
 def train_stage_key(ctx: stages.Context, run_cfg: ExperimentConfig, upstream: dict) -> str:
     return stages.stage_key("train", config_hash(run_cfg), upstream["policy_key"], upstream["data_key"],
                             ctx.code_version)
@@ -87,7 +106,8 @@ def run_model_cells(
     parallel_runs: int | None = None,
 ) -> list[dict]:
     """Prepare data, build the initial policy, and train every method x seed of ``cfg`` as
-    child runs of ``parent_run_id``. Returns one dict per run (stage key, MLflow run id, result).
+    child runs of ``parent_run_id``. Returns ``(runs, probe)``: one dict per run (stage key,
+    MLflow run id, result) and the probe's result before training (None when not configured).
 
     ``parallel_runs``: how many runs train at once, each in its own process (None: one per
     ``torch_threads`` cores on a CPU machine, one on a GPU machine; flows/processes.py)."""
@@ -100,6 +120,7 @@ def run_model_cells(
     ctx_dict = ctx.to_dict()
     upstream = prepare_stages(ctx, cfg, refresh)
     prepared, initial_policy = upstream["prepared"], upstream["initial_policy"]
+    probe = probe_stage(ctx, cfg, upstream, refresh)
     runs, calls = [], []
     for label in cfg.methods:
         for seed in cfg.seeds:
@@ -129,7 +150,7 @@ def run_model_cells(
         if out.get("copied_from"):
             reporting.run_logger().info("%s: reused the finished run on disk (MLflow data copied from run %s)",
                                         name, out["copied_from"])
-    return runs
+    return runs, probe
 
 
 def _train_cells(calls: list[tuple], refresh: bool, names: list[str]) -> list[dict]:
@@ -210,8 +231,9 @@ def compare_flow(
     try:
         reporting.run_logger().info("compare %s: %s x seeds %s on %s, MLflow parent run %s", cfg.name,
                                     ", ".join(cfg.methods), cfg.seeds, cfg.model.label, parent["run_id"])
-        runs = run_model_cells(ctx, cfg, parent["run_id"], parent_key, refresh, parallel_runs)
+        runs, probe = run_model_cells(ctx, cfg, parent["run_id"], parent_key, refresh, parallel_runs)
         summary = report_stage(ctx, cfg, parent, parent_key, runs, refresh)
+        measured = report.informative_group_rates(ctx.client(), [(r["method"], r["mlflow_run_id"]) for r in runs])
         publish_outcome(reporting.artifact_key("comparison", cfg.name), f"comparison {cfg.name}",
                         {"": report.ComparisonSummary.from_dict(summary["summary"])}, ctx, parent["run_id"],
                         [r["mlflow_run_id"] for r in runs])
@@ -228,4 +250,6 @@ def compare_flow(
         "runs_root": str(ctx.runs_root),
         "runs": runs,
         "report": summary,
+        "probe": probe,
+        "informative_measured": measured,
     }

@@ -120,7 +120,9 @@ def run_config(cfg: ExperimentConfig, label: str, seed: int) -> ExperimentConfig
     Built with ``model_copy`` (no re-validation): the narrowed config may no longer hold the
     target's reference method, which a single run does not use.
     """
-    return cfg.model_copy(update={"seeds": [seed], "methods": {label: cfg.methods[label]}})
+    # a training run does not probe: the comparison's probe settings must not change its key
+    return cfg.model_copy(update={"seeds": [seed], "methods": {label: cfg.methods[label]},
+                                  "probe": cfg.probe.model_copy(update={"prompts": 0})})
 
 
 def file_hash(path: Path) -> str:
@@ -561,6 +563,19 @@ class EvaluationReporter:
 
     def __getattr__(self, name: str) -> Any:  # anything a tracker grows later goes straight through
         return getattr(self.inner, name)
+
+
+@task(name="probe", **_TASK_DEFAULTS)
+def probe_task(cfg: ExperimentConfig, stage_key: str, prepared: dict, initial_policy: str) -> dict:
+    """:func:`pilotcommit.probe.run_probe` with ``cfg.probe``'s settings (plain data, cached)."""
+    from flows.reporting import run_logger
+    from pilotcommit.data.prepared import PreparedData
+    from pilotcommit.probe import run_probe
+
+    p = cfg.probe
+    run_logger().info("probe: running (%s, %d prompts x %d rollouts)", stage_key, p.prompts, p.samples)
+    return run_probe(cfg, PreparedData.from_dict(prepared).train_path, initial_policy, prompts=p.prompts,
+                     samples=p.samples, seed=0, estimator=p.estimator).to_dict()
 
 
 @task(name="evaluate", **_TASK_DEFAULTS)

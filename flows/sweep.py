@@ -54,7 +54,7 @@ def sweep_model_flow(
     ctx = stages.make_context(sweep.name, runs_dir, tracking_uri)
     reporting.run_logger().info("sweep %s, model %s: %s x seeds %s, MLflow parent run %s", sweep.name,
                                 cfg.cell_label, ", ".join(cfg.methods), cfg.seeds, parent_run_id)
-    runs = run_model_cells(ctx, cfg, parent_run_id, parent_key, refresh, parallel_runs)
+    runs, _ = run_model_cells(ctx, cfg, parent_run_id, parent_key, refresh, parallel_runs)
     run_ids = [r["mlflow_run_id"] for r in runs]
     summary = cell_summary_task(ctx.tracking_uri, run_ids, cfg.target)
     publish_outcome(reporting.artifact_key("sweep", sweep.name, "cell", cfg.cell_label),

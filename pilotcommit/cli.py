@@ -126,6 +126,12 @@ class TrainingProgress:
         self.bars: dict[tuple, Any] = {}
 
     def __call__(self, event: dict) -> None:
+        if event.get("stage") == "probe":  # before any training: the prediction comes first
+            from pilotcommit.probe import ProbeResult
+
+            console.print(f"[bold]prediction[/] for {event['cell']}, before training (pilotcommit probe):")
+            print_probe(ProbeResult.from_dict(event["probe"]))
+            return
         if event.get("stage") == "initial-policy":
             key = ("init", event["model"])
             if key not in self.bars:
@@ -238,6 +244,8 @@ def compare(
             tracking_uri=tracking_uri, refresh=refresh, parallel_runs=parallel_runs,
         ), verbose)
     _print_report(out["report"], cfg.name)
+    if out.get("probe") and out.get("informative_measured"):
+        print_prediction_check(out["probe"], out["informative_measured"])
     gaps = [f"{r['method']} seed {r['seed']}: {r['tracking_gap']}" for r in out["runs"]
             if r.get("tracking_gap") and r["tracking_gap"] != "no tracking outage"]
     for line in gaps:
@@ -311,6 +319,24 @@ def probe(
     result = ProbeResult.from_dict(out["probe"])
     print_probe(result)
     console.print(f"MLflow run [bold]{out['mlflow_run_id']}[/] in {out['tracking_uri']}")
+
+
+def print_prediction_check(probe: dict, measured: dict) -> None:
+    """Predicted (before training) beside measured informative groups per 1,000 rollouts."""
+    from rich.table import Table
+
+    from pilotcommit.report import EARLY_STEPS
+
+    table = Table(title="informative groups per 1,000 sampled rollouts")
+    table.add_column("method")
+    table.add_column("predicted", justify="right")
+    table.add_column(f"measured, first {EARLY_STEPS} steps", justify="right")
+    table.add_column("measured, whole run", justify="right")
+    for pred in probe["predictions"]:
+        got = measured.get(pred["method"])
+        table.add_row(pred["method"], f"{pred['informative_groups_per_1k']:.1f}",
+                      f"{got['early_per_1k']:.1f}" if got else "-", f"{got['per_1k']:.1f}" if got else "-")
+    console.print(table)
 
 
 def print_probe(result) -> None:

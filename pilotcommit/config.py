@@ -477,6 +477,19 @@ class RolloutConfig(StrictModel):
     vllm: VLLMSettings = Field(default_factory=VLLMSettings, description="vLLM engine settings.")
 
 
+class ProbeConfig(StrictModel):
+    """The probe ``compare`` runs before training (pilotcommit/probe.py, docs/regimes.md): the
+    initial policy's pass-rate spread on the training prompts and each method's predicted
+    informative groups per 1,000 rollouts, printed before training and beside the measured
+    rates after it."""
+
+    prompts: int = Field(256, ge=0, description="Training prompts probed (0: no probe).")
+    samples: int = Field(16, ge=1, description="Rollouts per probed prompt.")
+    estimator: Literal["empirical_bayes", "jeffreys", "plug_in"] = Field(
+        "empirical_bayes", description="How a prompt's k of K probe successes become group odds."
+    )
+
+
 class EvalConfig(StrictModel):
     """Periodic evaluation on the held-out set / benchmarks."""
 
@@ -619,6 +632,7 @@ class ExperimentConfig(StrictModel):
     train_mix: TrainMixConfig | None = Field(
         None, description="RL training prompts as a level mix of the training split (None: all)."
     )
+    probe: ProbeConfig = Field(default_factory=ProbeConfig)
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)

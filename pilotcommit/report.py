@@ -475,6 +475,34 @@ def load_run_history(client, run, metric: str = AVERAGE_ACCURACY) -> RunHistory:
                       tags.get("cell", tags.get("model", "")))
 
 
+INFORMATIVE_GROUPS = "reward/informative_groups"
+EARLY_STEPS = 10  # "early": the first training steps, where the policy is still close to the probed one
+
+
+def informative_group_rates(client, runs: Sequence[tuple[str, str]]) -> dict[str, dict[str, float]]:
+    """Measured informative groups per 1,000 sampled rollouts, per method (mean over its runs):
+    over the whole run (``per_1k``) and over its first ``EARLY_STEPS`` steps (``early_per_1k``),
+    the counterpart of what ``pilotcommit probe`` predicts from the initial policy.
+
+    ``runs``: ``(method, MLflow run id)`` pairs. A run without the metric (older code) is left out.
+    """
+    from pilotcommit.tracking import metric_history
+
+    per_method: dict[str, list[tuple[float, float]]] = {}
+    for method, run_id in runs:
+        informative = dict(metric_history(client, run_id, INFORMATIVE_GROUPS))
+        cumulative = dict(metric_history(client, run_id, "rollouts/cumulative"))
+        steps = sorted(set(informative) & set(cumulative))
+        if not steps:
+            continue
+        early = [s for s in steps if s <= EARLY_STEPS] or steps[:1]
+        whole = 1000 * sum(informative[s] for s in steps) / cumulative[steps[-1]]
+        first = 1000 * sum(informative[s] for s in early) / cumulative[early[-1]]
+        per_method.setdefault(method, []).append((whole, first))
+    return {m: {"per_1k": float(np.mean([w for w, _ in v])), "early_per_1k": float(np.mean([f for _, f in v])),
+                "runs": len(v)} for m, v in per_method.items()}
+
+
 def load_comparison_runs(client, parent_run_id: str, metric: str = AVERAGE_ACCURACY) -> list[RunHistory]:
     """The training runs nested under a comparison's parent run."""
     from pilotcommit.tracking import child_runs

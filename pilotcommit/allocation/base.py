@@ -196,6 +196,8 @@ class AllocationPolicy(ABC):
             "reward/mean": float(np.mean(rewards)),  # shaped: what the learner trains on
             "reward/accuracy_mean": float(np.mean(correct)),
             "reward/zero_variance_groups": sum(is_zero_variance(g.rewards) for g in groups),
+            # groups with a learning signal, the quantity pilotcommit probe predicts per rollout
+            "reward/informative_groups": sum(not is_zero_variance(g.rewards) for g in groups),
         }
         metrics.update(self._extra_metrics(groups))
         batch = TrainBatch(step=self.step, groups=groups, metrics=metrics)

@@ -77,6 +77,12 @@ def test_compare_twice_then_report_accept_train(tmp_path):
         assert text in first.stdout, text
     results = {p: p.stat().st_mtime_ns for p in runs.glob("smoke/train/*/result.json")}
     assert len(results) == 3
+    # the probe's prediction is printed before any training, the measured rates beside it after
+    out = first.stdout
+    assert out.index("prediction for tiny-h64-l2, before training") < out.index("rollouts to target")
+    assert "informative groups per 1,000 sampled rollouts" in out
+    check = out[out.index("informative groups per 1,000 sampled rollouts"):]
+    assert all(label in check for label in ("grpo", "dapo", "pilot_commit"))
 
     started = time.perf_counter()
     second = run_cli(["compare", *common], env)

@@ -82,3 +82,25 @@ def test_probe_cli_prints_the_prediction_and_logs_an_mlflow_run(tmp_path):
                    "--estimator", "guess"], env)
     assert bad.returncode == 2 and "--estimator" in bad.stderr
     assert not (tmp_path / "other").exists()
+
+
+def test_measured_informative_group_rates_from_a_real_mlflow_store(tmp_path):
+    from pilotcommit import tracking
+    from pilotcommit.report import informative_group_rates
+
+    client = tracking.mlflow_client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = tracking.ensure_experiment(client, "rates", str(tmp_path / "artifacts"))
+    runs = []
+    # 12 steps of 512 rollouts; 20 informative groups per step, then 10 after step 10
+    for seed, shift in ((0, 0), (1, 4)):
+        run_id = client.create_run(experiment).info.run_id
+        for step in range(1, 13):
+            client.log_metric(run_id, "reward/informative_groups", (20 if step <= 10 else 10) + shift, step=step)
+            client.log_metric(run_id, "rollouts/cumulative", 512 * step, step=step)
+        runs.append(("grpo", run_id))
+    rates = informative_group_rates(client, runs)["grpo"]
+    early = [1000 * 10 * (20 + s) / (512 * 10) for s in (0, 4)]
+    whole = [1000 * (10 * (20 + s) + 2 * (10 + s)) / (512 * 12) for s in (0, 4)]
+    assert rates["early_per_1k"] == pytest.approx(np.mean(early))
+    assert rates["per_1k"] == pytest.approx(np.mean(whole))
+    assert rates["runs"] == 2
