@@ -43,6 +43,7 @@ from pilotcommit.data.prepared import PreparedData, read_prompt_table
 from pilotcommit.evaluation import EvalRecord, EvalSet, evaluate_policy
 from pilotcommit.fingerprint import as_params, machine_fingerprint
 from pilotcommit.learner.update import Learner, NonFiniteLossError
+from pilotcommit.memory import memory_metrics
 from pilotcommit.rollout.protocol import RolloutEngine, SamplingParams, derive_seed
 from pilotcommit.tracking import MemoryTracker, Tracker
 from pilotcommit.types import RequestResult
@@ -343,6 +344,7 @@ def _train_run(
         t0 = time.perf_counter()
         generated = 0
         reward_timeouts = 0
+        memory: dict[str, float] = {}
         round_index = 0
         batch = None
         while batch is None:
@@ -352,6 +354,7 @@ def _train_run(
                 seed=derive_seed(seed, step, round_index), policy_step=step,
             )
             generated += engine.last_stats.num_generated_tokens
+            memory = {**memory, **engine.last_stats.memory}  # the last round's phases
             if not finite_sampling(results):
                 # a diverged policy samples garbage that scores 0 everywhere: its groups carry no
                 # gradient, so the loss alone would never turn NaN and the run would go on silently
@@ -366,6 +369,7 @@ def _train_run(
             batch = policy.observe(results)
             round_index += 1
         t1 = time.perf_counter()
+        memory.update(memory_metrics("before_learn"))
         try:
             learn_metrics = learner.update(batch, seed=derive_seed(seed, step, _LEARN_SEED_TAG))
         except NonFiniteLossError as err:
@@ -373,6 +377,7 @@ def _train_run(
         if not all(bool(torch.isfinite(_local(p)).all()) for p in model.parameters()):
             # checked before the next checkpoint, so that a checkpoint never holds NaN weights
             raise _diverged("the update left NaN or infinite weights", step, run_dir)
+        memory.update(memory_metrics("after_learn"))  # reserved - allocated: what the cache holds
         engine.update_weights(model)
         t2 = time.perf_counter()
         state.steps += 1
@@ -387,6 +392,7 @@ def _train_run(
             "time/generate_s": t1 - t0,
             "time/learn_s": t2 - t1,
             "throughput/generated_tokens_per_s": generated / max(t1 - t0, 1e-9),
+            **memory,  # memory/*_gib on a GPU; nothing on CPU
         }
         tracker.log_metrics(metrics, state.steps)
         done = budget_reached(cfg, state.steps, policy.cumulative_sampled)

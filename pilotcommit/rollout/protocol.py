@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from pilotcommit.types import RequestResult, RolloutRequest
@@ -83,6 +83,8 @@ class GenerationStats:
     # completion tokens summed over rollouts, EOS included
     num_generated_tokens: int
     wall_s: float
+    # accelerator memory around the call's phases (memory/<phase>_*_gib; empty without CUDA)
+    memory: dict[str, float] = field(default_factory=dict)
 
     @property
     def generated_tokens_per_s(self) -> float:

@@ -64,6 +64,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from pilotcommit.memory import free_cached_blocks, memory_metrics
+
 from pilotcommit.rollout.protocol import (
     EMPTY_STATS,
     FINISH_LENGTH,
@@ -206,13 +208,15 @@ def assign_requests_to_replicas(counts: Sequence[int], num_replicas: int) -> lis
     return assignment
 
 
-def generation_stats(results: Sequence[RequestResult], wall_s: float) -> GenerationStats:
+def generation_stats(results: Sequence[RequestResult], wall_s: float,
+                     memory: Mapping[str, float] | None = None) -> GenerationStats:
     rollouts = [r for result in results for r in result.rollouts]
     return GenerationStats(
         num_rollouts=len(rollouts),
         num_prompt_tokens=sum(len(r.prompt_token_ids) for r in rollouts),
         num_generated_tokens=sum(r.num_completion_tokens for r in rollouts),
         wall_s=wall_s,
+        memory=dict(memory or {}),
     )
 
 
@@ -364,6 +368,7 @@ class VLLMEngine:
         self.last_stats: GenerationStats = EMPTY_STATS
         self.weights_version = 0
         self._asleep: set[str] = set()
+        self._memory: dict[str, float] = {}  # memory/* of the phases of the current call
         # set from the learner's model by from_config (None: names are not checked up front)
         self.weight_names: tuple[frozenset[str], frozenset[str]] | None = None
 
@@ -452,6 +457,7 @@ class VLLMEngine:
     ) -> list[RequestResult]:
         """``request.count`` completions per request, in request order (protocol contract)."""
         start = time.perf_counter()
+        self._memory = {}
         prompts = _validated_prompts(requests, prompt_token_ids)
         assignment = assign_requests_to_replicas([r.count for r in requests], self.num_replicas)
         mine = [i for i, r in enumerate(requests) if assignment[i] == self.replica and r.count > 0]
@@ -494,7 +500,7 @@ class VLLMEngine:
             merged.get(i) or RequestResult(request=request, rollouts=[])
             for i, request in enumerate(requests)
         ]
-        self.last_stats = generation_stats(results, time.perf_counter() - start)
+        self.last_stats = generation_stats(results, time.perf_counter() - start, self._memory)
         return results
 
     def update_weights(self, weights: Any) -> None:
@@ -533,16 +539,26 @@ class VLLMEngine:
             torch.cuda.empty_cache()
 
     def release_memory(self) -> None:
-        """Sleep (level 1: weights to CPU memory, KV cache freed) when sleep mode is on."""
+        """Sleep (level 1: weights to CPU memory, KV cache freed) when sleep mode is on, then
+        hand PyTorch's cached blocks back so that the learner's next allocations fit."""
         if self.sleep_mode and self._asleep != set(SLEEP_TAGS):
             self.llm.sleep(level=1)
             self._asleep = set(SLEEP_TAGS)
+            free_cached_blocks()
+            self._memory.update(memory_metrics("after_sleep"))
 
     def _wake(self, tags: Sequence[str]) -> None:
+        """Wake ``tags``; the caching allocator's free blocks (the learner's activations and
+        gradients) are returned first, or vLLM's wake-up may not find room for its weights and
+        KV cache, and again after it (verl's order)."""
         to_wake = [tag for tag in SLEEP_TAGS if tag in tags and tag in self._asleep]
         if to_wake:
+            free_cached_blocks()
+            self._memory.update(memory_metrics("before_wake"))
             self.llm.wake_up(tags=to_wake)
             self._asleep -= set(to_wake)
+            free_cached_blocks()
+            self._memory.update(memory_metrics("after_wake"))
 
     # ----------------------------------------------------------------- replicas
     def _gather(self, local: dict[int, RequestResult]) -> dict[int, RequestResult]:

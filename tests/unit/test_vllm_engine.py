@@ -424,6 +424,41 @@ def test_sleep_between_generations_and_weights_woken_alone_for_the_sync():
     assert llm.calls[0] == ("sleep", 1)
 
 
+def test_cached_blocks_are_freed_around_wake_up_and_after_sleep_with_memory_metrics(monkeypatch):
+    """Sleep mode exists on CUDA only: the CUDA allocator is a recording double here (what a GPU
+    run does: empty the cache before and after vLLM wakes and after it sleeps, as verl does),
+    and the phases' memory/* metrics reach the call's GenerationStats."""
+    from pilotcommit import memory
+
+    engine, llm = make_engine()
+    reserved = iter(range(100, 200))
+    monkeypatch.setattr(memory, "cuda_available", lambda: True)
+    monkeypatch.setattr(memory.torch.cuda, "empty_cache", lambda: llm.calls.append(("empty_cache",)))
+    monkeypatch.setattr(memory.torch.cuda, "memory_reserved", lambda: next(reserved) * (1 << 30))
+    monkeypatch.setattr(memory.torch.cuda, "memory_allocated", lambda: 1 << 30)
+    engine.release_memory()
+    engine.generate(requests(1), PROMPTS, PARAMS, seed=0)
+    names = [c[0] for c in llm.calls]
+    assert names == ["sleep", "empty_cache", "empty_cache", "wake_up", "empty_cache", "generate",
+                     "sleep", "empty_cache"]
+    stats = engine.last_stats.memory
+    assert set(stats) == {f"memory/{phase}_{kind}_gib" for phase in ("before_wake", "after_wake", "after_sleep")
+                          for kind in ("reserved", "allocated")}
+    assert stats["memory/before_wake_reserved_gib"] < stats["memory/after_wake_reserved_gib"] \
+        < stats["memory/after_sleep_reserved_gib"]
+    assert stats["memory/after_sleep_allocated_gib"] == 1.0
+
+
+def test_without_cuda_there_are_no_memory_metrics():
+    from pilotcommit.memory import memory_metrics
+
+    assert not torch.cuda.is_available() and memory_metrics("after_learn") == {}
+    engine, _ = make_engine()
+    engine.release_memory()
+    engine.generate(requests(1), PROMPTS, PARAMS, seed=0)
+    assert engine.last_stats.memory == {}
+
+
 def test_without_sleep_mode_nothing_sleeps():
     engine, llm = make_engine(sleep_mode=False)
     engine.release_memory()
