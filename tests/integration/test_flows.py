@@ -268,6 +268,8 @@ class _CrashOnce:
     def __call__(self, event: dict) -> None:
         if event.get("stage") != "train" or event.get("method") != self.method or "step" not in event:
             return
+        if event.get("event") == "evaluation":  # the per-evaluation report comes before the step's
+            return  # checkpoint; only the end-of-step event follows it
         if self.failed:
             self.after_failure.append(event["step"])
         elif event["step"] == self.step:
