@@ -54,7 +54,7 @@ def test_probe_cli_prints_the_prediction_and_logs_an_mlflow_run(tmp_path):
     assert max(len(line) for line in out.splitlines()) <= 80
     for label in ("grpo", "dapo", "pilot_commit"):
         assert label in out
-    recommendation = next(line for line in out.splitlines() if line.startswith("use "))
+    flat = " ".join(out.split())  # rich wraps the recommendation at 80 columns
 
     client = tracking.mlflow_client(f"sqlite:///{runs / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("smoke")
@@ -62,7 +62,8 @@ def test_probe_cli_prints_the_prediction_and_logs_an_mlflow_run(tmp_path):
     assert len(probes) == 1
     run = probes[0]
     assert run.info.status == "FINISHED"
-    assert run.data.tags["pilotcommit.recommendation"].startswith(recommendation.strip())
+    recommendation = run.data.tags["pilotcommit.recommendation"]
+    assert recommendation.startswith(("use ", "no clear winner", "no method")) and recommendation in flat
     metrics = run.data.metrics
     assert metrics["probe/prompts"] == 40 and metrics["probe/samples_per_prompt"] == 8
     assert math.isclose(metrics["probe/at_0"] + metrics["probe/between"] + metrics["probe/at_1"], 1.0)
