@@ -156,8 +156,9 @@ def _worker_main(spec_path: Path) -> None:
         gap = tracker.close() if tracker is not None else None  # the cell sets the final status
     if gap is not None:
         (run_dir / LAUNCH_OUTCOME_FILE).write_text(json.dumps({"tracking_gap": gap.summary()}))
-    dist.barrier()
-    dist.destroy_process_group()
+    from pilotcommit.learner.distributed import exit_distributed
+
+    exit_distributed()  # barrier, destroy, then exit without interpreter finalization
 
 
 TAG_WORLD_SIZE = "pilotcommit.world_size"

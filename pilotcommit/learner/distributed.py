@@ -85,6 +85,27 @@ class DistributedContext:
         return self.rank == 0
 
 
+def exit_distributed(code: int = 0) -> None:
+    """End a torchrun worker once its work is written: a barrier, the process group destroyed,
+    logs and stdio flushed, then ``os._exit``.
+
+    Why not a normal exit: gloo's C++ worker threads can still be alive during interpreter
+    finalization, and tearing them down there aborts the process (SIGABRT, "terminate called
+    without an active exception"; seen on a loaded 2-core machine after a whole run had finished
+    and written everything, pytorch/pytorch#179291). torchrun then reports the job failed. Every
+    file the run writes is closed before this is called, so skipping finalization loses nothing.
+    """
+    import logging
+    import sys
+
+    dist.barrier()
+    dist.destroy_process_group()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def init_distributed(backend: str | None = None, timeout_s: float = 1800.0) -> DistributedContext:
     """Join the process group described by ``torchrun``'s environment variables.
 

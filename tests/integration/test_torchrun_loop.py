@@ -36,10 +36,9 @@ def test_two_process_run_equals_single_process(smoke_prepared, smoke_policy, tmp
         cfg = load_experiment_config({str(SMOKE_CONFIG)!r}, {OVERRIDES!r})
         train_run(cfg, "pilot_commit", 0, prepared=PreparedData.from_dict({smoke_prepared.to_dict()!r}),
                   initial_policy={smoke_policy!r}, run_dir=Path({str(tmp_path / 'sharded')!r}), resume=False)
-        # the entry point owns the process group: leaving it alive at exit can abort gloo
-        import torch.distributed as dist
-        dist.barrier()
-        dist.destroy_process_group()
+        # the entry point owns the process group (as pilotcommit.launch does)
+        from pilotcommit.learner.distributed import exit_distributed
+        exit_distributed()
     """))
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
