@@ -20,7 +20,6 @@ from prefect.cache_policies import NO_CACHE
 
 from flows import stages
 from flows.compare import comparison_tags, prepare_stages
-from pilotcommit import tracking
 from pilotcommit.config import ExperimentConfig, config_hash, demo_config_path, load_experiment_config
 from pilotcommit.probe import ProbeResult, histogram_figure, run_probe
 

@@ -32,7 +32,6 @@ from pilotcommit.config import (
     config_hash,
 )
 from pilotcommit.data.prepared import PROMPTS_TOO_LONG, PreparedData, read_prompt_table
-from pilotcommit.data.schema import validate_prompt_table
 from pilotcommit.evaluation import evaluate_policy
 from pilotcommit.loop import RunResult, build_eval_sets, reward_function, train_run
 
