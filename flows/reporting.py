@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pilotcommit import tracking
-from pilotcommit.report import ComparisonSummary, SpeedUp
+from pilotcommit.report import ComparisonSummary, format_speedup
 
 # At most this many evaluation lines per training run (plus the first and the final one):
 # enough to follow a day-long run, few enough to read on the run page.
@@ -205,17 +205,6 @@ def _fmt(value: float | None, digits: int = 0) -> str:
     return f"{value:,.{digits}f}"
 
 
-def _fmt_speedup(s: SpeedUp | None) -> str:
-    if s is None:
-        return "-"
-    if s.ratio_of_means is None:
-        return f"n/a ({s.note or 'not reached'})"
-    text = f"{s.ratio_of_means:.2f}x"
-    if s.paired:
-        text += f" [{s.paired_min:.2f}-{s.paired_max:.2f}]"
-    return text + (" (partial)" if s.partial else "")
-
-
 def comparison_rows(summary: ComparisonSummary) -> list[dict[str, str]]:
     """One row per method of the artifact's table (strings, as shown)."""
     baselines = [s.baseline for s in summary.speedups]
@@ -230,7 +219,7 @@ def comparison_rows(summary: ComparisonSummary) -> list[dict[str, str]]:
         }
         for b in baselines:
             found = next((s for s in summary.speedups if s.method == name and s.baseline == b), None)
-            row[f"speed-up vs {b}"] = _fmt_speedup(found)
+            row[f"speed-up vs {b}"] = format_speedup(found, " (partial)")
         rows.append(row)
     return rows
 

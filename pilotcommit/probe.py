@@ -47,10 +47,6 @@ class ProbeResult:
     wall_s: float = 0.0
     levels: list[str] = field(default_factory=list)
 
-    @property
-    def counts(self) -> PassRateCounts:
-        return PassRateCounts(np.array(self.successes), np.full(len(self.successes), self.samples))
-
     def prompt_table(self) -> pd.DataFrame:
         p = np.array(self.successes) / self.samples
         table = pd.DataFrame({"prompt_id": self.prompt_ids, "successes": self.successes,

@@ -581,7 +581,9 @@ def _fmt_rollouts(value: float | None) -> str:
     return "not reached" if value is None else f"{value:,.0f}"
 
 
-def _fmt_speedup(s: SpeedUp | None) -> str:
+def format_speedup(s: SpeedUp | None, partial_mark: str = " partial") -> str:
+    """``1.23x [1.10-1.40]`` (ratio of means, paired min-max), ``partial_mark`` when a mean
+    leaves out seeds that never reached the target; ``n/a (why)`` or ``-`` otherwise."""
     if s is None:
         return "-"
     if s.ratio_of_means is None:
@@ -589,7 +591,7 @@ def _fmt_speedup(s: SpeedUp | None) -> str:
     text = f"{s.ratio_of_means:.2f}x"
     if s.paired:
         text += f" [{s.paired_min:.2f}-{s.paired_max:.2f}]"
-    return text + (" partial" if s.partial else "")
+    return text + (partial_mark if s.partial else "")
 
 
 def render_summary(summary: ComparisonSummary, title: str = "Comparison"):
@@ -656,7 +658,7 @@ def summary_text(summary: ComparisonSummary) -> str:
         std = f" ± {m.std:,.0f}" if m.std is not None else ""
         lines.append(f"{name}: rollouts to target {_fmt_rollouts(m.mean)}{std} (reached {m.reached}/{m.seeds})")
     for s in summary.speedups:
-        lines.append(f"speed-up {s.method} vs {s.baseline}: {_fmt_speedup(s)}")
+        lines.append(f"speed-up {s.method} vs {s.baseline}: {format_speedup(s)}")
     return "\n".join(lines)
 
 
