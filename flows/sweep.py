@@ -11,7 +11,11 @@ it (tag ``model`` tells the sizes apart). Each model's cells are one ``sweep-mod
   this flow waits for them and fails if any failed.
 
 At the end the sweep reads every child run back from MLflow and logs, per model, the
-comparison figure and table, plus a table of rollouts to target against model size.
+comparison figure and table, plus a table of rollouts to target against model size, and the
+study report of :mod:`pilotcommit.study` (``study/``: per-cell speed-ups with paired bootstrap
+intervals at two targets, equal-budget accuracy, the speed-up against zero-variance-share
+figure, and each cell's probe prediction, logged as ``probe/<cell>/probe.json``, beside the
+measured informative-group rates).
 Workers must see the same runs directory and tracking store (paths are passed on).
 """
 
@@ -25,7 +29,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows import reporting, stages
 from flows.compare import comparison_tags, publish_outcome, run_model_cells
-from pilotcommit import report, tracking
+from pilotcommit import report, study, tracking
 from pilotcommit.config import config_hash
 from pilotcommit.launch import check_gpus
 from pilotcommit.sweep import cell_config, cell_configs, load_sweep_config
@@ -54,7 +58,9 @@ def sweep_model_flow(
     ctx = stages.make_context(sweep.name, runs_dir, tracking_uri)
     reporting.run_logger().info("sweep %s, model %s: %s x seeds %s, MLflow parent run %s", sweep.name,
                                 cfg.cell_label, ", ".join(cfg.methods), cfg.seeds, parent_run_id)
-    runs, _ = run_model_cells(ctx, cfg, parent_run_id, parent_key, refresh, parallel_runs)
+    runs, probe = run_model_cells(ctx, cfg, parent_run_id, parent_key, refresh, parallel_runs)
+    if probe is not None:  # the prediction the study report sets beside the measurement
+        study.log_cell_probe(ctx.client(), parent_run_id, cfg.cell_label, probe)
     run_ids = [r["mlflow_run_id"] for r in runs]
     summary = cell_summary_task(ctx.tracking_uri, run_ids, cfg.target)
     publish_outcome(reporting.artifact_key("sweep", sweep.name, "cell", cfg.cell_label),
@@ -113,8 +119,15 @@ def sweep_report_task(ctx: dict, parent_run_id: str, cell_configs: dict, out_dir
     path.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(path, index=False)
     client.log_artifact(parent_run_id, str(path), "sweep")
+    # the study report (docs/regimes.md): speed-ups with bootstrap intervals at two targets, equal
+    # budgets, zero-variance share, predicted against measured informative groups, per cell
+    target = next(iter(cell_configs.values())).target
+    cells = study.study_cells(study.load_study_inputs(client, parent_run_id, target.metric), target,
+                              order=list(cell_configs))
+    study_paths = study.log_study(client, parent_run_id, cells, Path(out_dir) / "study")
     return {"summaries": {m: s.to_dict() for m, s in summaries.items()},
             "text": {m: report.summary_text(s) for m, s in summaries.items()}, "table": str(path),
+            "study": {k: str(v) for k, v in study_paths.items()},
             "run_ids": [r.run_id for r in runs]}
 
 

@@ -1,4 +1,5 @@
-"""The ``pilotcommit`` command line (typer): compare, train, probe, sweep, nightly, report, accept, serve.
+"""The ``pilotcommit`` command line (typer): compare, train, probe, sweep, study, nightly, report, accept,
+serve.
 
 Every command validates its configuration and checks the tracking store *before* any compute:
 a config error prints the message (file and field) and exits with code 2, an unreachable
@@ -401,7 +402,64 @@ def sweep(
     for model, summary in out["report"]["summaries"].items():
         _print_report({"summary": summary}, f"{sweep_cfg.name} / {model}")
     console.print(f"scale table: {out['report']['table']}")
+    if out["report"].get("study"):
+        console.print(f"study report: {out['report']['study']['markdown']} (also `pilotcommit study`)")
     _print_where(out)
+
+
+@app.command()
+def study(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Sweep YAML.")] = Path("conf/sweep/regimes.yaml"),
+    run_id: Annotated[str | None, typer.Option("--run-id", help="Parent run of the sweep (default: its latest finished one).")] = None,
+    runs_dir: RunsDirOpt = None,
+    tracking_uri: UriOpt = None,
+    out: Annotated[Path | None, typer.Option(help="Report folder (default: <runs-dir>/<sweep>/reports/<run-id>/study).")] = None,
+    resamples: Annotated[int, typer.Option(min=100, help="Bootstrap resamples.")] = 2000,
+    log: Annotated[bool, typer.Option(help="Also log the report to the sweep's parent run.")] = False,
+) -> None:
+    """The study report of a finished sweep, from MLflow: per cell, Pilot-Commit's speed-ups with
+    paired bootstrap intervals, accuracy at equal budgets, and the probe's prediction against the
+    measured informative-group rates (docs/regimes.md)."""
+    from pilotcommit import study as study_mod
+    from pilotcommit import tracking
+    from pilotcommit.config import ConfigError
+    from pilotcommit.sweep import cell_configs, load_sweep_config
+
+    try:
+        sweep_cfg = load_sweep_config(config)
+        cells_cfg = cell_configs(sweep_cfg, [])
+        target = cells_cfg[0].target
+    except ConfigError as err:
+        _fail(str(err), EXIT_CONFIG)
+    uri = _check_store(runs_dir, tracking_uri)
+    client = tracking.mlflow_client(uri)
+    if run_id is None:
+        experiment = client.get_experiment_by_name(sweep_cfg.name)
+        parent = tracking.latest_parent_run(client, experiment.experiment_id, sweep_cfg.name, kind="sweep") if experiment else None
+        if parent is None:
+            _fail(f"no finished sweep {sweep_cfg.name!r} in {uri}; run `pilotcommit sweep --config {config}` first", EXIT_FAILED)
+        run_id = parent.info.run_id
+    try:
+        cells = study_mod.study_cells(study_mod.load_study_inputs(client, run_id, target.metric), target,
+                                      resamples=resamples, order=[c.cell_label for c in cells_cfg])
+    except ValueError as err:
+        _fail(str(err), EXIT_FAILED)
+    out_dir = out or (runs_dir.resolve() if runs_dir else tracking.default_runs_root()) / sweep_cfg.name / "reports" / run_id / "study"
+    text = study_mod.markdown_tables(cells)
+    console.print(f"study of sweep {sweep_cfg.name!r}, MLflow parent run {run_id}\n")
+    console.print(text, markup=False, soft_wrap=True)
+    if log:
+        paths = study_mod.log_study(client, run_id, cells, out_dir)
+    else:
+        import matplotlib.pyplot as plt
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paths = {"markdown": out_dir / "study.md", "figure": out_dir / "speedup_vs_zero_variance.png"}
+        paths["markdown"].write_text(text)
+        fig = study_mod.speedup_figure(cells)
+        fig.savefig(paths["figure"], dpi=120)
+        plt.close(fig)
+    console.print(f"written: {', '.join(str(p) for p in paths.values())}" + (f"; logged to run {run_id}" if log else ""))
 
 
 @app.command()

@@ -381,6 +381,21 @@ def test_sweep_as_subflows(first_compare, runs_dir):
     assert artifacts == {"comparison/tiny-h64-l1", "comparison/tiny-h64-l2"}
     assert [a.path for a in client.list_artifacts(out["parent_run_id"], "sweep")] == ["sweep/scale_summary.csv"]
     assert "comparison/tiny-h64-l1/target_accuracy" in parent.data.metrics
+    # the study report (pilotcommit.study): per cell, with each cell's probe prediction beside it
+    assert {a.path for a in client.list_artifacts(out["parent_run_id"], "probe")} == {
+        "probe/tiny-h64-l1", "probe/tiny-h64-l2"}
+    assert {a.path for a in client.list_artifacts(out["parent_run_id"], "study")} == {
+        "study/study.md", "study/study.json", "study/speedup_vs_zero_variance.png"}
+    study_md = Path(out["report"]["study"]["markdown"]).read_text()
+    for cell in ("tiny-h64-l1", "tiny-h64-l2"):
+        assert f"| {cell} | pilot_commit |" in study_md  # the predictor-check rows
+    assert "| tiny-h64-l1 | " in study_md.split("### Rankings")[1]
+    study_json = json.loads(Path(out["report"]["study"]["json"]).read_text())
+    assert [c["cell"] for c in study_json] == ["tiny-h64-l1", "tiny-h64-l2"]
+    for c in study_json:
+        assert set(c["predicted_rates"]) == {"grpo", "dapo", "pilot_commit"}
+        assert set(c["measured_rates"]) == {"grpo", "dapo", "pilot_commit"}
+        assert 0.0 <= c["zero_variance"]["value"] <= 1.0
 
 
 def test_nightly_passes_unchanged_and_fails_on_injected_regression(first_compare, runs_dir):

@@ -1,0 +1,414 @@
+"""The study report of a sweep: per cell, where the candidate method pays and whether the probe's
+prediction said so (docs/regimes.md).
+
+A sweep's cells differ in one or two factors (the regime map: the training prompts' pass-rate
+spread and the group size). Per cell this module computes, from the runs under the sweep's MLflow
+parent run:
+
+- the candidate's (Pilot-Commit's) speed-up over every baseline in rollouts to target, at the
+  reference's (GRPO's) best accuracy and at a lower target (75% of the reference's gain), each
+  with a 95% paired bootstrap interval over seeds (:func:`pilotcommit.stats.bootstrap_speedups`);
+- accuracy at equal budgets, candidate minus each baseline, paired by seed
+  (:func:`pilotcommit.stats.equal_budget_table`);
+- the reference's measured zero-variance share of trained groups (mean over its steps, then over
+  seeds, with a bootstrap interval over seeds): the x axis of :func:`speedup_figure`;
+- the measured informative groups per 1,000 sampled rollouts per method
+  (:func:`pilotcommit.report.informative_group_rates`) beside the probe's prediction (the
+  ``probe/<cell>/probe.json`` artifact the sweep logs), and whether the predicted ranking of the
+  methods matches the measured ranking by rollouts to target.
+
+    load_study_inputs(client, parent_run_id)  -> StudyInputs      (MLflow reads only)
+    study_cells(inputs, ...)                  -> list[CellOutcome] (pure)
+    markdown_tables(cells) / speedup_figure(cells) / log_study(...)
+
+Not here: Prefect (flows/sweep.py calls this at the end of a sweep; ``pilotcommit study``
+re-renders it from MLflow).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pilotcommit import report, stats
+from pilotcommit.config import TargetConfig
+from pilotcommit.report import RunHistory
+
+# the two targets of the study (TargetConfig.fraction_of_reference): the reference's best, and a
+# target that is not decided by evaluation noise at the last few evaluations of the budget
+TARGETS = {"best": 1.0, "gain75": 0.75}
+BUDGET_FRACTIONS = (0.25, 0.5, 0.75, 1.0)  # equal-budget comparisons, of the cell's shortest run
+ZERO_VARIANCE = "reward/zero_variance_groups"
+PROBE_ARTIFACT = "probe.json"
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with a 95% bootstrap interval (NaN where undefined)."""
+
+    value: float
+    low: float
+    high: float
+
+    def text(self, fmt: str = ".2f", suffix: str = "") -> str:
+        if math.isnan(self.value):
+            return "-"
+        if math.isnan(self.low):
+            return f"{self.value:{fmt}}{suffix}"
+        return f"{self.value:{fmt}}{suffix} [{self.low:{fmt}}, {self.high:{fmt}}]"
+
+
+@dataclass(frozen=True)
+class RunSteps:
+    """The per-step metrics of one training run that the study reads."""
+
+    method: str
+    seed: int
+    cell: str
+    zero_variance: list[float]  # zero-variance groups in the trained batch, per step
+    informative: list[float]  # informative groups, per step
+
+
+@dataclass
+class StudyInputs:
+    """Everything the study reads from MLflow: run histories, per-step group counts, probes,
+    and the measured informative-group rates per cell and method."""
+
+    runs: list[RunHistory]
+    steps: list[RunSteps]
+    probes: dict[str, dict] = field(default_factory=dict)  # cell -> ProbeResult.to_dict()
+    rates: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # cell -> method -> rates
+
+
+@dataclass
+class CellOutcome:
+    """One cell of the study."""
+
+    cell: str
+    seeds: list[int]
+    methods: list[str]
+    targets: dict[str, float]  # target name -> accuracy
+    reached: dict[str, dict[str, str]]  # target -> method -> "k/n"
+    speedups: dict[str, dict[str, dict]]  # target -> baseline -> bootstrap_speedups() entry
+    equal_budget: list[dict]
+    zero_variance: Interval  # the reference's zero-variance share of trained groups
+    measured_rates: dict[str, dict[str, float]]  # method -> {per_1k, early_per_1k}
+    predicted_rates: dict[str, float]  # method -> predicted informative groups per 1k (probe)
+    predicted_ranking: list[str]
+    measured_ranking: list[list[str]]  # best first; ties (e.g. not reached) share a rank
+    ranking_pairs_agree: tuple[int, int] | None  # (agreeing, strictly ordered measured pairs)
+    recommendation: str = ""
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["zero_variance"] = asdict(self.zero_variance)
+        return out
+
+
+# --------------------------------------------------------------------------- pure statistics
+
+
+def zero_variance_share(steps: Sequence[RunSteps], *, resamples: int, seed: int = 0) -> Interval:
+    """Mean over seeds of each run's zero-variance share of trained groups (over all its steps),
+    with a 95% bootstrap interval over seeds."""
+    shares = []
+    for s in steps:
+        total = sum(s.zero_variance) + sum(s.informative)
+        if total > 0:
+            shares.append(sum(s.zero_variance) / total)
+    if not shares:
+        return Interval(math.nan, math.nan, math.nan)
+    values = np.array(shares)
+    if len(values) < 2:
+        return Interval(float(values.mean()), math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    boot = rng.choice(values, size=(resamples, len(values)), replace=True).mean(axis=1)
+    low, high = np.percentile(boot, [2.5, 97.5])
+    return Interval(float(values.mean()), float(low), float(high))
+
+
+def measured_ranking(summary: report.ComparisonSummary) -> list[list[str]]:
+    """Methods by mean rollouts to target, best first. A method that reached the target in fewer
+    seeds than another ranks behind it (reaching is what counts first); methods that never reached
+    it share the last rank."""
+    keyed = []
+    for name, m in summary.methods.items():
+        mean = m.mean if m.mean is not None else math.inf
+        keyed.append(((-m.reached, mean), name))
+    keyed.sort()
+    ranks: list[list[str]] = []
+    last = None
+    for key, name in keyed:
+        tie = last is not None and (key == last or (math.isinf(key[1]) and math.isinf(last[1])))
+        if tie:
+            ranks[-1].append(name)
+        else:
+            ranks.append([name])
+        last = key
+    return ranks
+
+
+def ranking_agreement(predicted: Sequence[str], measured: Sequence[Sequence[str]]) -> tuple[int, int] | None:
+    """(pairs ordered the same way, pairs the measurement orders strictly): pairs tied in the
+    measurement are left out. None when the prediction does not cover the measured methods."""
+    position = {m: i for i, m in enumerate(predicted)}
+    rank = {m: r for r, names in enumerate(measured) for m in names}
+    if not set(rank) <= set(position):
+        return None
+    names = sorted(rank)
+    agree = ordered = 0
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            if rank[a] == rank[b]:
+                continue
+            ordered += 1
+            agree += (rank[a] < rank[b]) == (position[a] < position[b])
+    return agree, ordered
+
+
+def study_cells(
+    inputs: StudyInputs,
+    target: TargetConfig | None = None,
+    *,
+    candidate: str = report.CANDIDATE_METHOD,
+    resamples: int = 2000,
+    seed: int = 0,
+    order: Sequence[str] = (),
+) -> list[CellOutcome]:
+    """Every cell's outcome: the cells in ``order`` first (a sweep file's order), then any other
+    cell in the order its runs first appear."""
+    target = target or TargetConfig()
+    present = dict.fromkeys(r.cell for r in inputs.runs)
+    cells = [c for c in order if c in present] + [c for c in present if c not in order]
+    out = []
+    for cell in cells:
+        runs = [r for r in inputs.runs if r.cell == cell and r.history]  # not yet evaluated: left out
+        if not runs:
+            continue
+        methods = sorted({r.method for r in runs})
+        baselines = tuple(m for m in methods if m != candidate)
+        targets, reached, speedups = {}, {}, {}
+        summary_best = None
+        for name, fraction in TARGETS.items():
+            target_cfg = target.model_copy(update={"fraction_of_reference": fraction})
+            summary = report.summarize_comparison(runs, target_cfg, candidate=candidate, baselines=baselines)
+            summary_best = summary_best or summary
+            targets[name] = summary.target
+            reached[name] = {m: f"{s.reached}/{s.seeds}" for m, s in summary.methods.items()}
+            speedups[name] = stats.bootstrap_speedups(runs, target_cfg, resamples=resamples, seed=seed,
+                                                      candidate=candidate, baselines=baselines)
+        shortest = min(r.history[-1].cumulative_rollouts for r in runs if r.history)
+        budgets = [round(f * shortest) for f in BUDGET_FRACTIONS]
+        equal = stats.equal_budget_table(runs, budgets, target.metric, resamples=resamples, seed=seed,
+                                         candidate=candidate)
+        ref_steps = [s for s in inputs.steps if s.cell == cell and s.method == target.reference_method]
+        probe = inputs.probes.get(cell) or {}
+        predicted = {p["method"]: float(p["informative_groups_per_1k"]) for p in probe.get("predictions", [])}
+        predicted_ranking = sorted(predicted, key=lambda m: -predicted[m])
+        gain75 = report.summarize_comparison(
+            runs, target.model_copy(update={"fraction_of_reference": TARGETS["gain75"]}),
+            candidate=candidate, baselines=baselines)
+        ranking = measured_ranking(gain75)
+        out.append(CellOutcome(
+            cell=cell, seeds=sorted({r.seed for r in runs}), methods=methods, targets=targets,
+            reached=reached, speedups=speedups, equal_budget=equal,
+            zero_variance=zero_variance_share(ref_steps, resamples=resamples, seed=seed),
+            measured_rates=inputs.rates.get(cell, {}), predicted_rates=predicted,
+            predicted_ranking=predicted_ranking, measured_ranking=ranking,
+            ranking_pairs_agree=ranking_agreement(predicted_ranking, ranking) if predicted else None,
+            recommendation=probe.get("recommendation", ""),
+        ))
+    return out
+
+
+# --------------------------------------------------------------------------- MLflow reads
+
+
+def load_study_inputs(client, parent_run_id: str, metric: str = report.AVERAGE_ACCURACY) -> StudyInputs:
+    """The sweep's child runs (histories and per-step group counts), its probes, and the
+    measured informative-group rates per cell."""
+    from pilotcommit.tracking import metric_history
+
+    runs = report.load_comparison_runs(client, parent_run_id, metric)
+    steps = []
+    for r in runs:
+        zero = [v for _, v in metric_history(client, r.run_id, ZERO_VARIANCE)]
+        informative = [v for _, v in metric_history(client, r.run_id, report.INFORMATIVE_GROUPS)]
+        steps.append(RunSteps(r.method, r.seed, r.cell, zero, informative))
+    rates = {}
+    for cell in dict.fromkeys(r.cell for r in runs):
+        rates[cell] = report.informative_group_rates(
+            client, [(r.method, r.run_id) for r in runs if r.cell == cell])
+    return StudyInputs(runs, steps, load_probes(client, parent_run_id), rates)
+
+
+def load_probes(client, parent_run_id: str) -> dict[str, dict]:
+    """``probe/<cell>/probe.json`` artifacts of the parent run: cell -> probe dict."""
+    probes = {}
+    try:
+        cells = client.list_artifacts(parent_run_id, "probe")
+    except Exception:  # noqa: BLE001 - no probe folder: a sweep without probes
+        return probes
+    with tempfile.TemporaryDirectory() as tmp:
+        for entry in cells:
+            if not entry.is_dir:
+                continue
+            cell = entry.path.rsplit("/", 1)[-1]
+            try:
+                local = client.download_artifacts(parent_run_id, f"{entry.path}/{PROBE_ARTIFACT}", tmp)
+            except Exception:  # noqa: BLE001 - a cell folder without a probe file: no prediction
+                local = None
+            if local is not None:
+                probes[cell] = json.loads(Path(local).read_text())
+    return probes
+
+
+def log_cell_probe(client, parent_run_id: str, cell: str, probe: Mapping) -> None:
+    """The probe of one cell as ``probe/<cell>/probe.json`` on the sweep's parent run (the
+    predictions the study report sets beside the measured rates), plus its headline metrics."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / PROBE_ARTIFACT
+        path.write_text(json.dumps(dict(probe), indent=2))
+        client.log_artifact(parent_run_id, str(path), f"probe/{cell}")
+    for key, value in probe.get("spread", {}).items():
+        client.log_metric(parent_run_id, f"probe/{cell}/{key}", float(value), step=0)
+    for p in probe.get("predictions", []):
+        client.log_metric(parent_run_id, f"probe/{cell}/{p['method']}/informative_groups_per_1k",
+                          float(p["informative_groups_per_1k"]), step=0)
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _speedup_text(entry: Mapping | None) -> str:
+    if entry is None:
+        return "-"
+    if entry.get("note"):
+        return f"n/a ({entry['note']})"
+    value = Interval(entry["speedup"], entry["ci_low"], entry["ci_high"]).text(".2f", "x")
+    return value + (" (partial)" if entry.get("partial") else "")
+
+
+def markdown_tables(cells: Sequence[CellOutcome], candidate: str = report.CANDIDATE_METHOD) -> str:
+    """The study's tables as Markdown: speed-ups, equal budgets, predictor check."""
+    baselines = sorted({b for c in cells for t in c.speedups.values() for b in t})
+    methods = sorted({m for c in cells for m in c.methods})
+    lines = [f"### Speed-up of {candidate} in rollouts to target (95% paired bootstrap over seeds)", "",
+             ("target `best`: GRPO's best seed-mean accuracy; `gain75`: 75% of GRPO's gain over the "
+              "initial accuracy. *partial*: a mean leaves out seeds that never reached the target."), ""]
+    head = ["cell", "seeds", "GRPO zero-variance share", "target", "accuracy",
+            f"reached ({', '.join(methods)})"] + [f"vs {b}" for b in baselines]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in cells:
+        for name in TARGETS:
+            row = [c.cell, str(len(c.seeds)), c.zero_variance.text(".1%"), name, f"{c.targets[name]:.4f}",
+                   ", ".join(c.reached[name].get(m, "-") for m in methods)]
+            row += [_speedup_text(c.speedups[name].get(b)) for b in baselines]
+            lines.append("| " + " | ".join(row) + " |")
+
+    lines += ["", f"### Accuracy at equal budgets ({candidate} minus baseline, paired by seed, 95% bootstrap)", ""]
+    head = ["cell", "rollouts"] + methods
+    head += [f"{candidate} - {b}" for b in baselines]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in cells:
+        for row in c.equal_budget:
+            cells_ = [c.cell, f"{row['rollouts']:,.0f}"]
+            cells_ += [f"{row[m]:.4f}" if m in row and not math.isnan(row[m]) else "-"
+                       for m in methods]
+            for b in baselines:
+                if f"diff_vs_{b}" in row:
+                    lo, hi = row[f"diff_vs_{b}_ci"]
+                    cells_.append(f"{row[f'diff_vs_{b}']:+.4f} [{lo:+.4f}, {hi:+.4f}]")
+                else:
+                    cells_.append("-")
+            lines.append("| " + " | ".join(cells_) + " |")
+
+    lines += ["", "### The predictor against the measurement (informative groups per 1,000 sampled rollouts)", ""]
+    head = ["cell", "method", "predicted", "measured, first 10 steps", "measured, whole run"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in cells:
+        for m in c.methods:
+            pred = c.predicted_rates.get(m)
+            meas = c.measured_rates.get(m, {})
+            lines.append(f"| {c.cell} | {m} | {pred:.1f} |" if pred is not None else f"| {c.cell} | {m} | - |")
+            lines[-1] += (f" {meas['early_per_1k']:.1f} | {meas['per_1k']:.1f} |" if meas else " - | - |")
+    lines += ["", ("### Rankings: predicted (informative groups per rollout) against measured "
+                   "(rollouts to 75% of GRPO's gain; not reached = tied last)"), ""]
+    head = ["cell", "predicted", "measured", "pairs agreeing", "probe's recommendation"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in cells:
+        measured = " > ".join(" = ".join(r) for r in c.measured_ranking)
+        agree = f"{c.ranking_pairs_agree[0]}/{c.ranking_pairs_agree[1]}" if c.ranking_pairs_agree else "-"
+        lines.append(f"| {c.cell} | {' > '.join(c.predicted_ranking) or '-'} | {measured} | {agree} "
+                     f"| {c.recommendation or '-'} |")
+    return "\n".join(lines) + "\n"
+
+
+def speedup_figure(cells: Sequence[CellOutcome], baseline: str = "grpo", title: str = ""):
+    """Speed-up over ``baseline`` against the measured zero-variance share of GRPO's groups, one
+    marker per cell and target, with 95% intervals on both axes. Cells where the ratio is
+    undefined (a side never reached the target) are listed in the legend, not plotted."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    markers = {"best": "o", "gain75": "s"}
+    colours = [f"C{i}" for i in range(10)]
+    missing = []
+    for i, c in enumerate(cells):
+        x = c.zero_variance
+        for name in TARGETS:
+            entry = c.speedups[name].get(baseline)
+            if entry is None or entry.get("note") or math.isnan(entry["speedup"]):
+                missing.append(f"{c.cell} ({name})")
+                continue
+            y, lo, hi = entry["speedup"], entry["ci_low"], entry["ci_high"]
+            yerr = [[y - lo], [hi - y]] if not math.isnan(lo) else None
+            xerr = [[x.value - x.low], [x.high - x.value]] if not math.isnan(x.low) else None
+            ax.errorbar([x.value], [y], xerr=xerr, yerr=yerr, fmt=markers[name], color=colours[i % 10],
+                        capsize=3, label=f"{c.cell}, target {name}")
+    ax.axhline(1.0, color="black", linestyle="--", linewidth=1)
+    ax.set_yscale("log")
+    ax.set_xlabel("GRPO's zero-variance share of groups (measured, mean over seeds)")
+    ax.set_ylabel(f"{report.CANDIDATE_METHOD} speed-up over {baseline}")
+    ax.set_title(title or f"speed-up over {baseline} against the zero-variance share (95% intervals)")
+    if missing:
+        ax.plot([], [], " ", label="undefined: " + ", ".join(missing))
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def log_study(client, parent_run_id: str, cells: Sequence[CellOutcome], out_dir: Path,
+              artifact_dir: str = "study") -> dict[str, Path]:
+    """Tables (Markdown, JSON), the figure, and per-cell speed-up metrics on the parent run; files
+    are also kept under ``out_dir``."""
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"markdown": out_dir / "study.md", "json": out_dir / "study.json",
+             "figure": out_dir / "speedup_vs_zero_variance.png"}
+    paths["markdown"].write_text(markdown_tables(cells))
+    paths["json"].write_text(json.dumps([c.to_dict() for c in cells], indent=2, default=str))
+    fig = speedup_figure(cells)
+    fig.savefig(paths["figure"], dpi=120)
+    plt.close(fig)
+    for path in paths.values():
+        client.log_artifact(parent_run_id, str(path), artifact_dir)
+    for c in cells:
+        for name, per_baseline in c.speedups.items():
+            for b, entry in per_baseline.items():
+                if not entry.get("note") and not math.isnan(entry["speedup"]):
+                    client.log_metric(parent_run_id, f"study/{c.cell}/speedup_vs_{b}_{name}", float(entry["speedup"]))
+        if not math.isnan(c.zero_variance.value):
+            client.log_metric(parent_run_id, f"study/{c.cell}/grpo_zero_variance_share", c.zero_variance.value)
+    return paths
