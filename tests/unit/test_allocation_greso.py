@@ -193,7 +193,8 @@ def test_rates_adapt_from_the_second_epoch_on_toward_the_split_target():
     policy.stream.next_epoch()
     policy._adapt()
     assert policy.p_easy == pytest.approx(0.49) and policy.p_hard == pytest.approx(0.51)
-    c.too_easy, c.too_hard, c.informative = 0, 5, 5  # easy share 0 < .1; hard .5 >= .2
+    # easy share 0 < .1; hard share .25 >= .2, the hard part of the target (not the whole .3)
+    c.too_easy, c.too_hard, c.informative = 0, 1, 3
     policy._adapt()
     assert policy.p_easy == pytest.approx(0.50) and policy.p_hard == pytest.approx(0.50)
 
