@@ -256,7 +256,7 @@ def compare(
 
 @app.command()
 def train(
-    method: Annotated[str, typer.Option("--method", "-m", help="Method label of the config: grpo, dapo or pilot_commit.")],
+    method: Annotated[str, typer.Option("--method", "-m", help="Method label of the config: grpo, dapo, pilot_commit, greso or speed_rl.")],
     config: ConfigOpt = None,
     seed: Annotated[int | None, typer.Option(help="Seed (default: the config's first).")] = None,
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Resume from the run's last checkpoint.")] = True,
