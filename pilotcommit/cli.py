@@ -354,9 +354,11 @@ def print_probe(result) -> None:
         b = pred.breakdown
         if pred.kind == "grpo":
             rest = f"{b['zero_variance_groups_per_1k']:.1f} zero-variance groups trained"
-        elif pred.kind == "dapo":
+        elif pred.kind in ("dapo", "greso"):  # GRESO's first epoch is DAPO's
             rest = (f"{b.get('dropped_groups_per_1k', 0):.1f} dropped, "
                     f"{b.get('discarded_groups_per_1k', 0):.1f} discarded groups")
+        elif pred.kind == "speed_rl":
+            rest = f"{b.get('rejected_screens_per_1k', 0):.0f} screened prompts rejected"
         else:
             rest = (f"{b.get('too_hard_pilots_per_1k', 0):.0f} too hard, "
                     f"{b.get('too_easy_pilots_per_1k', 0):.0f} too easy, "
