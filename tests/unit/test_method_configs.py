@@ -229,3 +229,20 @@ def test_mini_batches_that_do_not_divide_the_step_fail_at_load():
         load_experiment_config(smoke, overrides=["rollout.temperature=0"])
     with pytest.raises(ConfigError, match="clip_ratio_c"):
         load_experiment_config(smoke, overrides=["learner.clip_ratio_c=1.0"])
+
+
+def test_demo_all_methods_is_the_demo_plus_greso_and_speed_rl_with_five_seeds():
+    """conf/experiment/demo-all-methods.yaml may differ from the demo only by its name, seeds and
+    the two added methods; the demo keeps its three methods."""
+    from pilotcommit.config import load_experiment_config
+
+    experiments = METHOD_DIR.parent / "experiment"
+    demo = load_experiment_config(experiments / "demo.yaml")
+    every = load_experiment_config(experiments / "demo-all-methods.yaml")
+    assert list(demo.methods) == ["grpo", "dapo", "pilot_commit"]
+    assert list(every.methods) == ["grpo", "dapo", "pilot_commit", "greso", "speed_rl"]
+    assert every.seeds == [0, 1, 2, 3, 4]
+    assert {k: every.methods[k] for k in demo.methods} == dict(demo.methods)
+    assert every.methods["greso"] == load("greso.yaml") and every.methods["speed_rl"] == load("speed_rl.yaml")
+    same = {"name", "seeds", "methods"}
+    assert every.model_dump(exclude=same) == demo.model_dump(exclude=same)
