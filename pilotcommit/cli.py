@@ -44,7 +44,7 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 app = typer.Typer(
-    help="Budget-aware RL post-training: GRPO, DAPO and Pilot-Commit as a reproducible pipeline.",
+    help="Budget-aware RL post-training: GRPO, DAPO, Pilot-Commit, GRESO and SPEED-RL as a reproducible pipeline.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,

@@ -14,7 +14,7 @@ from pilotcommit.tracking import MemoryTracker
 
 pytestmark = pytest.mark.integration
 
-METHODS = ["grpo", "dapo", "pilot_commit"]
+METHODS = ["grpo", "dapo", "pilot_commit", "greso", "speed_rl"]
 
 
 def _run(cfg, method, prepared, policy, run_dir, seed=0, **kwargs):
@@ -41,6 +41,10 @@ def test_two_steps_and_accounting(method, smoke_config, smoke_prepared, smoke_po
         if method == "pilot_commit":
             assert m["rollouts/sampled"] == m["rollouts/pilot"] + m["rollouts/commit"]
             assert m["rollouts/commit"] == method_cfg.train_batch_size * method_cfg.n_commit
+        elif method == "speed_rl":  # screens and continuations; every screen counts
+            assert m["rollouts/sampled"] == m["rollouts/pilot"] + m["rollouts/commit"]
+            assert m["rollouts/pilot"] == m["alloc/rounds"] * method_cfg.gen_batch_size * method_cfg.n_screen
+            assert m["rollouts/commit"] == m["alloc/continued"] * method_cfg.n_continue
         else:
             assert m["rollouts/sampled"] == m["rollouts/uniform"]
             rounds = m["alloc/rounds"]
@@ -52,8 +56,8 @@ def test_two_steps_and_accounting(method, smoke_config, smoke_prepared, smoke_po
             assert key in m, key
     if method == "grpo":
         assert all(m["alloc/rounds"] == 1 for _, m in tracker.metrics)
-    if method == "pilot_commit":
-        assert tracker.metrics[0][1]["alloc/rounds"] >= 2  # the buffer starts empty
+    if method in ("pilot_commit", "speed_rl"):
+        assert tracker.metrics[0][1]["alloc/rounds"] >= 2  # the buffer / the continuations start empty
     assert result.cumulative_rollouts == cumulative
     # evaluations before training and after every step (smoke: every_steps=1)
     assert [e.step for e in result.eval_history] == [0, 1, 2]
