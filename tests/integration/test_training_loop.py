@@ -104,3 +104,26 @@ def test_resume_from_checkpoint_gives_identical_result(smoke_config, smoke_prepa
     assert [s for s, _ in tracker.metrics] == [2]  # only the step after the checkpoint ran again
     assert [e.metrics for e in resumed.eval_history] == [e.metrics for e in straight.eval_history]
     assert resumed.cumulative_rollouts == straight.cumulative_rollouts
+
+
+def test_speed_rl_steps_from_carried_over_groups_need_no_sampling(smoke_prepared, smoke_policy, tmp_path):
+    """A screening round of nearly the whole data set qualifies more prompts than a step trains;
+    the loop then takes whole steps from the carried-over groups (policy.ready_batch) without a
+    sampling round, and the accounting still adds up."""
+    from pilotcommit.config import load_experiment_config
+    from tests.conftest import SMOKE_CONFIG
+
+    cfg = load_experiment_config(SMOKE_CONFIG, overrides=["methods.speed_rl.gen_batch_size=400",
+                                                          "budget.max_steps=5"])
+    result, tracker = _run(cfg, "speed_rl", smoke_prepared, smoke_policy, tmp_path)
+    assert result.steps == 5
+    rounds = [m["alloc/rounds"] for _, m in tracker.metrics]
+    assert 0 in rounds, rounds  # at least one step trained on carried-over groups only
+    cumulative = 0
+    for _, m in tracker.metrics:
+        cumulative += m["rollouts/sampled"]
+        assert m["rollouts/cumulative"] == cumulative
+        assert m["rollouts/trained"] == 4 * 4
+        if m["alloc/rounds"] == 0:
+            assert m["rollouts/sampled"] == 0 and m["alloc/staleness_mean"] >= 1
+    assert result.cumulative_rollouts == cumulative
