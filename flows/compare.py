@@ -212,7 +212,7 @@ def compare_flow(
     refresh: bool = False,
     parallel_runs: int | None = None,
 ) -> dict:
-    """GRPO, DAPO and Pilot-Commit (the config's methods) x seeds, then the comparison.
+    """The config's methods (GRPO, DAPO, Pilot-Commit; GRESO, SPEED-RL where listed) x seeds, then the comparison.
 
     config_path: experiment YAML (default: the embedded demo). overrides: KEY=VALUE strings.
     runs_dir: where runs, caches and the default MLflow store go (default ./runs or

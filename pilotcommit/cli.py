@@ -45,7 +45,7 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 app = typer.Typer(
-    help="Budget-aware RL post-training: GRPO, DAPO and Pilot-Commit as a reproducible pipeline.",
+    help="Budget-aware RL post-training: GRPO, DAPO, Pilot-Commit, GRESO and SPEED-RL as a reproducible pipeline.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -257,7 +257,7 @@ def compare(
 
 @app.command()
 def train(
-    method: Annotated[str, typer.Option("--method", "-m", help="Method label of the config: grpo, dapo or pilot_commit.")],
+    method: Annotated[str, typer.Option("--method", "-m", help="Method label of the config: grpo, dapo, pilot_commit, greso or speed_rl.")],
     config: ConfigOpt = None,
     seed: Annotated[int | None, typer.Option(help="Seed (default: the config's first).")] = None,
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Resume from the run's last checkpoint.")] = True,
@@ -355,9 +355,11 @@ def print_probe(result) -> None:
         b = pred.breakdown
         if pred.kind == "grpo":
             rest = f"{b['zero_variance_groups_per_1k']:.1f} zero-variance groups trained"
-        elif pred.kind == "dapo":
+        elif pred.kind in ("dapo", "greso"):  # GRESO's first epoch is DAPO's
             rest = (f"{b.get('dropped_groups_per_1k', 0):.1f} dropped, "
                     f"{b.get('discarded_groups_per_1k', 0):.1f} discarded groups")
+        elif pred.kind == "speed_rl":
+            rest = f"{b.get('rejected_screens_per_1k', 0):.0f} screened prompts rejected"
         else:
             rest = (f"{b.get('too_hard_pilots_per_1k', 0):.0f} too hard, "
                     f"{b.get('too_easy_pilots_per_1k', 0):.0f} too easy, "

@@ -162,17 +162,110 @@ class PilotCommitConfig(StrictModel):
         return self.pilots_in_group + self.n_commit
 
 
+class GRESOConfig(StrictModel):
+    """GRESO (Zheng et al. 2025): DAPO's dynamic sampling plus a probabilistic pre-rollout skip
+    of prompts whose latest groups all had zero reward variance (docs/algorithms.md, "GRESO").
+
+    Defaults: the public code's train scripts (``p_easy = p_hard = 0.5``,
+    ``target_zero_variance = 0.25``) and ``ray_trainer.py`` (step 0.01 within [0.05, 0.95],
+    easy target = 1/3 of the total, keep-probability floor 0.01 in ``presampling_selector.py``).
+    """
+
+    name: Literal["greso"] = "greso"
+    n: int = Field(16, ge=2, description="Rollouts per prompt (group size).")
+    train_batch_size: int = Field(32, ge=1, description="Groups per training step.")
+    gen_batch_size: int = Field(
+        96, ge=1,
+        description="Prompts rolled out per sampling round, counted after the pre-rollout skip "
+        "(the reference's sampling_batch_size); a round is cut short at an epoch's end.",
+    )
+    max_num_gen_batches: int = Field(
+        10, ge=1, description="Sampling rounds allowed per step before the step fails."
+    )
+    p_easy: float = Field(
+        0.5, gt=0.0, le=1.0,
+        description="Initial exploration rate of easy prompts: a prompt whose last k groups were "
+        "all correct is rolled out with probability max(p_easy ** k, min_keep_probability).",
+    )
+    p_hard: float = Field(
+        0.5, gt=0.0, le=1.0,
+        description="Initial exploration rate of hard prompts: a prompt whose last k groups were "
+        "all wrong is rolled out with probability max(p_hard ** k, min_keep_probability).",
+    )
+    target_zero_variance: float = Field(
+        0.25, ge=0.0, le=1.0,
+        description="Target share of zero-variance groups among a step's rolled-out groups; the "
+        "exploration rates adapt toward it from the second epoch on.",
+    )
+    easy_target_fraction: float = Field(
+        1.0 / 3.0, ge=0.0, le=1.0,
+        description="Part of target_zero_variance allotted to all-correct groups (the rest to "
+        "all-wrong ones): the reference targets 1/3 easy, 2/3 hard.",
+    )
+    exploration_step: float = Field(
+        0.01, gt=0.0, le=1.0,
+        description="Change of p_easy / p_hard after each step: down when that kind's share of "
+        "zero-variance groups reached its target, up otherwise.",
+    )
+    p_min: float = Field(0.05, gt=0.0, le=1.0, description="Lower bound of the adapted exploration rates.")
+    p_max: float = Field(0.95, gt=0.0, le=1.0, description="Upper bound of the adapted exploration rates.")
+    min_keep_probability: float = Field(
+        0.01, gt=0.0, le=1.0,
+        description="Floor of a prompt's roll-out probability however long its zero-variance streak.",
+    )
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> "GRESOConfig":
+        if self.p_min > self.p_max:
+            raise ValueError(f"p_min ({self.p_min}) must be <= p_max ({self.p_max})")
+        return self
+
+    @property
+    def group_size(self) -> int:
+        return self.n
+
+
+class SpeedRLConfig(StrictModel):
+    """SPEED-RL (Zhang et al. 2025): screen every new prompt with a few rollouts, continue only
+    those with a screening pass rate strictly between 0 and 1, and train on the screening plus
+    continuation rollouts (docs/algorithms.md, "SPEED-RL").
+
+    Defaults: the public code's ``recipe/dapo/src/config/fast_dapo_trainer.yaml``
+    (``rollout.n = 4`` screening, ``n_continue = 12``, a group of 16).
+    """
+
+    name: Literal["speed_rl"] = "speed_rl"
+    n_screen: int = Field(
+        4, ge=2,
+        description="Screening rollouts per new prompt (the reference's rollout.n); at least 2, "
+        "or no screening pass rate lies strictly between 0 and 1.",
+    )
+    n_continue: int = Field(
+        12, ge=1, description="Continuation rollouts per qualified prompt (the reference's n_continue)."
+    )
+    train_batch_size: int = Field(32, ge=1, description="Groups per training step.")
+    gen_batch_size: int = Field(96, ge=1, description="New prompts screened per sampling round.")
+    max_num_gen_batches: int = Field(
+        10, ge=1, description="Sampling rounds allowed per step before the step fails."
+    )
+
+    @property
+    def group_size(self) -> int:
+        return self.n_screen + self.n_continue
+
+
 MethodConfig = Annotated[
-    Union[GRPOConfig, DAPOConfig, PilotCommitConfig], Field(discriminator="name")
+    Union[GRPOConfig, DAPOConfig, PilotCommitConfig, GRESOConfig, SpeedRLConfig],
+    Field(discriminator="name"),
 ]
-METHOD_NAMES = ("grpo", "dapo", "pilot_commit")
+METHOD_NAMES = ("grpo", "dapo", "pilot_commit", "greso", "speed_rl")
 
 
 # --------------------------------------------------------------------------- learner
 
 
 class LearnerConfig(StrictModel):
-    """The policy-gradient update shared by all three methods (ALGORITHMS.md, 'Shared learner')."""
+    """The policy-gradient update shared by all methods (ALGORITHMS.md, 'Shared learner')."""
 
     lr: float = Field(1e-6, gt=0.0, description="AdamW learning rate.")
     weight_decay: float = Field(0.1, ge=0.0, description="AdamW weight decay.")

@@ -1,5 +1,6 @@
 """One training run of one method and seed: allocate -> generate -> reward -> learn -> evaluate.
 
+    policy.ready_batch()   a batch of groups completed earlier (SPEED-RL's surplus), else None
     policy.plan()          which prompts get how many rollouts (pilotcommit.allocation)
     engine.generate(...)   sample them with the current weights (pilotcommit.rollout)
     reward_fn(text, ans)   0/1 per rollout, plus shaping (pilotcommit.rewards)
@@ -346,7 +347,7 @@ def _train_run(
         reward_timeouts = 0
         memory: dict[str, float] = {}
         round_index = 0
-        batch = None
+        batch = policy.ready_batch()  # groups completed in earlier steps (SPEED-RL), else None
         while batch is None:
             requests = policy.plan()
             results = engine.generate(

@@ -256,10 +256,13 @@ def summarize_comparison(
     *,
     target_override: float | None = None,
     candidate: str = CANDIDATE_METHOD,
-    baselines: Sequence[str] = BASELINE_METHODS,
+    baselines: Sequence[str] | None = None,
 ) -> ComparisonSummary:
     """Target (from ``target_cfg``, or ``target_override``, e.g. a baseline's target), rollouts to
-    target per method and seed, and speed-ups of ``candidate`` over each present baseline."""
+    target per method and seed, and speed-ups of ``candidate`` over each present baseline.
+
+    ``baselines=None``: every other method present, GRPO and DAPO first (so a comparison that
+    also holds GRESO and SPEED-RL gets the candidate's speed-up over each of them)."""
     if not runs:
         raise ValueError("comparison: no runs to summarise")
     histories = group_histories(runs)
@@ -268,6 +271,8 @@ def summarize_comparison(
     for run in runs:
         by_method.setdefault(run.method, []).append(run)
     methods = {m: summarize_method(m, rs, target, target_cfg.metric) for m, rs in sorted(by_method.items())}
+    if baselines is None:
+        baselines = [*BASELINE_METHODS, *sorted(set(methods) - set(BASELINE_METHODS) - {candidate})]
     speedups = [
         speedup(methods[candidate], methods[b]) for b in baselines if candidate in methods and b in methods
     ]
@@ -523,7 +528,8 @@ def accuracy_figure(runs: Sequence[RunHistory], summary: ComparisonSummary, titl
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    colours = {"grpo": "#4477aa", "dapo": "#ee6677", "pilot_commit": "#228833"}
+    colours = {"grpo": "#4477aa", "dapo": "#ee6677", "pilot_commit": "#228833", "greso": "#ccbb44",
+               "speed_rl": "#aa3377"}
     fig, ax = plt.subplots(figsize=(7, 4.2))
     grouped = group_histories(runs)
     for i, (method, histories) in enumerate(sorted(grouped.items())):

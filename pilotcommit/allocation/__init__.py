@@ -14,8 +14,10 @@ from pilotcommit.allocation.base import (
 )
 from pilotcommit.allocation.buffer import ReplayBuffer, select_max_variance_pilots
 from pilotcommit.allocation.dapo import DAPOPolicy
+from pilotcommit.allocation.greso import GRESOPolicy
 from pilotcommit.allocation.grpo import GRPOPolicy
 from pilotcommit.allocation.pilot_commit import PilotCommitPolicy
+from pilotcommit.allocation.speed_rl import SpeedRLPolicy
 from pilotcommit.allocation.stream import PromptStream
 
 __all__ = [
@@ -23,11 +25,13 @@ __all__ = [
     "AllocationError",
     "AllocationPolicy",
     "DAPOPolicy",
+    "GRESOPolicy",
     "GRPOPolicy",
     "PilotCommitPolicy",
     "PromptStream",
     "ReplayBuffer",
     "RoundsExhaustedError",
+    "SpeedRLPolicy",
     "make_policy",
     "select_max_variance_pilots",
 ]

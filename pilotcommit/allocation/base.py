@@ -1,12 +1,18 @@
-"""The allocation-policy state machine shared by GRPO, DAPO and Pilot-Commit.
+"""The allocation-policy state machine shared by GRPO, DAPO, Pilot-Commit, GRESO and SPEED-RL.
 
 A policy decides which prompts get how many rollouts and which rollouts are
 trained on. It never touches a model or an engine: the training loop asks it
 for a plan, generates and scores the requested rollouts, and hands them back.
 
-    requests = policy.plan()            # one sampling round
-    results  = engine.generate(...)     # same order as requests, rewards set
-    batch    = policy.observe(results)  # a full TrainBatch, or None: plan again
+    batch = policy.ready_batch()            # a batch that needs no sampling, usually None
+    while batch is None:
+        requests = policy.plan()            # one sampling round
+        results  = engine.generate(...)     # same order as requests, rewards set
+        batch    = policy.observe(results)  # a full TrainBatch, or None: plan again
+
+``ready_batch`` hands out a step built only from groups completed in earlier steps (SPEED-RL
+carries its surplus of completed groups over, and trains on them without sampling, as the
+reference does); for the other policies it is always None.
 
 The base class owns the protocol checks (``plan`` and ``observe`` alternate;
 results must answer the plan exactly), the epoch stream, the rollout
@@ -99,6 +105,13 @@ class AllocationPolicy(ABC):
         self._pending = list(requests)
         return list(requests)
 
+    def ready_batch(self) -> TrainBatch | None:
+        """A full batch of groups completed earlier, needing no sampling round; else None."""
+        if self._pending is not None:
+            raise AllocationError("ready_batch() called between plan() and observe()")
+        groups = self._ready_groups()
+        return None if groups is None else self._finish_step(groups)
+
     def observe(self, results: Sequence[RequestResult]) -> TrainBatch | None:
         """Take the scored rollouts of the planned round; return a full batch when one is ready."""
         if self._pending is None:
@@ -123,6 +136,10 @@ class AllocationPolicy(ABC):
     @abstractmethod
     def _observe_round(self, results: Sequence[RequestResult]) -> list[Group] | None:
         """Consume one round; return the batch's groups once it is complete."""
+
+    def _ready_groups(self) -> list[Group] | None:
+        """A complete batch's groups that need no sampling (see ``ready_batch``)."""
+        return None
 
     def _max_rounds(self) -> int:
         return math.inf  # type: ignore[return-value]
@@ -155,9 +172,7 @@ class AllocationPolicy(ABC):
             )
         chunk = self.stream.take(count)
         if chunk is None:
-            self._on_epoch_end()
-            self.stream.next_epoch()
-            self.counters.epochs_ended += 1
+            self._start_next_epoch()
             chunk = self.stream.take(count)
         if chunk is None:
             raise AllocationError(
@@ -166,6 +181,11 @@ class AllocationPolicy(ABC):
                 "needs; lower gen_batch_size/train_batch_size, raise p_evict or use more data"
             )
         return chunk
+
+    def _start_next_epoch(self) -> None:
+        self._on_epoch_end()
+        self.stream.next_epoch()
+        self.counters.epochs_ended += 1
 
     def _finish_step(self, groups: list[Group]) -> TrainBatch:
         group_size = self.config.group_size
@@ -282,7 +302,7 @@ def register_policy(cls: type[AllocationPolicy]) -> type[AllocationPolicy]:
 
 
 def make_policy(config: Any, prompt_ids: Sequence[str], *, seed: int) -> AllocationPolicy:
-    """Build the policy named by ``config.name`` (``grpo``, ``dapo`` or ``pilot_commit``)."""
+    """Build the policy named by ``config.name`` (a key of :data:`POLICIES`)."""
     try:
         cls = POLICIES[config.name]
     except KeyError:

@@ -19,6 +19,14 @@ go:
   ``R = max(1, train_batch_size / (gen_batch_size * P(informative pilot)))`` rounds on average
   and samples ``R * gen_batch_size * n_pilot + train_batch_size * n_commit`` rollouts; when one
   round finds more informative prompts than a step commits, the surplus ages out of the buffer.
+- **GRESO**: in its first epoch no prompt has a history, so it skips nothing and is exactly
+  DAPO (docs/algorithms.md, "GRESO"); the prediction is DAPO's with GRESO's sizes, and says so.
+  The skip acts from the second epoch on, on the histories training produces: not predicted.
+- **SPEED-RL**: ``n_screen`` screening rollouts per new prompt; a prompt qualifies with
+  probability ``q = P(0 < k < n_screen)``, and every qualified prompt's group (screens plus
+  ``n_continue`` continuations) is trained and informative (its screens hold both outcomes).
+  Completed groups are never discarded (the surplus waits for the next step), so in the steady
+  state a trained group costs ``n_screen / q + n_continue`` rollouts.
 
 A prompt's pass rate is not known, only ``k`` successes of ``K`` samples. Taking ``k / K`` at
 face value (``estimator="plug_in"``) calls a prompt seen at 0 of 16 hopeless, although a true
@@ -47,7 +55,7 @@ from typing import Literal
 
 import numpy as np
 
-from pilotcommit.config import DAPOConfig, GRPOConfig, PilotCommitConfig
+from pilotcommit.config import DAPOConfig, GRESOConfig, GRPOConfig, PilotCommitConfig, SpeedRLConfig
 
 Estimator = Literal["empirical_bayes", "jeffreys", "plug_in"]
 PER_ROLLOUTS = 1000  # the unit of every rate here: per 1,000 sampled rollouts
@@ -157,7 +165,7 @@ class MethodPrediction:
     """Expected outcome of one method's sampling on the histogram, per 1,000 sampled rollouts."""
 
     method: str  # the config's label
-    kind: str  # grpo | dapo | pilot_commit
+    kind: str  # grpo | dapo | pilot_commit | greso | speed_rl
     informative_groups_per_1k: float
     breakdown: dict[str, float] = field(default_factory=dict)  # other per-1,000 rates and notes
     note: str = ""
@@ -280,7 +288,39 @@ def predict_pilot_commit(label: str, cfg: PilotCommitConfig, counts: PassRateCou
     )
 
 
-_PREDICTORS = {"grpo": predict_grpo, "dapo": predict_dapo, "pilot_commit": predict_pilot_commit}
+def predict_greso(label: str, cfg: GRESOConfig, counts: PassRateCounts,
+                  estimator: Estimator = "empirical_bayes") -> MethodPrediction:
+    """GRESO's first epoch, which is DAPO's dynamic sampling (no prompt has a history yet)."""
+    as_dapo = DAPOConfig(n=cfg.n, train_batch_size=cfg.train_batch_size,
+                         gen_batch_size=cfg.gen_batch_size, max_num_gen_batches=cfg.max_num_gen_batches)
+    dapo = predict_dapo(label, as_dapo, counts, estimator)
+    note = "first epoch = DAPO's dynamic sampling; the later skip is not predicted"
+    return MethodPrediction(label, "greso", dapo.informative_groups_per_1k, dapo.breakdown,
+                            note=f"{dapo.note}; {note}" if dapo.note else note)
+
+
+def predict_speed_rl(label: str, cfg: SpeedRLConfig, counts: PassRateCounts,
+                     estimator: Estimator = "empirical_bayes") -> MethodPrediction:
+    pmf_PM = outcome_pmf(counts, cfg.n_screen, estimator)
+    qualified = float(np.mean(1.0 - pmf_PM[:, 0] - pmf_PM[:, -1]))
+    if qualified <= 0.0:
+        return MethodPrediction(label, "speed_rl", 0.0, {"qualified_fraction": 0.0},
+                                note="no screening outcome lies strictly between 0 and 1: every step fails")
+    rollouts_per_group = cfg.n_screen / qualified + cfg.n_continue
+    scale = PER_ROLLOUTS / rollouts_per_group
+    return MethodPrediction(
+        label, "speed_rl", scale,
+        {"screened_prompts_per_1k": scale / qualified,
+         "rejected_screens_per_1k": scale * (1.0 - qualified) / qualified,
+         "qualified_fraction": qualified,
+         # a step's rounds on average (below 1: some steps train carried-over groups only)
+         "rounds_per_step": cfg.train_batch_size / (cfg.gen_batch_size * qualified),
+         "screen_share_of_rollouts": cfg.n_screen / qualified / rollouts_per_group},
+    )
+
+
+_PREDICTORS = {"grpo": predict_grpo, "dapo": predict_dapo, "pilot_commit": predict_pilot_commit,
+               "greso": predict_greso, "speed_rl": predict_speed_rl}
 
 
 def predict_methods(methods: Mapping[str, object], counts: PassRateCounts,

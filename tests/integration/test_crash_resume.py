@@ -113,6 +113,9 @@ KILL_POINTS = {
     "grpo": ("right after the first checkpoint (step 3)", _checkpoint_written),
     "dapo": ("right after step 4 logged its metrics, a step past the step-3 checkpoint", _mid_step(4)),
     "pilot_commit": ("right after step 7, a step past the step-6 checkpoint", _mid_step(7)),
+    # past the first epoch (GRESO's skip then reads the streaks a resume must restore)
+    "greso": ("right after step 8, two steps past the step-6 checkpoint", _mid_step(8)),
+    "speed_rl": ("right after step 5, two steps past the step-3 checkpoint", _mid_step(5)),
 }
 
 
@@ -164,7 +167,7 @@ def _optimizer_tensors(state: dict) -> dict:
     return flat
 
 
-@pytest.mark.parametrize("method", ["grpo", "dapo", "pilot_commit"])
+@pytest.mark.parametrize("method", list(KILL_POINTS))
 def test_sigkill_then_rerun_equals_uninterrupted_run(
     method, resume_config, smoke_prepared, smoke_policy, prepared_file, tmp_path
 ):

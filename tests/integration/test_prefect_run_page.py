@@ -156,8 +156,9 @@ def test_compare_artifacts_have_the_comparison_and_mlflow_links(compared):
     summary = out["report"]["summary"]
     assert f"eval/average_accuracy = **{summary['target']:.4f}**" in markdown.data
     rows = table_rows(markdown.data)
+    # the smoke experiment holds all five methods: PC's speed-up over each of the other four
     assert rows["method"] == ["method", "rollouts to target", "reached", "final accuracy", "speed-up vs grpo",
-                              "speed-up vs dapo"]
+                              "speed-up vs dapo", "speed-up vs greso", "speed-up vs speed_rl"]
     for method in METHODS:
         m = summary["methods"][method]
         cells = rows[method]

@@ -14,7 +14,7 @@ from pilotcommit.tracking import MemoryTracker
 
 pytestmark = pytest.mark.integration
 
-METHODS = ["grpo", "dapo", "pilot_commit"]
+METHODS = ["grpo", "dapo", "pilot_commit", "greso", "speed_rl"]
 
 
 def _run(cfg, method, prepared, policy, run_dir, seed=0, **kwargs):
@@ -41,6 +41,10 @@ def test_two_steps_and_accounting(method, smoke_config, smoke_prepared, smoke_po
         if method == "pilot_commit":
             assert m["rollouts/sampled"] == m["rollouts/pilot"] + m["rollouts/commit"]
             assert m["rollouts/commit"] == method_cfg.train_batch_size * method_cfg.n_commit
+        elif method == "speed_rl":  # screens and continuations; every screen counts
+            assert m["rollouts/sampled"] == m["rollouts/pilot"] + m["rollouts/commit"]
+            assert m["rollouts/pilot"] == m["alloc/rounds"] * method_cfg.gen_batch_size * method_cfg.n_screen
+            assert m["rollouts/commit"] == m["alloc/continued"] * method_cfg.n_continue
         else:
             assert m["rollouts/sampled"] == m["rollouts/uniform"]
             rounds = m["alloc/rounds"]
@@ -52,8 +56,8 @@ def test_two_steps_and_accounting(method, smoke_config, smoke_prepared, smoke_po
             assert key in m, key
     if method == "grpo":
         assert all(m["alloc/rounds"] == 1 for _, m in tracker.metrics)
-    if method == "pilot_commit":
-        assert tracker.metrics[0][1]["alloc/rounds"] >= 2  # the buffer starts empty
+    if method in ("pilot_commit", "speed_rl"):
+        assert tracker.metrics[0][1]["alloc/rounds"] >= 2  # the buffer / the continuations start empty
     assert result.cumulative_rollouts == cumulative
     # evaluations before training and after every step (smoke: every_steps=1)
     assert [e.step for e in result.eval_history] == [0, 1, 2]
@@ -100,3 +104,26 @@ def test_resume_from_checkpoint_gives_identical_result(smoke_config, smoke_prepa
     assert [s for s, _ in tracker.metrics] == [2]  # only the step after the checkpoint ran again
     assert [e.metrics for e in resumed.eval_history] == [e.metrics for e in straight.eval_history]
     assert resumed.cumulative_rollouts == straight.cumulative_rollouts
+
+
+def test_speed_rl_steps_from_carried_over_groups_need_no_sampling(smoke_prepared, smoke_policy, tmp_path):
+    """A screening round of nearly the whole data set qualifies more prompts than a step trains;
+    the loop then takes whole steps from the carried-over groups (policy.ready_batch) without a
+    sampling round, and the accounting still adds up."""
+    from pilotcommit.config import load_experiment_config
+    from tests.conftest import SMOKE_CONFIG
+
+    cfg = load_experiment_config(SMOKE_CONFIG, overrides=["methods.speed_rl.gen_batch_size=400",
+                                                          "budget.max_steps=5"])
+    result, tracker = _run(cfg, "speed_rl", smoke_prepared, smoke_policy, tmp_path)
+    assert result.steps == 5
+    rounds = [m["alloc/rounds"] for _, m in tracker.metrics]
+    assert 0 in rounds, rounds  # at least one step trained on carried-over groups only
+    cumulative = 0
+    for _, m in tracker.metrics:
+        cumulative += m["rollouts/sampled"]
+        assert m["rollouts/cumulative"] == cumulative
+        assert m["rollouts/trained"] == 4 * 4
+        if m["alloc/rounds"] == 0:
+            assert m["rollouts/sampled"] == 0 and m["alloc/staleness_mean"] >= 1
+    assert result.cumulative_rollouts == cumulative

@@ -83,10 +83,16 @@ class RoundRecord:
 
 
 def run_rounds(policy, score, num_rounds: int) -> list[RoundRecord]:
-    """Run ``num_rounds`` plan/observe rounds, recording each."""
+    """Run ``num_rounds`` plan/observe rounds, recording each, as the training loop does: a
+    step that ``ready_batch`` hands out without sampling is recorded as a round with an empty
+    plan (SPEED-RL's carried-over groups)."""
     records = []
     for _ in range(num_rounds):
         step = policy.step
+        ready = policy.ready_batch()
+        if ready is not None:
+            records.append(RoundRecord(step, policy.stream.epoch, [], [], ready))
+            continue
         plan = policy.plan()
         epoch = policy.stream.epoch
         results = score(plan)
@@ -110,6 +116,9 @@ def run_until_batch(
 ) -> tuple[TrainBatch, list[list[RolloutRequest]]]:
     """Plan/observe rounds until the policy hands out a batch; returns it and the plans."""
     plans = []
+    ready = policy.ready_batch()
+    if ready is not None:
+        return ready, plans
     for _ in range(max_rounds):
         plan = policy.plan()
         plans.append(plan)

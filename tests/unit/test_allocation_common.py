@@ -1,4 +1,4 @@
-"""What all three allocation policies share: batch shape, rollout accounting, the registry,
+"""What all allocation policies share: batch shape, rollout accounting, the registry,
 the plan/observe protocol and checkpointing (state_dict / load_state_dict).
 
 Scripted Bernoulli rewards (``allocation_sim.Scorer``); no model, milliseconds per test.
@@ -18,12 +18,21 @@ from pilotcommit.allocation import (
     POLICIES,
     AllocationError,
     DAPOPolicy,
+    GRESOPolicy,
     GRPOPolicy,
     PilotCommitPolicy,
+    SpeedRLPolicy,
     make_policy,
 )
 from pilotcommit.checkpoint import load_checkpoint, save_checkpoint
-from pilotcommit.config import METHOD_NAMES, DAPOConfig, GRPOConfig, PilotCommitConfig
+from pilotcommit.config import (
+    METHOD_NAMES,
+    DAPOConfig,
+    GRESOConfig,
+    GRPOConfig,
+    PilotCommitConfig,
+    SpeedRLConfig,
+)
 from pilotcommit.types import RequestResult, RolloutKind
 from tests.unit.allocation_sim import Scorer, make_rollout, prompt_ids, run_rounds, run_steps
 
@@ -47,7 +56,15 @@ CONFIGS = {
         buffer_sampling="most_recent",
         max_off_steps=1,
     ),
+    # exploration rates that adapt quickly, so that the skip rule acts within a few epochs
+    "greso": GRESOConfig(n=6, train_batch_size=4, gen_batch_size=6, p_easy=0.6, p_hard=0.6,
+                         exploration_step=0.2),
+    "speed_rl": SpeedRLConfig(n_screen=3, n_continue=3, train_batch_size=4, gen_batch_size=8),
+    # a screening batch that qualifies more prompts than a step trains: steps without sampling
+    "speed_rl_surplus": SpeedRLConfig(n_screen=4, n_continue=2, train_batch_size=2, gen_batch_size=9),
 }
+# policies whose rollouts are pilots/screens and commits/continuations, not uniform groups
+TWO_PHASE = ("pilot_commit", "speed_rl")
 
 
 def build(key: str, seed: int = 11):
@@ -90,7 +107,7 @@ def test_rollout_accounting_per_step_and_cumulative(key):
             continue
         m = record.batch.metrics
         assert m["rollouts/sampled"] == step_sampled  # every generated rollout of the step
-        if key.startswith("pilot_commit"):
+        if key.startswith(TWO_PHASE):
             assert m["rollouts/sampled"] == m["rollouts/pilot"] + m["rollouts/commit"]
             assert m["rollouts/uniform"] == 0
         else:
@@ -144,7 +161,9 @@ def test_pilot_commit_cumulative_includes_pilots_of_prompts_never_committed():
 
 def test_registry_builds_each_method_by_name():
     assert set(POLICIES) == set(METHOD_NAMES)
-    expected = {"grpo": GRPOPolicy, "dapo": DAPOPolicy, "pilot_commit": PilotCommitPolicy}
+    expected = {"grpo": GRPOPolicy, "dapo": DAPOPolicy, "pilot_commit": PilotCommitPolicy,
+                "greso": GRESOPolicy, "speed_rl": SpeedRLPolicy}
+    assert set(expected) == set(POLICIES)
     for name, cls in expected.items():
         policy = make_policy(CONFIGS[name], PROMPTS, seed=0)
         assert type(policy) is cls and policy.name == name and policy.config is CONFIGS[name]
@@ -152,7 +171,7 @@ def test_registry_builds_each_method_by_name():
 
 def test_registry_unknown_name_lists_the_known_ones():
     with pytest.raises(
-        ValueError, match=r"unknown allocation method 'ppo'.*dapo.*grpo.*pilot_commit"
+        ValueError, match=r"unknown allocation method 'ppo'.*dapo.*greso.*grpo.*pilot_commit.*speed_rl"
     ):
         make_policy(SimpleNamespace(name="ppo"), PROMPTS, seed=0)
 
@@ -197,10 +216,12 @@ def advance_to(policy, score, where: str):
         return None
     if where == "mid_step":  # after a round that did not complete the batch
         for _ in range(50):
-            if policy.observe(score(policy.plan())) is None:
+            if policy.ready_batch() is None and policy.observe(score(policy.plan())) is None:
                 return None
         raise AssertionError("no incomplete round found")
-    if where == "pending":  # between plan() and observe()
+    if where == "pending":  # between plan() and observe(), as the loop gets there
+        while policy.ready_batch() is not None:
+            pass
         return policy.plan()
     raise ValueError(where)
 

@@ -13,7 +13,14 @@ import pydantic
 import pytest
 import yaml
 
-from pilotcommit.config import DAPOConfig, GRPOConfig, MethodConfig, PilotCommitConfig
+from pilotcommit.config import (
+    DAPOConfig,
+    GRESOConfig,
+    GRPOConfig,
+    MethodConfig,
+    PilotCommitConfig,
+    SpeedRLConfig,
+)
 
 METHOD_DIR = Path(__file__).resolve().parents[2] / "conf" / "method"
 ADAPTER = pydantic.TypeAdapter(MethodConfig)
@@ -34,6 +41,12 @@ def test_the_method_directory_has_the_paper_files():
         "dapo_n128.yaml",
         "pilot_commit_p16c48.yaml",
         "pilot_commit_p32c96.yaml",
+        "greso.yaml",
+        "greso_n64.yaml",
+        "greso_n128.yaml",
+        "speed_rl.yaml",
+        "speed_rl_s8c56.yaml",
+        "speed_rl_s8c120.yaml",
     } <= names
 
 
@@ -59,6 +72,10 @@ def test_every_method_file_validates_and_its_name_matches_the_file(path: Path):
         ("grpo_n128.yaml", GRPOConfig, 128),
         ("dapo_n128.yaml", DAPOConfig, 128),
         ("pilot_commit_p32c96.yaml", PilotCommitConfig, 128),
+        ("greso_n64.yaml", GRESOConfig, 64),
+        ("greso_n128.yaml", GRESOConfig, 128),
+        ("speed_rl_s8c56.yaml", SpeedRLConfig, 64),
+        ("speed_rl_s8c120.yaml", SpeedRLConfig, 128),
     ],
 )
 def test_paper_settings(name, cls, group_size):
@@ -74,6 +91,22 @@ def test_paper_settings(name, cls, group_size):
         assert config.n_pilot * 4 == group_size and config.n_pilot_effective is None
         assert (config.p_low, config.p_high, config.p_evict) == (0.125, 0.25, 1.0)
         assert config.max_off_steps == 4 and config.buffer_sampling == "max_variance"
+    if cls is GRESOConfig:  # the public code's skip and controller values
+        assert GRESOConfig(**{**config.model_dump(), "n": 16, "train_batch_size": 32,
+                              "gen_batch_size": 96}) == load("greso.yaml")
+    if cls is SpeedRLConfig:
+        assert config.n_screen == 8  # the public code's 1.5B script screens with 8
+
+
+def test_demo_scale_files_hold_the_public_defaults():
+    greso, speed = load("greso.yaml"), load("speed_rl.yaml")
+    assert (greso.p_easy, greso.p_hard, greso.target_zero_variance) == (0.5, 0.5, 0.25)
+    assert (greso.exploration_step, greso.p_min, greso.p_max, greso.min_keep_probability) == (0.01, 0.05, 0.95, 0.01)
+    assert abs(greso.easy_target_fraction - 1 / 3) < 1e-12
+    assert greso == GRESOConfig()  # the file states the model's defaults
+    assert (speed.n_screen, speed.n_continue) == (4, 12) and speed == SpeedRLConfig()
+    assert greso.group_size == speed.group_size == 16
+    assert greso.train_batch_size == speed.train_batch_size == 32
 
 
 @pytest.mark.parametrize("suffix", ["", "_n128"])
@@ -97,6 +130,8 @@ VALID = {
     "grpo": {"name": "grpo", "n": 8, "train_batch_size": 4},
     "dapo": {"name": "dapo", "n": 8, "train_batch_size": 4, "gen_batch_size": 12},
     "pilot_commit": {"name": "pilot_commit", "n_pilot": 8, "n_commit": 24, "train_batch_size": 4},
+    "greso": {"name": "greso", "n": 8, "train_batch_size": 4, "gen_batch_size": 12},
+    "speed_rl": {"name": "speed_rl", "n_screen": 4, "n_continue": 4, "train_batch_size": 4},
 }
 
 
@@ -130,6 +165,23 @@ def test_the_valid_base_values_validate(method):
         ("dapo", {"gen_batch_size": 0}, "gen_batch_size"),
         ("dapo", {"max_num_gen_batches": 0}, "max_num_gen_batches"),
         ("dapo", {"max_num_gen_batch": 5}, "max_num_gen_batch"),  # typo
+        ("greso", {"n": 1}, "n"),
+        ("greso", {"p_easy": 0.0}, "p_easy"),  # a rate of 0 would skip every streak for good
+        ("greso", {"p_hard": 1.5}, "p_hard"),
+        ("greso", {"target_zero_variance": 1.2}, "target_zero_variance"),
+        ("greso", {"easy_target_fraction": -0.1}, "easy_target_fraction"),
+        ("greso", {"exploration_step": 0.0}, "exploration_step"),
+        ("greso", {"p_min": 0.6, "p_max": 0.4}, "p_min"),
+        ("greso", {"min_keep_probability": 0.0}, "min_keep_probability"),  # could never end
+        ("greso", {"gen_batch_size": 0}, "gen_batch_size"),
+        ("greso", {"max_num_gen_batches": 0}, "max_num_gen_batches"),
+        ("greso", {"n_pilot": 4}, "n_pilot"),  # a PC key: no silent ignore
+        ("speed_rl", {"n_screen": 1}, "n_screen"),  # no pass rate strictly between 0 and 1
+        ("speed_rl", {"n_continue": 0}, "n_continue"),
+        ("speed_rl", {"train_batch_size": 0}, "train_batch_size"),
+        ("speed_rl", {"gen_batch_size": 0}, "gen_batch_size"),
+        ("speed_rl", {"max_num_gen_batches": 0}, "max_num_gen_batches"),
+        ("speed_rl", {"n_screens": 4}, "n_screens"),  # typo
     ],
 )
 def test_impossible_values_fail_naming_the_field(method, change, field):
@@ -177,3 +229,20 @@ def test_mini_batches_that_do_not_divide_the_step_fail_at_load():
         load_experiment_config(smoke, overrides=["rollout.temperature=0"])
     with pytest.raises(ConfigError, match="clip_ratio_c"):
         load_experiment_config(smoke, overrides=["learner.clip_ratio_c=1.0"])
+
+
+def test_demo_all_methods_is_the_demo_plus_greso_and_speed_rl_with_five_seeds():
+    """conf/experiment/demo-all-methods.yaml may differ from the demo only by its name, seeds and
+    the two added methods; the demo keeps its three methods."""
+    from pilotcommit.config import load_experiment_config
+
+    experiments = METHOD_DIR.parent / "experiment"
+    demo = load_experiment_config(experiments / "demo.yaml")
+    every = load_experiment_config(experiments / "demo-all-methods.yaml")
+    assert list(demo.methods) == ["grpo", "dapo", "pilot_commit"]
+    assert list(every.methods) == ["grpo", "dapo", "pilot_commit", "greso", "speed_rl"]
+    assert every.seeds == [0, 1, 2, 3, 4]
+    assert {k: every.methods[k] for k in demo.methods} == dict(demo.methods)
+    assert every.methods["greso"] == load("greso.yaml") and every.methods["speed_rl"] == load("speed_rl.yaml")
+    same = {"name", "seeds", "methods"}
+    assert every.model_dump(exclude=same) == demo.model_dump(exclude=same)

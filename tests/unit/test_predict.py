@@ -15,10 +15,12 @@ from pilotcommit.allocation.predict import (
     predict_dapo,
     predict_grpo,
     predict_methods,
+    predict_greso,
     predict_pilot_commit,
+    predict_speed_rl,
     recommend,
 )
-from pilotcommit.config import DAPOConfig, GRPOConfig, PilotCommitConfig
+from pilotcommit.config import DAPOConfig, GRESOConfig, GRPOConfig, PilotCommitConfig, SpeedRLConfig
 
 
 def _half(prompts: int = 10, samples: int = 16) -> PassRateCounts:
@@ -186,3 +188,55 @@ def test_recommendation_keeps_the_simplest_method_without_a_clear_edge():
     assert recommend(clear, spread).startswith("use pc: 50.0 informative groups per 1,000 rollouts, 1.20x uniform's")
     assert recommend([MethodPrediction("g", "grpo", 0.0), MethodPrediction("d", "dapo", 0.0)],
                      spread).startswith("no method gets informative groups")
+
+
+# --------------------------------------------------------------------------- GRESO, SPEED-RL
+
+
+def test_greso_is_predicted_as_dapo_its_first_epoch_and_says_so():
+    counts = PassRateCounts.from_pass_rates([0.0, 0.1, 0.5, 0.9, 1.0] * 20, 16)
+    greso = predict_greso("greso", GRESOConfig(n=16, train_batch_size=32, gen_batch_size=96), counts)
+    dapo = predict_dapo("dapo", DAPOConfig(n=16, train_batch_size=32, gen_batch_size=96), counts)
+    assert greso.kind == "greso" and greso.informative_groups_per_1k == dapo.informative_groups_per_1k
+    assert greso.breakdown == dapo.breakdown and "first epoch = DAPO" in greso.note
+
+
+def test_speed_rl_hand_case_with_plug_in_rates():
+    # pass rate .5, 4 screens: q = 1 - 2 / 16 = 7/8; a trained group costs 4 / q + 12 rollouts
+    cfg = SpeedRLConfig(n_screen=4, n_continue=12, train_batch_size=32, gen_batch_size=96)
+    half = predict_speed_rl("s", cfg, PassRateCounts.from_pass_rates([0.5] * 8, 16), "plug_in")
+    assert half.informative_groups_per_1k == pytest.approx(1000 / (4 / (7 / 8) + 12))
+    # half the prompts never solved: q = 7/16
+    mixed = predict_speed_rl("s", cfg, PassRateCounts.from_pass_rates([0.0, 0.5] * 4, 16), "plug_in")
+    assert mixed.breakdown["qualified_fraction"] == pytest.approx(7 / 16)
+    assert mixed.informative_groups_per_1k == pytest.approx(1000 / (4 / (7 / 16) + 12))
+    assert mixed.breakdown["rounds_per_step"] == pytest.approx(32 / (96 * 7 / 16))
+    none = predict_speed_rl("s", cfg, PassRateCounts.from_pass_rates([0.0, 1.0], 16), "plug_in")
+    assert none.informative_groups_per_1k == 0.0 and "every step fails" in none.note
+
+
+def test_speed_rl_prediction_matches_the_policy_on_scripted_rewards():
+    """The closed form against SpeedRLPolicy itself, rewards drawn from the true pass rates."""
+    from pilotcommit.allocation import SpeedRLPolicy
+    from tests.unit.allocation_sim import Scorer, prompt_ids, run_steps
+
+    ids = prompt_ids(6000)
+    rates = {p: [0.0, 0.05, 0.3, 0.6, 0.95, 1.0][i % 6] for i, p in enumerate(ids)}
+    cfg = SpeedRLConfig(n_screen=4, n_continue=12, train_batch_size=16, gen_batch_size=48)
+    records = run_steps(SpeedRLPolicy(cfg, ids, seed=0), Scorer(rates, seed=0), 100)
+    batches = [r.batch for r in records if r.batch is not None]
+    assert all(b.metrics["alloc/epoch"] == 0 for b in batches)  # one pass: no revisits
+    measured = 1000 * sum(b.metrics["reward/informative_groups"] for b in batches) / \
+        batches[-1].metrics["rollouts/cumulative"]
+    predicted = predict_speed_rl("s", cfg, PassRateCounts.from_pass_rates(list(rates.values()), 100_000),
+                                 "plug_in").informative_groups_per_1k
+    assert measured == pytest.approx(predicted, rel=0.05)
+
+
+def test_predict_methods_covers_all_five_kinds():
+    counts = PassRateCounts.from_pass_rates([0.2, 0.5, 0.8] * 10, 16)
+    methods = {"grpo": GRPOConfig(), "dapo": DAPOConfig(), "pilot_commit": PilotCommitConfig(),
+               "greso": GRESOConfig(), "speed_rl": SpeedRLConfig()}
+    predictions = predict_methods(methods, counts)
+    assert [(p.method, p.kind) for p in predictions] == [(k, k) for k in methods]
+    assert all(p.informative_groups_per_1k > 0 for p in predictions)

@@ -235,3 +235,27 @@ def test_a_baseline_from_other_hardware_is_said_plainly():
     assert first.startswith("WARNING: the accepted baseline came from other hardware")
     assert "cpu_model: AMD EPYC vs Intel Xeon" in first
     assert "WARNING" not in check_regression(summary, summary, RegressionTolerance()).report()
+
+
+def test_five_methods_get_the_candidates_speed_up_over_each_other_method():
+    runs = make_runs() + [
+        RunHistory("greso", 0, hist((0, .5), (100, .7))),
+        RunHistory("greso", 1, hist((0, .5), (300, .7))),
+        RunHistory("speed_rl", 0, hist((0, .5), (400, .7))),
+        RunHistory("speed_rl", 1, hist((0, .5), (200, .7))),
+    ]
+    summary = summarize_comparison(runs, TargetConfig())
+    assert list(summary.methods) == ["dapo", "greso", "grpo", "pilot_commit", "speed_rl"]
+    vs = {s.baseline: s for s in summary.speedups}
+    assert [s.baseline for s in summary.speedups] == ["grpo", "dapo", "greso", "speed_rl"]
+    assert vs["greso"].ratio_of_means == pytest.approx(200 / 100)  # PC's mean 100
+    assert vs["greso"].paired == {0: 2.0, 1: 2.0}
+    assert vs["speed_rl"].ratio_of_means == pytest.approx(300 / 100)
+    assert vs["speed_rl"].paired == {0: 8.0, 1: pytest.approx(200 / 150)}
+    frame = summary.to_frame()
+    assert {"speedup_vs_greso", "speedup_vs_speed_rl", "speedup_vs_greso_paired_min"} <= set(frame.columns)
+    metrics = summary.metrics()
+    assert metrics["comparison/speedup/pilot_commit_vs_speed_rl"] == pytest.approx(3.0)
+    assert "comparison/greso/rollouts_to_target_mean" in metrics
+    # three methods: the speed-ups of before, no others
+    assert [s.baseline for s in summarize_comparison(make_runs(), TargetConfig()).speedups] == ["grpo", "dapo"]

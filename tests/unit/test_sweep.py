@@ -25,9 +25,14 @@ def test_a_cell_is_the_experiment_with_the_model_swapped():
     sweep = load_sweep_config(CONF / "sweep" / "smoke.yaml")
     cell = cell_config(sweep, 1)
     smoke = load_experiment_config(CONF / "experiment" / "smoke.yaml")
-    assert cell == smoke  # the smoke sweep's second model is the smoke experiment's own
+    # the smoke sweep's second model is the smoke experiment's own; it runs the paper's three
+    # of the smoke experiment's methods (sweep.methods)
+    assert list(cell.methods) == ["grpo", "dapo", "pilot_commit"]
+    assert {k: smoke.methods[k] for k in cell.methods} == dict(cell.methods)
+    assert cell.model_dump(exclude={"methods"}) == smoke.model_dump(exclude={"methods"})
     first = cell_config(sweep, 0)
-    assert first.model.num_layers == 1 and first.model_dump(exclude={"model"}) == smoke.model_dump(exclude={"model"})
+    assert first.model.num_layers == 1
+    assert first.model_dump(exclude={"model", "methods"}) == smoke.model_dump(exclude={"model", "methods"})
 
 
 def test_seeds_methods_and_overrides_apply_to_every_cell():
