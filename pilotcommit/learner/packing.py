@@ -84,8 +84,8 @@ def pack_sequences(input_ids_BT: Tensor, attention_mask_BT: Tensor, completion_m
     # right padding only: every row's tokens are its first `length` positions
     if not bool((attention_mask_BT == (torch.arange(width, device=lengths_B.device) < lengths_B[:, None])).all()):
         raise ValueError("pack_sequences: the attention mask must be right padding (ones, then zeros)")
-    if int(lengths_B.min()) < 1:
-        raise ValueError("pack_sequences: every row must hold at least one token")
+    if int(lengths_B.max()) < 1:
+        raise ValueError("pack_sequences: no row holds a token")
     keep_BT = attention_mask_BT.bool()
     input_ids_1T = input_ids_BT[keep_BT].unsqueeze(0)
     positions_BT = torch.arange(width, device=input_ids_BT.device).expand_as(input_ids_BT)
@@ -94,8 +94,11 @@ def pack_sequences(input_ids_BT: Tensor, attention_mask_BT: Tensor, completion_m
     # (which predicts nothing of its own sequence), then select the row's `length` positions
     target_BT = torch.cat([completion_mask_BT, torch.zeros_like(completion_mask_BT[:, :1])], dim=1)
     completion_1T = target_BT[keep_BT].unsqueeze(0)[:, :-1]
-    cu_seq_lens_S = torch.zeros(len(lengths_B) + 1, dtype=torch.int32, device=input_ids_BT.device)
-    cu_seq_lens_S[1:] = lengths_B.cumsum(0)
+    # an empty row (a rollout without completion tokens, as update.pack_batch leaves it) adds no
+    # token and no segment
+    lengths_S = lengths_B[lengths_B > 0]
+    cu_seq_lens_S = torch.zeros(len(lengths_S) + 1, dtype=torch.int32, device=input_ids_BT.device)
+    cu_seq_lens_S[1:] = lengths_S.cumsum(0)
     return PackedRow(input_ids_1T, position_ids_1T, completion_1T, cu_seq_lens_S, int(lengths_B.max()))
 
 

@@ -73,6 +73,13 @@ def test_pack_sequences_concatenates_without_padding_and_restarts_positions():
     assert row.completion_mask_1T.tolist() == [[0, 1, 0, 1, 0, 0, 0, 1]]
 
 
+def test_an_empty_row_adds_no_token_and_no_segment():
+    ids = torch.tensor([[5, 6, 7], [0, 0, 0], [8, 9, 0]])
+    row = pack_sequences(ids, (ids != 0).long(), torch.tensor([[0.0, 1.0], [0.0, 0.0], [1.0, 0.0]]))
+    assert row.input_ids_1T.tolist() == [[5, 6, 7, 8, 9]] and row.cu_seq_lens_S.tolist() == [0, 3, 5]
+    assert row.completion_mask_1T.tolist() == [[0, 1, 0, 1]]
+
+
 def test_pack_sequences_refuses_left_padding():
     ids = torch.tensor([[0, 5, 6]])
     with pytest.raises(ValueError, match="right padding"):
