@@ -11,6 +11,8 @@ batch of rollouts with such lengths and times one learner update on it three way
 - ``packed``: ``Learner.update`` with ``learner.max_tokens_per_micro_batch`` set to the same
   token count as one padded micro-batch of the batch's full width (``--micro-rows`` x the
   longest sequence): the same memory bound, no padding (pilotcommit/learner/packing.py);
+- ``packed-mask`` (not run by default): the packed rows under transformers' own sdpa packed
+  mask (dense ``[T, T]`` over the whole row) instead of the per-sequence attention;
 - ``trl``: TRL's ``GRPOTrainer.compute_loss`` on the same rollouts, injected as the inputs its
   ``_generate_and_score_completions`` would have produced (prompt ids left-padded and
   completions right-padded to the batch's longest, as TRL pads the whole generation batch before
@@ -73,6 +75,9 @@ require(__file__, "torch", "transformers", "pilotcommit")
 
 SIDES = ("padded", "packed", "trl")
 STEP_SIDES = ("packed-step", "trl-step")
+# packed rows under transformers' own sdpa packed mask (dense [T, T], no varlen attention): why
+# the learner switches to per-sequence attention (not run by default)
+EXTRA_SIDES = ("packed-mask",)
 MODELS = {
     # the demo's model shape (conf/model/tiny-arith.yaml); positions raised for long sequences
     "demo": dict(hidden_size=128, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4,
@@ -166,7 +171,7 @@ def _peak(device) -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "peak RSS"
 
 
-def run_ours(args, packed: bool) -> SideResult:
+def run_ours(args, packed: bool, dense_mask: bool = False) -> SideResult:
     import torch
 
     from pilotcommit.learner.update import Learner
@@ -179,6 +184,8 @@ def run_ours(args, packed: bool) -> SideResult:
     seen = []
     model.get_input_embeddings().register_forward_hook(lambda m, a, o: seen.append(a[0].numel()))
     learner = Learner(model, learner_config(args, packed, width), pad_id=0)
+    if dense_mask:  # undo enable_packed_attention: transformers builds the packed mask itself
+        model.config._attn_implementation = "sdpa"
     times, loss = [], None
     for i in range(1 + args.repeats):
         # every timed update starts from the same weights and optimizer state: the same work
@@ -194,7 +201,8 @@ def run_ours(args, packed: bool) -> SideResult:
             times.append(time.perf_counter() - start)
         loss = metrics["loss/policy"]
     peak, kind = _peak(device)
-    return SideResult(args.model, "packed" if packed else "padded", times, loss, sum(lengths), sum(seen),
+    side = "packed-mask" if dense_mask else "packed" if packed else "padded"
+    return SideResult(args.model, side, times, loss, sum(lengths), sum(seen),
                       peak, kind, torch.get_num_threads())
 
 
@@ -422,7 +430,8 @@ def run_child(args) -> None:
     elif args.child == "packed-step":
         result = run_ours_step(args)
     else:
-        result = run_trl(args) if args.child == "trl" else run_ours(args, packed=args.child == "packed")
+        result = run_trl(args) if args.child == "trl" else run_ours(
+            args, packed=args.child in ("packed", "packed-mask"), dense_mask=args.child == "packed-mask")
     Path(args.out).write_text(json.dumps(asdict(result)))
 
 
@@ -444,7 +453,7 @@ def print_table(results: list[SideResult]) -> float:
     ratios = {}
     for model in dict.fromkeys(r.model for r in results):
         rows = {r.side: r for r in results if r.model == model}
-        for sides, reference in ((SIDES, "trl"), (STEP_SIDES, "trl-step")):
+        for sides, reference in ((SIDES + EXTRA_SIDES, "trl"), (STEP_SIDES, "trl-step")):
             theirs = rows.get(reference)
             for side in sides:
                 r = rows.get(side)
@@ -456,8 +465,9 @@ def print_table(results: list[SideResult]) -> float:
                 if side == "packed" and theirs:
                     ratios[model] = vs
                 forward = f"{r.padded_tokens:,}" if r.padded_tokens else "-"
+                ratio = f"{vs:.2f}x vs {reference}" if theirs else "-"
                 print(f"| {model} | {side} | {t:.3f} | {rate:,.0f} | {forward} | {r.peak_mb:,.0f} "
-                      f"| {r.loss:.6f} | {vs:.2f}x vs {reference} |")
+                      f"| {r.loss:.6f} | {ratio} |")
         losses = [r.loss for r in rows.values()]
         spread = max(losses) - min(losses)
         if spread > LOSS_RTOL * max(abs(x) for x in losses):
@@ -472,7 +482,7 @@ def print_table(results: list[SideResult]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--sides", nargs="+", default=list(SIDES), choices=SIDES)
+    parser.add_argument("--sides", nargs="+", default=list(SIDES), choices=SIDES + EXTRA_SIDES)
     parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--group", type=int, default=8, help="rollouts per prompt")
     parser.add_argument("--prompt-min", type=int, default=32)
@@ -488,7 +498,7 @@ def main() -> None:
     parser.add_argument("--full-step", action="store_true",
                         help="also the whole step from the fixed rollouts on: our GRPO observe + packed learner "
                         "against GRPOTrainer.train with rollout_func returning the same rollouts")
-    parser.add_argument("--child", choices=SIDES + STEP_SIDES, help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=SIDES + STEP_SIDES + EXTRA_SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if "trl" in args.sides or args.full_step or args.child in ("trl", "trl-step"):
