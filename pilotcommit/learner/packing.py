@@ -39,6 +39,7 @@ completion positions (``logprobs.py``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 import torch
 from torch import Tensor, nn
@@ -166,7 +167,7 @@ def varlen_sdpa_attention(
             query_BHTD[:, :, s:e], key_BHTD[:, :, s:e], value_BHTD[:, :, s:e],
             dropout_p=dropout, is_causal=True, scale=scaling,
         )
-        for s, e in zip(bounds[:-1], bounds[1:])
+        for s, e in pairwise(bounds)
     ]
     return torch.cat(pieces, dim=2).transpose(1, 2).contiguous(), None
 

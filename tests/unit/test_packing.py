@@ -15,7 +15,7 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
-from pilotcommit.config import LearnerConfig, load_experiment_config, demo_config_path
+from pilotcommit.config import LearnerConfig, demo_config_path, load_experiment_config
 from pilotcommit.learner.logprobs import completion_logprobs_from_model
 from pilotcommit.learner.loss import policy_loss
 from pilotcommit.learner.packing import (
