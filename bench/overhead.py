@@ -44,6 +44,11 @@ script checks and says so. A benchmark, not a test; results and commands are in
 docs/benchmarks.md.
 
     python bench/overhead.py [--set budget.max_rollouts=8192] [--demo-report PATH] [--full-demo [--full-demo-bare]]
+    python bench/overhead.py --cached-only 3 [--config conf/experiment/smoke.yaml --set seeds=[0]]
+
+``--cached-only ROUNDS`` measures only item 4, three ways: the ephemeral server, the server of a
+``pilotcommit serve`` on the same runs directory as the CLI finds it (its record, no environment
+variable), and the same server through ``PREFECT_API_URL``.
 """
 
 from __future__ import annotations
@@ -243,6 +248,37 @@ def cached_compare_with_server(config_path: Path, overrides: list[str], runs_dir
         shutil.rmtree(home, ignore_errors=True)
 
 
+def cached_compare_both_ways(config_path: Path, overrides: list[str], runs_dir: Path, rounds: int) -> dict:
+    """The fully cached ``pilotcommit compare`` three ways, alternating in ``rounds``: with the
+    ephemeral Prefect server the command starts itself; with a server that ``pilotcommit serve``
+    would run for this runs directory (started here the same way and recorded in
+    ``<runs>/prefect/server.json``; the CLI finds it, no environment variable); with the same
+    server named by ``PREFECT_API_URL``. Returns the wall times (s) per way."""
+    from pilotcommit import services
+
+    saved = os.environ.pop("PREFECT_API_URL", None)  # the ephemeral and recorded ways must not see it
+    home = runs_dir / "prefect"
+    server = services.start_prefect_server(home, runs_dir / "logs" / "overhead-prefect-server.log")
+    record = home / services.PREFECT_SERVER_FILE
+    walls: dict[str, list[float]] = {"ephemeral": [], "serve (recorded)": [], "PREFECT_API_URL": []}
+    try:
+        for _ in range(rounds):
+            record.unlink(missing_ok=True)
+            walls["ephemeral"].append(cli_compare(config_path, overrides, runs_dir))
+            services.record_prefect_server(home, server.url, server.process.pid)
+            walls["serve (recorded)"].append(cli_compare(config_path, overrides, runs_dir))
+            record.unlink(missing_ok=True)
+            walls["PREFECT_API_URL"].append(
+                cli_compare(config_path, overrides, runs_dir, {"PREFECT_API_URL": server.url})
+            )
+    finally:
+        record.unlink(missing_ok=True)
+        server.stop()
+        if saved is not None:
+            os.environ["PREFECT_API_URL"] = saved
+    return walls
+
+
 def timed_command(cmd: list[str], repeats: int = 3, env: dict | None = None) -> float:
     walls = []
     for _ in range(repeats):
@@ -345,9 +381,32 @@ def main() -> None:
         help="with --full-demo: also train every full-demo run with the bare loop (minutes), the "
         "wall-time reference: overhead = compare wall - bare walls",
     )
+    parser.add_argument(
+        "--cached-only",
+        type=int,
+        metavar="ROUNDS",
+        default=0,
+        help="only the fully cached compare, ephemeral Prefect against a running server, "
+        "ROUNDS alternating rounds (after one compare that fills the cache)",
+    )
     args = parser.parse_args()
 
     overrides = args.overrides if args.overrides is not None else list(DEFAULT_OVERRIDES)
+    if args.cached_only:
+        config_path = args.config or demo_config_path()
+        runs_dir = args.runs_dir.resolve()
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        load_before = os.getloadavg()
+        print(f"filling the cache: pilotcommit compare {config_path} {' '.join(overrides)} ...", flush=True)
+        first = cli_compare(config_path, overrides, runs_dir)
+        walls = cached_compare_both_ways(config_path, overrides, runs_dir, args.cached_only)
+        print(f"\nfirst compare (trains, ephemeral Prefect): {first:.1f} s\n")
+        print("| fully cached `pilotcommit compare` | wall s (median) | all rounds |")
+        print("|---|---|---|")
+        for way, values in walls.items():
+            print(f"| {way} | {statistics.median(values):.1f} | {', '.join(f'{v:.1f}' for v in values)} |")
+        print(f"\nload average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}; cores {os.cpu_count()}")
+        return
     config_path = args.config or demo_config_path()
     demo_cfg = load_experiment_config(config_path)
     stamp = time.strftime("%Y%m%d-%H%M%S")

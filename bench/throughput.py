@@ -48,6 +48,7 @@ A benchmark, not a test; results and the exact commands are in docs/benchmarks.m
     python bench/throughput.py [--steps 8] [--warmup 2] [--rounds 2] [--threads 2]
     python bench/throughput.py --profile ours
     python bench/throughput.py --gpu            # on a CUDA machine
+    python bench/throughput.py --lengths realistic [learner_lengths.py options]   # the learner at long-tailed lengths
 """
 
 from __future__ import annotations
@@ -726,7 +727,20 @@ def profile_side(side: str, inputs: dict, args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    lengths = argparse.ArgumentParser(add_help=False)
+    lengths.add_argument("--lengths", choices=("demo", "realistic"), default="demo")
+    chosen, rest = lengths.parse_known_args()
+    if chosen.lengths == "realistic":  # the learner at long-tailed lengths: bench/learner_lengths.py
+        import learner_lengths
+
+        sys.argv = [learner_lengths.__file__, *rest]
+        learner_lengths.main()
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lengths", choices=("demo", "realistic"), default="demo",
+                        help="demo: whole GRPO steps on the demo (this script); realistic: the learner "
+                        "alone on fixed long-tailed rollouts against TRL's loss (bench/learner_lengths.py, "
+                        "which takes its own options)")
     parser.add_argument("--steps", type=int, default=8, help="timed steps per side (after warm-up)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (each round)")
     parser.add_argument(

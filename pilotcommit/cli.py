@@ -4,8 +4,10 @@ serve.
 Every command validates its configuration and checks the tracking store *before* any compute:
 a config error prints the message (file and field) and exits with code 2, an unreachable
 tracking server exits with code 3, both without a traceback. The work itself runs as Prefect
-flows (flows/), in this process against an ephemeral Prefect unless ``PREFECT_API_URL`` points at
-a server; the CLI only adds progress bars and the summary table.
+flows (flows/), in this process against an already running Prefect server when there is one
+(``PREFECT_API_URL``, or the one ``pilotcommit serve`` runs for the same runs directory), else
+against an ephemeral Prefect; the first line of output says which. The CLI only adds progress
+bars and the summary table.
 
 Deliberately not here: any stage logic (flows/, pilotcommit/pipeline.py) or summary maths
 (pilotcommit/report.py).
@@ -97,6 +99,31 @@ def _check_store(runs_dir: Path | None, uri: str | None) -> str:
     except tracking.TrackingUnavailable as err:
         _fail(str(err), EXIT_SERVICE)
     return resolved
+
+
+def _connect_prefect(runs_dir: Path | None) -> str | None:
+    """Point this command's flows at an already running Prefect server when there is one, and
+    say in one line which Prefect runs them. Must run before the first import of prefect (its
+    settings are read then).
+
+    Order: ``PREFECT_API_URL`` if set; else the server ``pilotcommit serve`` recorded for this
+    runs directory (``<runs>/prefect/server.json``) if it answers now; else Prefect's
+    ephemeral server, started and stopped by this command (about 5-8 s of its start-up,
+    docs/benchmarks.md section 2)."""
+    from pilotcommit import services, tracking
+
+    url = os.environ.get("PREFECT_API_URL")
+    if url:
+        console.print(f"Prefect: the server at {url} (PREFECT_API_URL)")
+        return url
+    root = runs_dir.resolve() if runs_dir else tracking.default_runs_root()
+    url = services.running_prefect_server(root / "prefect")
+    if url:
+        os.environ["PREFECT_API_URL"] = url
+        console.print(f"Prefect: the running server at {url} (pilotcommit serve, {root})")
+        return url
+    console.print("Prefect: an ephemeral server for this command (`pilotcommit serve` keeps one running)")
+    return None
 
 
 def _quiet_prefect(verbose: bool) -> None:
@@ -235,6 +262,7 @@ def compare(
     """Train every method x seed of an experiment under one rollout budget and compare them."""
     path, cfg = _load_config(config, set_)
     _check_store(runs_dir, tracking_uri or cfg.tracking.tracking_uri)
+    _connect_prefect(runs_dir)
     from flows.compare import compare_flow
 
     started = time.perf_counter()
@@ -271,6 +299,7 @@ def train(
     if method not in cfg.methods:
         _fail(f"--method {method!r}: not a method of {path} (have {sorted(cfg.methods)})", EXIT_CONFIG)
     _check_store(runs_dir, tracking_uri or cfg.tracking.tracking_uri)
+    _connect_prefect(runs_dir)
     from flows.train import train_flow
 
     seed = cfg.seeds[0] if seed is None else seed
@@ -307,6 +336,7 @@ def probe(
         _fail(f"--estimator {estimator!r}: use empirical_bayes, jeffreys or plug_in", EXIT_CONFIG)
     path, cfg = _load_config(config, set_)
     _check_store(runs_dir, tracking_uri or cfg.tracking.tracking_uri)
+    _connect_prefect(runs_dir)
     from flows.probe import probe_flow
     from pilotcommit.probe import ProbeResult
 
@@ -392,6 +422,7 @@ def sweep(
     if dispatch not in ("subflow", "deployment"):
         _fail(f"--dispatch {dispatch!r}: use subflow or deployment", EXIT_CONFIG)
     _check_store(runs_dir, tracking_uri)
+    _connect_prefect(runs_dir)
     from flows.sweep import sweep_flow
 
     console.print(f"[bold]{sweep_cfg.name}[/]: cells {[c.cell_label for c in cfgs]} x {list(cfgs[0].methods)} x seeds {cfgs[0].seeds}")
@@ -482,6 +513,7 @@ def nightly(
     """Rerun a configuration and fail (exit 1) if it regressed against the accepted baseline."""
     path, cfg = _load_config(config, set_)
     _check_store(runs_dir, tracking_uri or cfg.tracking.tracking_uri)
+    _connect_prefect(runs_dir)
     from flows.nightly import nightly_regression_flow
 
     with TrainingProgress([cfg], console):
@@ -589,6 +621,8 @@ def serve(
             ))
         with console.status("starting Prefect server"):
             prefect_srv = stack.add(services.start_prefect_server(prefect_home, logs / "prefect-server.log", host=host, port=prefect_port))
+        # CLI commands on this runs directory find the server here and use it (_connect_prefect)
+        server_file = services.record_prefect_server(prefect_home, prefect_srv.url, prefect_srv.process.pid)
         worker_env = {"MLFLOW_TRACKING_URI": mlflow_srv.url, "PILOTCOMMIT_RUNS_DIR": str(root),
                       "PILOTCOMMIT_REPO_DIR": str(project_dir)}
         with console.status("creating the work pool and deploying prefect.yaml"):
@@ -624,6 +658,7 @@ def serve(
     except services.ServiceError as err:
         err_console.print(f"[bold red]error:[/] {err}")
     finally:
+        server_file.unlink(missing_ok=True)
         with console.status("stopping"):
             stack.stop()
     console.print("stopped")

@@ -301,7 +301,19 @@ class LearnerConfig(StrictModel):
         "n_commit, giving PC more steps than GRPO; we keep it equal for a fair comparison.",
     )
     micro_batch_size: int = Field(
-        64, ge=1, description="Sequences per forward/backward pass (gradient accumulation)."
+        64, ge=1, description="Sequences per forward/backward pass (gradient accumulation) of "
+        "the padded learner; unused when max_tokens_per_micro_batch is set."
+    )
+    max_tokens_per_micro_batch: int | None = Field(
+        None,
+        ge=1,
+        le=1_048_576,
+        description="Packed micro-batches: the sequences of a micro-batch are concatenated into "
+        "one row without padding (position ids restart per sequence, attention stays inside "
+        "each), and a micro-batch holds at most this many prompt + completion tokens. Must be at "
+        "least the longest possible sequence (model prompt limit + rollout.max_new_tokens). "
+        "None: padded micro-batches of micro_batch_size rows (the default; the same update up "
+        "to float rounding).",
     )
     dtype: Literal["float32", "bfloat16"] = Field(
         "float32", description="Autocast dtype of the learner's forward pass."
@@ -737,6 +749,24 @@ class ExperimentConfig(StrictModel):
         None, ge=1, description="torch.set_num_threads for CPU runs (None: torch's default)."
     )
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+
+    @model_validator(mode="after")
+    def _check_micro_batch_budget(self) -> "ExperimentConfig":
+        budget = self.learner.max_tokens_per_micro_batch
+        if budget is None:
+            return self
+        if isinstance(self.model, TinyModelConfig):  # positions bound prompt + completion
+            longest, why = self.model.max_positions, f"model.max_positions {self.model.max_positions}"
+        else:
+            longest = self.model.max_prompt_length + self.rollout.max_new_tokens
+            why = (f"model.max_prompt_length {self.model.max_prompt_length} + "
+                   f"rollout.max_new_tokens {self.rollout.max_new_tokens} = {longest}")
+        if budget < longest:
+            raise ValueError(
+                f"learner.max_tokens_per_micro_batch: {budget} is less than the longest sequence a "
+                f"rollout can have ({why}); a packed micro-batch must hold any one sequence"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_methods(self) -> "ExperimentConfig":

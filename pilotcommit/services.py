@@ -13,6 +13,7 @@ Deliberately not here: anything about what the flows compute, or how runs are tr
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -206,6 +207,7 @@ def start_prefect_server(
     """``prefect server start`` on ``host:port`` with its database under ``home``."""
     port = port or free_port(host)
     url = f"http://{host}:{port}/api"
+    Path(home).mkdir(parents=True, exist_ok=True)  # its SQLite database cannot create a folder
     env = prefect_env(home)
     env["PREFECT_SERVER_API_HOST"] = host
     env["PREFECT_SERVER_API_PORT"] = str(port)
@@ -217,6 +219,29 @@ def start_prefect_server(
         service.stop()
         raise
     return service
+
+
+PREFECT_SERVER_FILE = "server.json"  # under the Prefect home of `pilotcommit serve`
+
+
+def record_prefect_server(home: Path, url: str, pid: int) -> Path:
+    """Write where the Prefect server of ``pilotcommit serve`` listens, so that CLI commands on
+    the same runs directory use it instead of starting an ephemeral one."""
+    path = Path(home) / PREFECT_SERVER_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"url": url, "pid": pid}))
+    return path
+
+
+def running_prefect_server(home: Path) -> str | None:
+    """The API URL of the server :func:`record_prefect_server` recorded under ``home``, if it
+    answers its health check now (a stale file from a killed ``serve`` gives None)."""
+    path = Path(home) / PREFECT_SERVER_FILE
+    try:
+        url = json.loads(path.read_text())["url"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return url if http_ok(f"{url}/health") else None
 
 
 def prefect_cli(

@@ -331,8 +331,11 @@ class DistributedLearner(Learner):
                 f"normaliser is {normalizer} summed over ranks but {local_full} on rank "
                 f"{self.rank}); every rank must build the same batch"
             )
-        num_micro = math.ceil(max_rows_per_rank(len(active), self.world_size) / self.config.micro_batch_size)
-        micro = list(my_rows.split(self.config.micro_batch_size)) if len(my_rows) else []
+        micro = self._micro_batches(packed, my_rows)
+        if self.packing:  # token-budget micro-batches: their count depends on each rank's lengths
+            num_micro = int(self._all_reduce([float(len(micro))], op=dist.ReduceOp.MAX)[0])
+        else:
+            num_micro = math.ceil(max_rows_per_rank(len(active), self.world_size) / self.config.micro_batch_size)
         padding = num_micro - len(micro)
         # a padding micro-batch is one real row; Learner.update gives it an empty mask
         micro += [mini_rows[:1]] * padding

@@ -36,6 +36,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from pilotcommit.learner.packing import pack_sequences, packed_forward_kwargs
+
 DEFAULT_CHUNK_SIZE = 1024
 
 
@@ -164,15 +166,29 @@ def completion_logprobs_from_model(
     *,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     temperature: float = 1.0,
+    packed: bool = False,
 ) -> Tensor:
     """Float32 log-probs ``[B, T-1]`` of ``input_ids_BT[:, 1:]`` under a causal LM, filled where
     ``completion_mask_BT`` (``[B, T-1]``, aligned with the targets) is set and 0 elsewhere.
+
+    ``packed``: run the forward on the rows concatenated into one row without padding
+    (``attention_mask_BT`` must be right padding); the same values up to float rounding, with
+    no compute on padding (pilotcommit/learner/packing.py; call ``enable_packed_attention`` on a
+    sdpa model first, or its attention builds a dense ``[T, T]`` mask).
 
     Same values as ``token_logprobs(model(...).logits[:, :-1], input_ids_BT[:, 1:])`` at the
     completion positions; no ``[B, T, V]`` tensor is ever made (module docstring).
     """
     keep_BT = completion_mask_BT.bool()
     targets_N = input_ids_BT[:, 1:][keep_BT]
-    with _output_layer_scores(model, keep_BT, targets_N, chunk_size, temperature):
-        logp_N = model(input_ids=input_ids_BT, attention_mask=attention_mask_BT).logits
+    if packed:
+        # one row without padding (pilotcommit/learner/packing.py); its completion positions come
+        # out in the row-major order of keep_BT, so they scatter back into the padded layout
+        row = pack_sequences(input_ids_BT, attention_mask_BT, completion_mask_BT)
+        keep_row = row.completion_mask_1T.bool()
+        with _output_layer_scores(model, keep_row, targets_N, chunk_size, temperature):
+            logp_N = model(**packed_forward_kwargs(model, row)).logits
+    else:
+        with _output_layer_scores(model, keep_BT, targets_N, chunk_size, temperature):
+            logp_N = model(input_ids=input_ids_BT, attention_mask=attention_mask_BT).logits
     return torch.zeros(keep_BT.shape, dtype=logp_N.dtype, device=logp_N.device).masked_scatter(keep_BT, logp_N)

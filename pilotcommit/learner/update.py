@@ -11,6 +11,14 @@ What one training step does (ALGORITHMS.md, "Shared learner"):
    over the completion tokens. Only those positions are scored: their hidden
    states go through the output layer in chunks (``learner.logprob_chunk_size``,
    pilotcommit/learner/logprobs.py), so no ``[B, T, vocab]`` tensor exists.
+   Micro-batches are either ``micro_batch_size`` padded rows (the default), or,
+   with ``learner.max_tokens_per_micro_batch`` set, packed: consecutive rows of
+   the seeded order up to that many tokens, concatenated into one row without
+   padding (pilotcommit/learner/packing.py). Either way the loss, old log-probs
+   and metrics are computed in the padded ``[B, T-1]`` layout, so the two paths
+   differ only inside the model's forward; the update is the same up to float
+   rounding (tests/unit/test_packing.py). A rollout longer than the token
+   budget is refused by name (the config check makes it unreachable from a run).
 2. Advantages: one scalar per rollout from its group's rewards.
 3. Old log-probs are the current weights' log-probs just before the update,
    for every mini-batch (so the first mini-batch's ratio is exactly 1 and the
@@ -58,6 +66,7 @@ from pilotcommit.config import LearnerConfig
 from pilotcommit.learner.advantages import group_advantages
 from pilotcommit.learner.logprobs import completion_logprobs_from_model
 from pilotcommit.learner.loss import policy_loss
+from pilotcommit.learner.packing import enable_packed_attention, token_budget_micro_batches
 from pilotcommit.types import TrainBatch
 
 
@@ -112,6 +121,20 @@ def pack_batch(batch: TrainBatch, pad_id: int, config: LearnerConfig) -> PackedB
     return PackedBatch(input_ids_BT, attention_mask_BT, completion_mask_BT, advantages_N, sampler_logp_BT)
 
 
+def _check_sequence_lengths(batch: TrainBatch, budget: int) -> None:
+    """A rollout longer than the micro-batch token budget is refused, by name (a budget is a
+    memory bound; the config check makes this unreachable for sequences the rollout settings
+    can produce: prompt limit + max_new_tokens <= budget)."""
+    for r in batch.rollouts:
+        tokens = len(r.prompt_token_ids) + len(r.completion_token_ids)
+        if tokens > budget:
+            raise ValueError(
+                f"training step {batch.step}: a rollout of prompt {r.prompt_id!r} has {tokens} tokens "
+                f"({len(r.prompt_token_ids)} prompt + {len(r.completion_token_ids)} completion), more "
+                f"than learner.max_tokens_per_micro_batch={budget}"
+            )
+
+
 def warmup_constant_lr(step: int, warmup_steps: int) -> float:
     """Multiplier of the peak lr in training step ``step`` (0-based): linear warm-up, then constant.
 
@@ -152,6 +175,11 @@ class Learner:
             self.optimizer, lambda s: warmup_constant_lr(s, config.warmup_steps)
         )
         self.device = next(model.parameters()).device
+        # packed micro-batches (one row, no padding) formed by a token budget; None: padded
+        # micro-batches of micro_batch_size rows (module docstring, point 1)
+        self.packing = config.max_tokens_per_micro_batch is not None
+        if self.packing:
+            enable_packed_attention(model)
         if config.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
             model.gradient_checkpointing_enable()
 
@@ -169,6 +197,7 @@ class Learner:
             return completion_logprobs_from_model(
                 self.model, input_ids_BT, attention_mask_BT, mask_BT,
                 chunk_size=self.config.logprob_chunk_size, temperature=self.temperature,
+                packed=self.packing,
             )
 
     def _rows_to_device(self, packed: PackedBatch, rows: Tensor):
@@ -212,8 +241,18 @@ class Learner:
         else:
             normalizer = float((mask.sum(dim=1) > 0).sum())
         active = mini_rows[packed.advantages_B[mini_rows] != 0]
-        micro = list(active.split(self.config.micro_batch_size)) if len(active) else []
-        return normalizer, micro, 0
+        return normalizer, self._micro_batches(packed, active), 0
+
+    def _micro_batches(self, packed: PackedBatch, rows: Tensor) -> list[Tensor]:
+        """``rows`` (in order) as micro-batches: ``micro_batch_size`` rows each when padded,
+        at most ``max_tokens_per_micro_batch`` tokens each when packed."""
+        if not len(rows):
+            return []
+        if not self.packing:
+            return list(rows.split(self.config.micro_batch_size))
+        return token_budget_micro_batches(
+            rows, packed.attention_mask_BT[rows].sum(dim=1), self.config.max_tokens_per_micro_batch
+        )
 
     def _any_rank(self, flag: bool) -> bool:
         """Whether ``flag`` is true on any process (here: this one)."""
@@ -229,6 +268,8 @@ class Learner:
         config = self.config
         packed = pack_batch(batch, self.pad_id, config)
         n = packed.input_ids_BT.shape[0]
+        if self.packing:
+            _check_sequence_lengths(batch, config.max_tokens_per_micro_batch)
         # a seeded order (the same on every rank, so every rank sees the same mini-batches)
         order_N = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
         k = config.optimizer_steps_per_batch

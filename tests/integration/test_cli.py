@@ -73,6 +73,8 @@ def test_compare_twice_then_report_accept_train(tmp_path):
     first = run_cli(["compare", *common], env)
     first_s = time.perf_counter() - started
     assert first.returncode == 0, first.stdout + first.stderr
+    # no server running for this runs directory: the command says it starts its own
+    assert first.stdout.splitlines()[0].startswith("Prefect: an ephemeral server for this command"), first.stdout[:300]
     for text in ("rollouts to target", "grpo", "dapo", "pilot_commit", "pilot_commit vs grpo",
                  "rollouts to target per seed", "parent run"):
         assert text in first.stdout, text

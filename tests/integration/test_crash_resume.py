@@ -63,13 +63,14 @@ def prepared_file(smoke_prepared, tmp_path_factory) -> Path:
     return path
 
 
-def _command(method: str, run_dir: Path, metrics_log: Path, prepared_file: Path, policy: str) -> list[str]:
+def _command(method: str, run_dir: Path, metrics_log: Path, prepared_file: Path, policy: str,
+             overrides: list[str] = OVERRIDES) -> list[str]:
     command = [
         sys.executable, str(TRAIN_SCRIPT), "--config", str(SMOKE_CONFIG), "--method", method,
         "--seed", "0", "--run-dir", str(run_dir), "--prepared", str(prepared_file),
         "--initial-policy", policy, "--metrics-log", str(metrics_log),
     ]
-    for item in OVERRIDES:
+    for item in overrides:
         command += ["--set", item]
     return command
 
@@ -167,10 +168,17 @@ def _optimizer_tensors(state: dict) -> dict:
     return flat
 
 
-@pytest.mark.parametrize("method", list(KILL_POINTS))
+@pytest.mark.parametrize(
+    "method, packing", [*[(m, False) for m in KILL_POINTS], ("grpo", True)],
+    ids=[*KILL_POINTS, "grpo-packed"],
+)
 def test_sigkill_then_rerun_equals_uninterrupted_run(
-    method, resume_config, smoke_prepared, smoke_policy, prepared_file, tmp_path
+    method, packing, resume_config, smoke_prepared, smoke_policy, prepared_file, tmp_path
 ):
+    overrides = OVERRIDES
+    if packing:  # packed micro-batches of at most two sequences' worth of tokens
+        overrides = [*OVERRIDES, f"learner.max_tokens_per_micro_batch={2 * resume_config.model.max_positions}"]
+        resume_config = load_experiment_config(SMOKE_CONFIG, overrides=overrides)
     # the uninterrupted reference, in this process
     reference_tracker = MemoryTracker()
     reference = train_run(
@@ -181,7 +189,7 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(
     reference_metrics = {step: _strip(m) for step, m in reference_tracker.metrics}
 
     run_dir, metrics_log = tmp_path / "killed", tmp_path / "metrics.jsonl"
-    command = _command(method, run_dir, metrics_log, prepared_file, smoke_policy)
+    command = _command(method, run_dir, metrics_log, prepared_file, smoke_policy, overrides)
     _, trigger = KILL_POINTS[method]
     resumed_from = _kill_when(command, run_dir, metrics_log, trigger)
     logged_before_kill = len(_log_records(metrics_log, "metrics"))

@@ -81,6 +81,8 @@ def test_serve_deploy_and_run_model_scale_sweep(tmp_path):
     try:
         wait_for(lambda: "Ctrl-C stops everything" in log.read_text(), 420, "serve to be ready", serve, log)
         assert services.http_ok(f"{mlflow_url}/health") and services.http_ok(f"{prefect_api}/health")
+        # CLI commands on the same runs directory find this server (pilotcommit.cli._connect_prefect)
+        assert services.running_prefect_server(runs / "prefect") == prefect_api
         # every socket serve's process tree listens on is loopback-only (MLflow and its workers,
         # the Prefect server, the worker)
         listening = listening_addresses(serve.pid)
@@ -130,4 +132,5 @@ def test_serve_deploy_and_run_model_scale_sweep(tmp_path):
                 serve.kill()
                 serve.wait()
     assert "stopped" in log.read_text()
+    assert not (runs / "prefect" / services.PREFECT_SERVER_FILE).exists()  # the record goes with the server
     assert not services.http_ok(f"{mlflow_url}/health") and not services.http_ok(f"{prefect_api}/health")

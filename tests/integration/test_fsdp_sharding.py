@@ -86,7 +86,7 @@ def _tiny_model():
     return build_tiny_model(MODEL, tokenizer, seed=MODEL_SEED), tokenizer.pad_token_id
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
+def _worker(rank: int, port: int, out_dir: str, learner_config: LearnerConfig = LEARNER) -> None:
     """One rank: shard, train two steps, checkpoint, resume in a fresh model, train one more."""
     import os
 
@@ -113,7 +113,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     assert context.backend == "gloo" and context.world_size == WORLD_SIZE
     try:
         model, pad_id = _tiny_model()
-        learner = make_learner(model, LEARNER, pad_id=pad_id)  # shards the model in place
+        learner = make_learner(model, learner_config, pad_id=pad_id)  # shards the model in place
         assert isinstance(learner, DistributedLearner)
         metrics = [learner.update(make_batch(s), seed=s) for s in range(STEPS - 1)]
         weights = full_model_state_dict(model)
@@ -123,7 +123,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         resumed_model, _ = _tiny_model()
         resumed_model = shard_model(resumed_model)
         load_full_model_state_dict(resumed_model, weights if context.is_main else {})
-        resumed = DistributedLearner(resumed_model, LEARNER, pad_id=pad_id)
+        resumed = DistributedLearner(resumed_model, learner_config, pad_id=pad_id)
         resumed.load_state_dict(learner_state)
         resumed_metrics = resumed.update(make_batch(STEPS - 1), seed=STEPS - 1)
         metrics.append(learner.update(make_batch(STEPS - 1), seed=STEPS - 1))
@@ -167,6 +167,27 @@ def single_process():
     return initial, snapshots, metrics
 
 
+def _run_sharded(out_dir: Path, learner_config: LearnerConfig) -> dict:
+    import torch.multiprocessing as mp
+
+    mp.start_processes(
+        _worker,
+        args=(_free_port(), str(out_dir), learner_config),
+        nprocs=WORLD_SIZE,
+        start_method="fork",
+        join=True,
+    )
+    return torch.load(out_dir / "sharded.pt", weights_only=False)
+
+
+@pytest.fixture(scope="module")
+def sharded_packed(tmp_path_factory):
+    """The same job with packed micro-batches of at most 24 tokens (1-3 sequences each, so the
+    ranks run different numbers of them and pad)."""
+    packed = LEARNER.model_copy(update={"max_tokens_per_micro_batch": 24})
+    return _run_sharded(tmp_path_factory.mktemp("fsdp-packed"), packed)
+
+
 @pytest.fixture(scope="module")
 def sharded(tmp_path_factory):
     import torch.multiprocessing as mp
@@ -207,6 +228,18 @@ def test_sharded_update_equals_the_single_process_update(sharded, single_process
             assert distributed[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
     # the equal-reward groups were skipped, the others trained once each
     assert sharded["metrics"][0]["learner/skipped_zero_advantage"] == 4 * len(ZERO_ADVANTAGE_GROUPS)
+
+
+def test_sharded_packed_update_equals_the_single_process_padded_update(sharded_packed, single_process):
+    """Packed micro-batches under FSDP2 on two ranks: the padded single-process weights after
+    every step (the same tolerance as the padded comparison above), and an exact resume."""
+    _, snapshots, metrics = single_process
+    assert _max_difference(sharded_packed["after_two"], snapshots[1]) < 1e-5
+    assert _max_difference(sharded_packed["final"], snapshots[2]) < 1e-5
+    assert _max_difference(sharded_packed["final_resumed"], sharded_packed["final"]) == 0.0
+    for got, want in zip(sharded_packed["metrics"], metrics):
+        assert got["loss/policy"] == pytest.approx(want["loss/policy"], rel=1e-4, abs=1e-7)
+        assert got["learner/trained_sequences"] == want["learner/trained_sequences"]
 
 
 def test_the_data_gives_the_ranks_different_numbers_of_micro_batches():

@@ -87,8 +87,16 @@ def test_other_seed_other_rollouts(smoke_config, smoke_prepared, smoke_policy, t
     assert sampled(ta) != sampled(tb)
 
 
-def test_resume_from_checkpoint_gives_identical_result(smoke_config, smoke_prepared, smoke_policy, tmp_path):
-    """Stopping after step 1 (budget 1) and rerunning with budget 2 equals a straight 2-step run."""
+@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
+def test_resume_from_checkpoint_gives_identical_result(packing, smoke_config, smoke_prepared, smoke_policy, tmp_path):
+    """Stopping after step 1 (budget 1) and rerunning with budget 2 equals a straight 2-step run,
+    with padded and with packed micro-batches (a budget of two sequences: several per step)."""
+    if packing:
+        budget = 2 * smoke_config.model.max_positions
+        smoke_config = smoke_config.model_copy(
+            update={"learner": smoke_config.learner.model_copy(update={"max_tokens_per_micro_batch": budget})}
+        )
+        assert smoke_config.learner.max_tokens_per_micro_batch == budget
     straight, _ = _run(smoke_config, "dapo", smoke_prepared, smoke_policy, tmp_path / "straight")
     # resuming needs the same config (hash): interrupt the 2-step run after step 1 instead
     class Stop(Exception):
@@ -104,6 +112,8 @@ def test_resume_from_checkpoint_gives_identical_result(smoke_config, smoke_prepa
     assert [s for s, _ in tracker.metrics] == [2]  # only the step after the checkpoint ran again
     assert [e.metrics for e in resumed.eval_history] == [e.metrics for e in straight.eval_history]
     assert resumed.cumulative_rollouts == straight.cumulative_rollouts
+    weights = [load_checkpoint(tmp_path / run / "checkpoints" / "step-000002")["model"] for run in ("straight", "resumed")]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
 def test_speed_rl_steps_from_carried_over_groups_need_no_sampling(smoke_prepared, smoke_policy, tmp_path):

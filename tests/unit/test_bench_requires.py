@@ -55,6 +55,14 @@ def test_throughput_without_trl_names_the_bench_extra_before_any_work():
     assert "Traceback" not in done.stderr and done.stdout == ""  # nothing ran before the check
 
 
+def test_learner_lengths_without_trl_names_the_bench_extra_before_any_work():
+    done = run_without(["trl"], BENCH / "learner_lengths.py", "--models", "demo")
+    assert done.returncode == 2, done.stdout + done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("learner_lengths.py: trl") and "needed for the side trl" in line, line
+    assert "Traceback" not in done.stderr and done.stdout == ""
+
+
 def test_install_hint_maps_modules_to_extras():
     sys.path.insert(0, str(BENCH))
     try:
