@@ -101,14 +101,17 @@ def _wait_for_flow_runs(flow_run_ids: list, timeout_s: float, poll_s: float = 5.
 
 
 @task(name="sweep-report", cache_policy=NO_CACHE)
-def sweep_report_task(ctx: dict, parent_run_id: str, cell_configs: dict, out_dir: str) -> dict:
+def sweep_report_task(ctx: dict, parent_run_id: str, cell_configs: dict, out_dir: str,
+                      failed_cells: tuple = ()) -> dict:
     """Per cell: summary, figure and table on the sweep's parent run; then the scale table."""
     context = stages.Context.from_dict(ctx)
     client = context.client()
     runs = report.load_comparison_runs(client, parent_run_id)
     summaries = {}
     for cell, cfg in cell_configs.items():
-        cell_runs = [r for r in runs if r.cell == cell]
+        cell_runs = [r for r in runs if r.cell == cell and r.history]
+        if not cell_runs and cell in failed_cells:
+            continue  # failed before any evaluation: nothing to report
         if not cell_runs:
             raise ValueError(f"sweep: no finished runs of cell {cell!r} under MLflow run {parent_run_id}")
         summaries[cell] = report.summarize_comparison(cell_runs, cfg.target)
@@ -180,19 +183,28 @@ def sweep_flow(
                 reporting.run_logger().info("sweep %s: model %s handed to %s as flow run %s", sweep.name,
                                             config.cell_label, sweep.cell_deployment, fr.id)
             states = _wait_for_flow_runs([fr.id for fr in flow_runs], cell_timeout_s)
-            failed = {k: v for k, v in states.items() if v != "Completed"}
-            if failed:
-                raise RuntimeError(f"sweep {sweep.name}: cells did not complete: {failed}")
+            failed = {str(c.cell_label): states[str(fr.id)] for c, fr in zip(configs, flow_runs) if states[str(fr.id)] != "Completed"}
         else:
-            for p in cell_parameters:
-                sweep_model_flow(**p)
+            # a failed cell does not stop the others: their runs are what a rerun would redo
+            # otherwise; the sweep reports what finished, then fails naming the failed cells
+            failed = {}
+            for config, p in zip(configs, cell_parameters):
+                try:
+                    sweep_model_flow(**p)
+                except Exception as err:  # noqa: BLE001 - recorded, re-raised after the report
+                    failed[config.cell_label] = f"{type(err).__name__}: {err}"
+                    reporting.run_logger().error("sweep %s: cell %s failed (%s); going on with the "
+                                                 "other cells", sweep.name, config.cell_label, failed[config.cell_label])
         summary = sweep_report_task(
             ctx.to_dict(), parent["run_id"], {c.cell_label: c for c in configs},
-            str(ctx.runs_root / sweep.name / "reports" / parent_key),
+            str(ctx.runs_root / sweep.name / "reports" / parent_key), tuple(failed),
         )
         publish_outcome(reporting.artifact_key("sweep", sweep.name), f"sweep {sweep.name}",
                         {m: report.ComparisonSummary.from_dict(s) for m, s in summary["summaries"].items()},
                         ctx, parent["run_id"], summary["run_ids"])
+        if failed:
+            raise RuntimeError(f"sweep {sweep.name}: cells failed: {failed} (the other cells finished and "
+                               "are reported on the parent run; rerun the same command to retry the failed ones)")
     except BaseException:
         stages.close_run_task(ctx.to_dict(), parent["run_id"], "FAILED")
         raise

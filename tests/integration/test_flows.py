@@ -478,3 +478,39 @@ def test_a_code_change_retrains_into_new_directories(first_compare, runs_dir, mo
     client = _client(out)
     for run in changed["runs"]:
         assert "pilotcommit.copied_from" not in client.get_run(run["mlflow_run_id"]).data.tags
+
+
+def test_a_failed_sweep_cell_does_not_stop_the_others(first_compare, runs_dir, tmp_path):
+    """A cell whose training fails (here: 8 training prompts, fewer than Pilot-Commit's round of
+    12 needs) is reported as failed, the other cell still runs and is reported on the parent run,
+    and the sweep fails at the end naming the failed cell."""
+    import yaml
+
+    from flows.sweep import sweep_flow
+    from pilotcommit import tracking
+
+    smoke = yaml.safe_load(SMOKE_CONFIG.read_text())
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(yaml.safe_dump({
+        "name": "sweep-starved", "experiment": "smoke", "seeds": [0], "methods": ["grpo", "pilot_commit"],
+        "models": [
+            {"model": smoke["model"], "label": "starved",
+             "overrides": ["train_mix={level_shares: {0: 1.0}, prompts: 8}", "probe.prompts=0"]},
+            {"model": smoke["model"], "label": "fed", "overrides": ["probe.prompts=0"]},
+        ]}))
+    with pytest.raises(Exception, match="cells failed: .*starved") as info:
+        sweep_flow(sweep_config=str(sweep_file), runs_dir=str(runs_dir))
+    assert "fed" not in str(info.value).split("cells failed:")[1].split("(")[0]
+    out, _ = first_compare
+    client = _client(out)
+    experiment = client.get_experiment_by_name("sweep-starved")
+    (parent,) = client.search_runs([experiment.experiment_id], "tags.`pilotcommit.kind` = 'sweep'")
+    assert parent.info.status == "FAILED"
+    children = client.search_runs([experiment.experiment_id],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    status = {(r.data.tags["cell"], r.data.tags["method"]): r.info.status for r in children}
+    assert status[("fed", "grpo")] == status[("fed", "pilot_commit")] == "FINISHED"
+    assert status[("starved", "pilot_commit")] == "FAILED"
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "comparison")}
+    assert "comparison/fed" in artifacts
+    assert tracking.TAG_KIND in parent.data.tags
