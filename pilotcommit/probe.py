@@ -46,6 +46,7 @@ class ProbeResult:
     spread: dict[str, float]
     wall_s: float = 0.0
     levels: list[str] = field(default_factory=list)
+    pool_size: int = 0  # training prompts a run draws from (after train_mix); 0: unknown
 
     def prompt_table(self) -> pd.DataFrame:
         p = np.array(self.successes) / self.samples
@@ -67,7 +68,7 @@ class ProbeResult:
         return {
             "prompt_ids": self.prompt_ids, "successes": self.successes, "samples": self.samples,
             "estimator": self.estimator, "recommendation": self.recommendation, "spread": self.spread,
-            "wall_s": self.wall_s, "levels": self.levels,
+            "wall_s": self.wall_s, "levels": self.levels, "pool_size": self.pool_size,
             "predictions": [{"method": p.method, "kind": p.kind,
                              "informative_groups_per_1k": p.informative_groups_per_1k,
                              "breakdown": p.breakdown, "note": p.note} for p in self.predictions],
@@ -124,18 +125,25 @@ def run_probe(cfg: ExperimentConfig, train_path, initial_policy: str, *, prompts
     started = time.perf_counter()
     ids, successes, levels = probe_pass_rates(cfg, train_path, initial_policy, prompts=prompts,
                                               samples=samples, seed=seed)
+    from pilotcommit.data.mix import apply_train_mix
+    from pilotcommit.data.prepared import read_prompt_table
+
+    pool = len(apply_train_mix(read_prompt_table(train_path), cfg.train_mix, str(train_path)))
     return predict_from_counts(cfg, ids, successes, samples, estimator, levels=levels,
-                               wall_s=time.perf_counter() - started)
+                               wall_s=time.perf_counter() - started, pool_size=pool)
 
 
 def predict_from_counts(cfg: ExperimentConfig, ids: list[str], successes: list[int], samples: int,
                         estimator: Estimator = "empirical_bayes", *, levels: list[str] | None = None,
-                        wall_s: float = 0.0) -> ProbeResult:
+                        wall_s: float = 0.0, pool_size: int = 0) -> ProbeResult:
+    """Predictions and the recommendation from probe counts; with ``pool_size``, Pilot-Commit's
+    evictions are checked against the budget (``predict.pool_exhaustion``)."""
     counts = PassRateCounts(np.array(successes), np.full(len(successes), samples))
-    predictions = predict_methods(cfg.methods, counts, estimator)
+    predictions = predict_methods(cfg.methods, counts, estimator, pool_size=pool_size or None,
+                                  budget_rollouts=cfg.budget.max_rollouts, budget_steps=cfg.budget.max_steps)
     spread = counts.spread()
     return ProbeResult(ids, list(successes), samples, estimator, predictions,
-                       recommend(predictions, spread), spread, wall_s, list(levels or []))
+                       recommend(predictions, spread), spread, wall_s, list(levels or []), pool_size)
 
 
 def histogram_figure(result: ProbeResult, title: str):

@@ -38,8 +38,16 @@ are truly unsolvable. ``estimator="jeffreys"`` uses ``Beta(1/2, 1/2)`` for every
 instead. Group outcomes are then beta-binomial. Each is exact for what it assumes; the study in
 docs/regimes.md checks them against measured rates.
 
-What this deliberately leaves out: learning during training (the histogram is the initial
-policy's), several epochs (deferral and eviction), pilots wasted by the replay buffer's
+One consequence of several epochs is checked, because it ends a run: Pilot-Commit **evicts** a
+prompt whose pilots were all correct (``p >= p_evict``) at the end of the epoch. On a small,
+saturated training set the pool can shrink below one round of ``gen_batch_size`` prompts before
+the budget is spent, and training stops with an error (the regime study's saturated mix did:
+docs/regimes.md). :func:`pool_exhaustion` follows each prompt's survival, ``(1 - e_j)^k`` after
+``k`` epochs with ``e_j`` its chance of an all-correct pilot outcome, and a prediction whose pool
+runs out within the budget says so; :func:`recommend` never recommends it.
+
+What this deliberately leaves out otherwise: learning during training (the histogram is the
+initial policy's), several epochs (deferral; eviction beyond the check above), pilots wasted by the replay buffer's
 staleness limit or the end of an epoch, and the value of a group beyond "informative or not".
 Those are why a prediction is a screening tool and the study is the measurement.
 
@@ -323,15 +331,77 @@ _PREDICTORS = {"grpo": predict_grpo, "dapo": predict_dapo, "pilot_commit": predi
                "greso": predict_greso, "speed_rl": predict_speed_rl}
 
 
+MAX_EPOCHS = 1000  # pool_exhaustion looks no further
+
+
+@dataclass(frozen=True)
+class PoolExhaustion:
+    """When Pilot-Commit's evictions leave fewer prompts than one round needs."""
+
+    epochs: int  # full epochs completed before the pool is too small
+    rollouts: float  # expected sampled rollouts by then
+    remaining: float  # expected prompts left
+    pool: int
+
+
+def pool_exhaustion(cfg: PilotCommitConfig, counts: PassRateCounts, pool_size: int,
+                    budget_rollouts: float | None, estimator: Estimator = "empirical_bayes") -> PoolExhaustion | None:
+    """Whether evictions exhaust a pool of ``pool_size`` training prompts (distributed like the
+    probed ones) before ``budget_rollouts`` (None: look ``MAX_EPOCHS`` ahead); None if not.
+
+    Each epoch pilots every remaining prompt (``n_pilot`` rollouts) and commits the informative
+    ones (``n_commit``); a prompt whose pilots are all correct is evicted at the epoch's end with
+    its chance ``e_j``, so ``pool * mean_j (1 - e_j)^k`` prompts remain after ``k`` epochs
+    (learning, which changes ``e_j``, is left out)."""
+    n_p = cfg.n_pilot
+    pilot_pmf_PM = outcome_pmf(counts, n_p, estimator)
+    evicting = [i for i in range(n_p + 1) if cfg.evicts(i / n_p)]
+    informative = [i for i in range(n_p + 1) if cfg.verdict(i / n_p) == "informative"]
+    evict_P = pilot_pmf_PM[:, evicting].sum(axis=1)
+    band_P = pilot_pmf_PM[:, informative].sum(axis=1)
+    survive_P = np.ones(len(evict_P))
+    spent = 0.0
+    for epoch in range(MAX_EPOCHS):
+        remaining = pool_size * float(survive_P.mean())
+        if remaining < cfg.gen_batch_size:
+            return PoolExhaustion(epoch, spent, remaining, pool_size)
+        committed = float((survive_P * band_P).sum() / survive_P.sum())
+        spent += remaining * (n_p + committed * cfg.n_commit)
+        if budget_rollouts is not None and spent >= budget_rollouts:
+            return None
+        survive_P = survive_P * (1.0 - evict_P)
+    return None
+
+
 def predict_methods(methods: Mapping[str, object], counts: PassRateCounts,
-                    estimator: Estimator = "empirical_bayes") -> list[MethodPrediction]:
-    """One prediction per configured method (keyed by the config's labels), in config order."""
+                    estimator: Estimator = "empirical_bayes", *, pool_size: int | None = None,
+                    budget_rollouts: float | None = None, budget_steps: int | None = None) -> list[MethodPrediction]:
+    """One prediction per configured method (keyed by the config's labels), in config order.
+    With ``pool_size`` (the training prompts a run draws from), a Pilot-Commit prediction whose
+    evictions exhaust the pool within the budget (``budget_rollouts``, and ``budget_steps`` at the
+    predicted rollouts per step) carries ``pool_exhausted_after_rollouts`` in its breakdown and a
+    note saying so."""
     predictions = []
     for label, cfg in methods.items():
         kind = getattr(cfg, "name", None)
         if kind not in _PREDICTORS:
             raise ValueError(f"method {label!r}: no predictor for kind {kind!r}; known: {sorted(_PREDICTORS)}")
-        predictions.append(_PREDICTORS[kind](label, cfg, counts, estimator))
+        pred = _PREDICTORS[kind](label, cfg, counts, estimator)
+        if kind == "pilot_commit" and pool_size and pred.breakdown.get("piloted_prompts_per_1k"):
+            budget = budget_rollouts
+            if budget_steps is not None:
+                per_step = (PER_ROLLOUTS * pred.breakdown["rounds_per_step"] * cfg.gen_batch_size
+                            / pred.breakdown["piloted_prompts_per_1k"])
+                budget = min(budget or math.inf, budget_steps * per_step)
+            out = pool_exhaustion(cfg, counts, pool_size, budget, estimator)
+            if out is not None:
+                note = (f"evictions leave ~{out.remaining:.0f} of {out.pool} prompts after {out.epochs} "
+                        f"epoch(s), ~{out.rollouts:,.0f} rollouts: fewer than a round's {cfg.gen_batch_size}, "
+                        "so training stops there")
+                pred = MethodPrediction(pred.method, pred.kind, pred.informative_groups_per_1k,
+                                        {**pred.breakdown, "pool_exhausted_after_rollouts": out.rollouts},
+                                        note=f"{pred.note}; {note}" if pred.note else note)
+        predictions.append(pred)
     return predictions
 
 
@@ -348,6 +418,10 @@ def recommend(predictions: Sequence[MethodPrediction], spread: Mapping[str, floa
     """
     if not predictions:
         raise ValueError("no predictions to recommend from")
+    exhausted = [p for p in predictions if "pool_exhausted_after_rollouts" in p.breakdown]
+    if exhausted and len(exhausted) < len(predictions):
+        line = recommend([p for p in predictions if p not in exhausted], spread)
+        return line + "".join(f"; not {p.method}: {p.note}" for p in exhausted)
     ranked = sorted(predictions, key=lambda p: -p.informative_groups_per_1k)
     best, rest = ranked[0], ranked[1:]
     collapsed = spread["at_0"] + spread["at_1"]

@@ -18,6 +18,7 @@ from pilotcommit.allocation.predict import (
     predict_greso,
     predict_pilot_commit,
     predict_speed_rl,
+    pool_exhaustion,
     recommend,
 )
 from pilotcommit.config import DAPOConfig, GRESOConfig, GRPOConfig, PilotCommitConfig, SpeedRLConfig
@@ -240,3 +241,60 @@ def test_predict_methods_covers_all_five_kinds():
     predictions = predict_methods(methods, counts)
     assert [(p.method, p.kind) for p in predictions] == [(k, k) for k in methods]
     assert all(p.informative_groups_per_1k > 0 for p in predictions)
+
+
+def _pc96() -> PilotCommitConfig:
+    return PilotCommitConfig(n_pilot=4, n_commit=12, train_batch_size=32, gen_batch_size=96)
+
+
+def test_pool_exhaustion_of_a_saturated_pool_hand_case():
+    # every prompt at pass rate 1 (plug-in): every pilot outcome is 4 of 4, every prompt evicted
+    # after the first epoch, which spends 200 x 4 pilots and commits none
+    counts = PassRateCounts.from_pass_rates([1.0] * 20, 16)
+    out = pool_exhaustion(_pc96(), counts, pool_size=200, budget_rollouts=None, estimator="plug_in")
+    assert (out.epochs, out.remaining, out.pool) == (1, 0.0, 200)
+    assert out.rollouts == pytest.approx(200 * 4)
+    # a pool smaller than one round is exhausted before the first epoch
+    assert pool_exhaustion(_pc96(), counts, pool_size=50, budget_rollouts=None, estimator="plug_in").epochs == 0
+
+
+def test_pool_exhaustion_follows_each_prompts_survival_and_stops_at_the_budget():
+    # half at pass rate 1 (evicted after epoch 1), half at 1/2: 4 of 4 with 1/16 (evicted), in
+    # the band [0.125, 0.75] (1, 2 or 3 of 4) with 14/16. Pool 400: after k >= 1 epochs
+    # 200 (15/16)^k remain; below 96 first at k = 12
+    counts = PassRateCounts.from_pass_rates([1.0] * 10 + [0.5] * 10, 16)
+    out = pool_exhaustion(_pc96(), counts, pool_size=400, budget_rollouts=None, estimator="plug_in")
+    assert out.epochs == 12
+    assert out.remaining == pytest.approx(200 * (15 / 16) ** 12)
+    first = 400 * (4 + 0.5 * 14 / 16 * 12)  # epoch 0: all 400 piloted, the informative half committed
+    later = sum(200 * (15 / 16) ** k * (4 + 14 / 16 * 12) for k in range(1, 12))
+    assert out.rollouts == pytest.approx(first + later)
+    # the budget is spent in epoch 1 (3,700 + 2,719 rollouts > 5,000): no exhaustion within it
+    assert pool_exhaustion(_pc96(), counts, 400, budget_rollouts=5000, estimator="plug_in") is None
+    assert pool_exhaustion(_pc96(), counts, 400, budget_rollouts=first + later + 1, estimator="plug_in") is not None
+
+
+def test_a_method_that_exhausts_its_pool_is_never_recommended():
+    counts = PassRateCounts.from_pass_rates([1.0] * 12 + [0.5] * 8, 16)
+    methods = {"grpo": GRPOConfig(n=16, train_batch_size=32), "pilot_commit": _pc96()}
+    free = predict_methods(methods, counts, "plug_in")
+    assert recommend(free, counts.spread()).startswith("use pilot_commit")  # no pool given: not checked
+    small = predict_methods(methods, counts, "plug_in", pool_size=300, budget_rollouts=40_000)
+    pc = small[1]
+    assert pc.informative_groups_per_1k == free[1].informative_groups_per_1k
+    assert pc.breakdown["pool_exhausted_after_rollouts"] > 0 and "training stops there" in pc.note
+    line = recommend(small, counts.spread())
+    assert line.startswith("grpo:") and "not pilot_commit: evictions leave" in line
+    # a pool large enough for the budget: recommended as before
+    big = predict_methods(methods, counts, "plug_in", pool_size=100_000, budget_rollouts=40_000)
+    assert "pool_exhausted_after_rollouts" not in big[1].breakdown
+    assert recommend(big, counts.spread()).startswith("use pilot_commit")
+
+
+def test_a_step_budget_bounds_the_pool_check():
+    # every prompt at 1/2; pool 400 lasts 15 epochs of Pilot-Commit, far more than 3 steps
+    counts = PassRateCounts.from_pass_rates([0.5] * 20, 16)
+    methods = {"pilot_commit": _pc96()}
+    assert "pool_exhausted_after_rollouts" in predict_methods(methods, counts, "plug_in", pool_size=400)[0].breakdown
+    (short,) = predict_methods(methods, counts, "plug_in", pool_size=400, budget_steps=3)
+    assert "pool_exhausted_after_rollouts" not in short.breakdown
