@@ -43,7 +43,9 @@ from pilotcommit.report import RunHistory
 # the two targets of the study (TargetConfig.fraction_of_reference): the reference's best, and a
 # target that is not decided by evaluation noise at the last few evaluations of the budget
 TARGETS = {"best": 1.0, "gain75": 0.75}
-BUDGET_FRACTIONS = (0.25, 0.5, 0.75, 1.0)  # equal-budget comparisons, of the cell's shortest run
+# equal-budget (and equal-step) comparisons, as fractions of the shortest run that trained at all
+# (a run that stopped before its first step, e.g. out of prompts, only shows as "-")
+BUDGET_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 ZERO_VARIANCE = "reward/zero_variance_groups"
 PROBE_ARTIFACT = "probe.json"
 
@@ -97,6 +99,7 @@ class CellOutcome:
     reached: dict[str, dict[str, str]]  # target -> method -> "k/n"
     speedups: dict[str, dict[str, dict]]  # target -> baseline -> bootstrap_speedups() entry
     equal_budget: list[dict]
+    equal_steps: list[dict]  # the same at equal optimizer steps (key "rollouts" holds the step)
     zero_variance: Interval  # the reference's zero-variance share of trained groups
     measured_rates: dict[str, dict[str, float]]  # method -> {per_1k, early_per_1k}
     predicted_rates: dict[str, float]  # method -> predicted informative groups per 1k (probe)
@@ -131,6 +134,15 @@ def zero_variance_share(steps: Sequence[RunSteps], *, resamples: int, seed: int 
     boot = rng.choice(values, size=(resamples, len(values)), replace=True).mean(axis=1)
     low, high = np.percentile(boot, [2.5, 97.5])
     return Interval(float(values.mean()), float(low), float(high))
+
+
+def _by_step(runs: Sequence[RunHistory]) -> list[RunHistory]:
+    """The runs with each evaluation's x coordinate set to its optimizer step, so that the
+    equal-budget statistics compare accuracy at equal steps (a method that spends more rollouts
+    per step, such as Pilot-Commit's pilots or DAPO's extra rounds, is then not penalised)."""
+    from dataclasses import replace
+
+    return [replace(r, history=[replace(e, cumulative_rollouts=e.step) for e in r.history]) for r in runs]
 
 
 def measured_ranking(summary: report.ComparisonSummary) -> list[list[str]]:
@@ -203,10 +215,15 @@ def study_cells(
             reached[name] = {m: f"{s.reached}/{s.seeds}" for m, s in summary.methods.items()}
             speedups[name] = stats.bootstrap_speedups(runs, target_cfg, resamples=resamples, seed=seed,
                                                       candidate=candidate, baselines=baselines)
-        shortest = min(r.history[-1].cumulative_rollouts for r in runs if r.history)
+        trained = [r for r in runs if r.history[-1].step > 0] or runs
+        shortest = min(r.history[-1].cumulative_rollouts for r in trained)
         budgets = [round(f * shortest) for f in BUDGET_FRACTIONS]
         equal = stats.equal_budget_table(runs, budgets, target.metric, resamples=resamples, seed=seed,
                                          candidate=candidate)
+        fewest = min(r.history[-1].step for r in trained)
+        steps = sorted({max(1, round(f * fewest)) for f in BUDGET_FRACTIONS}) if fewest > 0 else []
+        equal_steps = stats.equal_budget_table(_by_step(runs), steps, target.metric, resamples=resamples,
+                                               seed=seed, candidate=candidate)
         ref_steps = [s for s in inputs.steps if s.cell == cell and s.method == target.reference_method]
         probe = inputs.probes.get(cell) or {}
         predicted = {p["method"]: float(p["informative_groups_per_1k"]) for p in probe.get("predictions", [])}
@@ -217,7 +234,7 @@ def study_cells(
         ranking = measured_ranking(gain75)
         out.append(CellOutcome(
             cell=cell, seeds=sorted({r.seed for r in runs}), methods=methods, targets=targets,
-            reached=reached, speedups=speedups, equal_budget=equal,
+            reached=reached, speedups=speedups, equal_budget=equal, equal_steps=equal_steps,
             zero_variance=zero_variance_share(ref_steps, resamples=resamples, seed=seed),
             measured_rates=inputs.rates.get(cell, {}), predicted_rates=predicted,
             predicted_ranking=predicted_ranking, measured_ranking=ranking,
@@ -295,6 +312,25 @@ def _speedup_text(entry: Mapping | None) -> str:
     return value + (" (partial)" if entry.get("partial") else "")
 
 
+def _difference_table(cells: Sequence[CellOutcome], attr: str, x_name: str, x_fmt: str, methods: Sequence[str],
+                      baselines: Sequence[str], candidate: str) -> list[str]:
+    """Rows of :func:`pilotcommit.stats.equal_budget_table` output (``CellOutcome.<attr>``)."""
+    head = ["cell", x_name, *methods] + [f"{candidate} - {b}" for b in baselines]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in cells:
+        for row in getattr(c, attr):
+            out = [c.cell, format(row["rollouts"], x_fmt)]
+            out += [f"{row[m]:.4f}" if m in row and not math.isnan(row[m]) else "-" for m in methods]
+            for b in baselines:
+                if f"diff_vs_{b}" in row:
+                    lo, hi = row[f"diff_vs_{b}_ci"]
+                    out.append(f"{row[f'diff_vs_{b}']:+.4f} [{lo:+.4f}, {hi:+.4f}]")
+                else:
+                    out.append("-")
+            lines.append("| " + " | ".join(out) + " |")
+    return lines
+
+
 def markdown_tables(cells: Sequence[CellOutcome], candidate: str = report.CANDIDATE_METHOD) -> str:
     """The study's tables as Markdown: speed-ups, equal budgets, predictor check."""
     baselines = sorted({b for c in cells for t in c.speedups.values() for b in t})
@@ -313,21 +349,9 @@ def markdown_tables(cells: Sequence[CellOutcome], candidate: str = report.CANDID
             lines.append("| " + " | ".join(row) + " |")
 
     lines += ["", f"### Accuracy at equal budgets ({candidate} minus baseline, paired by seed, 95% bootstrap)", ""]
-    head = ["cell", "rollouts"] + methods
-    head += [f"{candidate} - {b}" for b in baselines]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for c in cells:
-        for row in c.equal_budget:
-            cells_ = [c.cell, f"{row['rollouts']:,.0f}"]
-            cells_ += [f"{row[m]:.4f}" if m in row and not math.isnan(row[m]) else "-"
-                       for m in methods]
-            for b in baselines:
-                if f"diff_vs_{b}" in row:
-                    lo, hi = row[f"diff_vs_{b}_ci"]
-                    cells_.append(f"{row[f'diff_vs_{b}']:+.4f} [{lo:+.4f}, {hi:+.4f}]")
-                else:
-                    cells_.append("-")
-            lines.append("| " + " | ".join(cells_) + " |")
+    lines += _difference_table(cells, "equal_budget", "rollouts", ",.0f", methods, baselines, candidate)
+    lines += ["", f"### Accuracy at equal optimizer steps ({candidate} minus baseline, paired by seed, 95% bootstrap)", ""]
+    lines += _difference_table(cells, "equal_steps", "step", ".0f", methods, baselines, candidate)
 
     lines += ["", "### The predictor against the measurement (informative groups per 1,000 sampled rollouts)", ""]
     head = ["cell", "method", "predicted", "measured, first 10 steps", "measured, whole run"]

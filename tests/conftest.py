@@ -19,6 +19,19 @@ CONF_DIR = REPO_ROOT / "conf"
 SMOKE_CONFIG = CONF_DIR / "experiment" / "smoke.yaml"
 
 
+def smoke_core_methods_override() -> str:
+    """``methods={...}``: the smoke config's GRPO, DAPO and Pilot-Commit only (their smoke
+    settings, as JSON, which the override parser reads as YAML). For the slowest tests of the
+    pipeline's mechanics (the CLI, the Prefect UI), whose cost grows with every method trained;
+    GRESO and SPEED-RL have their own training, resume and flow tests."""
+    import json
+
+    import yaml
+
+    methods = yaml.safe_load(SMOKE_CONFIG.read_text())["methods"]
+    return "methods=" + json.dumps({m: methods[m] for m in ("grpo", "dapo", "pilot_commit")})
+
+
 @pytest.fixture(scope="session")
 def smoke_config():
     from pilotcommit.config import load_experiment_config

@@ -29,7 +29,7 @@ import time
 import pytest
 
 from pilotcommit import services
-from tests.conftest import REPO_ROOT, SMOKE_CONFIG
+from tests.conftest import REPO_ROOT, SMOKE_CONFIG, smoke_core_methods_override
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -345,7 +345,9 @@ def test_prefect_ui_shows_the_logs_and_artifacts_of_a_compare(tmp_path):
         for key in ("MLFLOW_TRACKING_URI", "PILOTCOMMIT_RUNS_DIR", "PREFECT_LOGGING_LEVEL"):
             env.pop(key, None)
         env.update(services.prefect_env(tmp_path / "client", server.url))
+        # three methods: the run page's log view shows a window of lines, and the test reads its end
         done = subprocess.run([sys.executable, "-m", "pilotcommit.cli", "compare", "-c", str(SMOKE_CONFIG),
+                               "--set", smoke_core_methods_override(),
                                "--runs-dir", str(tmp_path / "runs")], cwd=REPO_ROOT, env=env,
                               capture_output=True, text=True, timeout=900, check=False)
         assert done.returncode == 0, done.stdout + done.stderr

@@ -109,3 +109,24 @@ def test_speedup_figure_draws_one_marker_per_defined_cell_and_target():
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+def test_equal_steps_compare_accuracy_per_optimizer_step():
+    # PC: twice GRPO's rollouts per step, the same accuracy per step; a run that stopped at step 0
+    # (out of prompts) is left out of the budgets and shows as "-"
+    runs = []
+    for s in range(3):
+        runs.append(RunHistory("grpo", s, [EvalRecord(0, 0, {AVERAGE_ACCURACY: 0.4}),
+                                           EvalRecord(10, 1000, {AVERAGE_ACCURACY: 0.5})], cell="c"))
+        runs.append(RunHistory("pilot_commit", s, [EvalRecord(0, 0, {AVERAGE_ACCURACY: 0.4}),
+                                                   EvalRecord(10, 2000, {AVERAGE_ACCURACY: 0.5 + 0.01 * s})], cell="c"))
+        runs.append(RunHistory("dapo", s, [EvalRecord(0, 0, {AVERAGE_ACCURACY: 0.4})], cell="c"))
+    (cell,) = study.study_cells(study.StudyInputs(runs, []), resamples=200)
+    assert [r["rollouts"] for r in cell.equal_steps] == [2, 5, 8, 10]
+    last = cell.equal_steps[-1]
+    assert last["diff_vs_grpo"] == pytest.approx(0.01)  # 0, 0.01, 0.02 over the seeds
+    assert math.isnan(last["dapo"]) and "diff_vs_dapo" not in last
+    # at equal budgets PC is behind: at 1,000 rollouts it is halfway to its step-10 accuracy
+    assert [r["rollouts"] for r in cell.equal_budget] == [250, 500, 750, 1000]
+    assert cell.equal_budget[-1]["diff_vs_grpo"] == pytest.approx(-0.05 + 0.005)
+    assert "### Accuracy at equal optimizer steps" in study.markdown_tables([cell])
