@@ -377,13 +377,16 @@ def markdown_tables(cells: Sequence[CellOutcome], candidate: str = report.CANDID
 def speedup_figure(cells: Sequence[CellOutcome], baseline: str = "grpo", title: str = ""):
     """Speed-up over ``baseline`` against the measured zero-variance share of GRPO's groups, one
     marker per cell and target, with 95% intervals on both axes. Cells where the ratio is
-    undefined (a side never reached the target) are listed in the legend, not plotted."""
+    undefined (a side never reached the target) are listed under the plot, not plotted."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    fig, ax = plt.subplots(figsize=(9.5, 5.0))
     markers = {"best": "o", "gain75": "s"}
     colours = [f"C{i}" for i in range(10)]
     missing = []
@@ -401,13 +404,20 @@ def speedup_figure(cells: Sequence[CellOutcome], baseline: str = "grpo", title: 
                         capsize=3, label=f"{c.cell}, target {name}")
     ax.axhline(1.0, color="black", linestyle="--", linewidth=1)
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    low, high = ax.get_ylim()
+    ax.set_yticks([t for t in (0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0) if low <= t <= high])
+    ax.set_ylim(low, high)
     ax.set_xlabel("GRPO's zero-variance share of groups (measured, mean over seeds)")
-    ax.set_ylabel(f"{report.CANDIDATE_METHOD} speed-up over {baseline}")
-    ax.set_title(title or f"speed-up over {baseline} against the zero-variance share (95% intervals)")
+    ax.set_ylabel(f"{report.CANDIDATE_METHOD} speed-up over {baseline} (rollouts)")
+    ax.set_title(title or f"speed-up over {baseline} in rollouts to target, against GRPO's zero-variance share "
+                 "(95% intervals)", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     if missing:
-        ax.plot([], [], " ", label="undefined: " + ", ".join(missing))
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
+        text = "no ratio (a side never reached the target): " + ", ".join(missing)
+        fig.text(0.01, 0.01, "\n".join(textwrap.wrap(text, 140)), fontsize=7, va="bottom")
+    fig.tight_layout(rect=(0, 0.08 if missing else 0, 1, 1))
     return fig
 
 
