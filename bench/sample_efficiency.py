@@ -59,7 +59,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/_requires.py, also when loaded by path
-from _requires import require  # noqa: E402
+from _requires import require
 
 require(__file__, "numpy", "torch", "prefect", "mlflow", "pilotcommit", "flows")
 
@@ -288,7 +288,7 @@ def print_report(rows, speedups, alloc, summary, cfg, seeds, flow_out) -> None:
         per_seed = ", ".join(f"{s}: {_num(v)}" for s, v in r["rollouts_to_target_per_seed"].items())
         print(f"  {r['method']}: {per_seed}")
     print(
-        "\n| speed-up of pilot_commit | ratio of means | 95% bootstrap interval | undefined resamples "
+        f"\n| speed-up of {summary.speedups[0].method if summary.speedups else 'pilot_commit'} | ratio of means | 95% bootstrap interval | undefined resamples "
         "| paired per seed |"
     )
     print("|---|---|---|---|---|")
@@ -310,19 +310,21 @@ def print_report(rows, speedups, alloc, summary, cfg, seeds, flow_out) -> None:
     print(f"\nMLflow: parent run {flow_out['parent_run_id']} in {flow_out['tracking_uri']}")
 
 
-def print_secondary(fraction_rows: list[tuple], budget_rows: list[dict], metric: str) -> None:
+def print_secondary(fraction_rows: list[tuple], budget_rows: list[dict], metric: str,
+                    candidate: str = report.CANDIDATE_METHOD,
+                    baselines: Sequence[str] = report.BASELINE_METHODS) -> None:
     print("\nlower targets (a fraction of the reference's best gain over the initial accuracy):\n")
     print(
-        "| fraction | target | rollouts to target (mean, reached) per method | PC vs grpo [95% CI] "
-        "| PC vs dapo [95% CI] |"
+        "| fraction | target | rollouts to target (mean, reached) per method | "
+        + " | ".join(f"{candidate} vs {b} [95% CI]" for b in baselines) + " |"
     )
-    print("|---|---|---|---|---|")
+    print("|---|---|---|" + "---|" * len(baselines))
     for fraction, summary, speedups in fraction_rows:
         per_method = "; ".join(
             f"{m}: {_num(v.mean)} ({v.reached}/{v.seeds})" for m, v in summary.methods.items()
         )
         cells = []
-        for baseline in report.BASELINE_METHODS:
+        for baseline in baselines:
             sp = speedups.get(baseline)
             if sp is None or sp["note"]:
                 cells.append(f"n/a ({sp['note'] if sp else 'missing'})")
@@ -331,7 +333,7 @@ def print_secondary(fraction_rows: list[tuple], budget_rows: list[dict], metric:
                     f"{sp['speedup']:.2f}x{' partial' if sp['partial'] else ''} "
                     f"[{_num(sp['ci_low'], '.2f')}, {_num(sp['ci_high'], '.2f')}]"
                 )
-        print(f"| {fraction:g} | {summary.target:.4f} | {per_method} | {cells[0]} | {cells[1]} |")
+        print(f"| {fraction:g} | {summary.target:.4f} | {per_method} | " + " | ".join(cells) + " |")
     if not budget_rows:
         return
     methods = [k for k in budget_rows[0] if k != "rollouts" and not k.startswith("diff_vs_")]
@@ -347,7 +349,7 @@ def print_secondary(fraction_rows: list[tuple], budget_rows: list[dict], metric:
         "| rollouts | "
         + " | ".join(methods)
         + " | "
-        + " | ".join(f"PC - {o}" for o in others)
+        + " | ".join(f"{candidate} - {o}" for o in others)
         + " |"
     )
     print("|---|" + "---|" * (len(methods) + len(others)))
@@ -404,6 +406,10 @@ def main() -> None:
         default=[10_000, 20_000, 30_000],
         help="also report accuracy at these cumulative rollout budgets",
     )
+    parser.add_argument("--candidate", default=report.CANDIDATE_METHOD,
+                        help="the method whose speed-ups are reported (default: pilot_commit)")
+    parser.add_argument("--baselines", nargs="*", default=None,
+                        help="the methods it is compared with (default: every other method)")
     args = parser.parse_args()
 
     overrides = [*args.overrides, f"seeds=[{','.join(str(s) for s in args.seeds)}]"]
@@ -426,9 +432,12 @@ def main() -> None:
         elapsed = time.perf_counter() - started
     records = collect_records(flow_out)
     runs = [RunHistory(r.method, r.seed, r.history) for r in records]
-    summary = report.summarize_comparison(runs, cfg.target)
+    candidate = args.candidate
+    baselines = tuple(args.baselines or [m for m in cfg.methods if m != candidate])
+    compared = {"candidate": candidate, "baselines": baselines}
+    summary = report.summarize_comparison(runs, cfg.target, **compared)
     rows = method_table(records, summary)
-    speedups = bootstrap_speedups(runs, cfg.target, resamples=args.bootstrap)
+    speedups = bootstrap_speedups(runs, cfg.target, resamples=args.bootstrap, **compared)
     alloc = allocation_table(records)
     print_report(rows, speedups, alloc, summary, cfg, cfg.seeds, flow_out)
     fraction_rows = []
@@ -437,14 +446,14 @@ def main() -> None:
         fraction_rows.append(
             (
                 fraction,
-                report.summarize_comparison(runs, target_cfg),
-                bootstrap_speedups(runs, target_cfg, resamples=args.bootstrap),
+                report.summarize_comparison(runs, target_cfg, **compared),
+                bootstrap_speedups(runs, target_cfg, resamples=args.bootstrap, **compared),
             )
         )
     budget_rows = equal_budget_table(
-        runs, args.budgets, cfg.target.metric, resamples=args.bootstrap
+        runs, args.budgets, cfg.target.metric, resamples=args.bootstrap, candidate=candidate
     )
-    print_secondary(fraction_rows, budget_rows, cfg.target.metric)
+    print_secondary(fraction_rows, budget_rows, cfg.target.metric, candidate, baselines)
 
     import matplotlib.pyplot as plt
 
