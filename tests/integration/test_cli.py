@@ -142,3 +142,17 @@ def _mlflow_run_id(stdout: str) -> str:
     match = re.search(r"MLflow run (\w+) in", stdout)
     assert match, stdout[-2000:]
     return match.group(1)
+
+
+def test_study_needs_a_finished_sweep_and_a_valid_file(tmp_path):
+    """`pilotcommit study` reads a finished sweep from MLflow (its report is tested with a real
+    sweep in test_flows.py::test_sweep_as_subflows): without one it says what to run, and a
+    missing sweep file is a config error, both before any compute."""
+    env = cli_env(tmp_path)
+    runs = tmp_path / "runs"
+    none = run_cli(["study", "-c", "conf/sweep/regimes.yaml", "--runs-dir", str(runs)], env)
+    assert none.returncode == 1, none.stdout + none.stderr
+    text = " ".join((none.stdout + none.stderr).split())
+    assert "no finished sweep 'regimes'" in text and "pilotcommit sweep --config conf/sweep/regimes.yaml" in text
+    missing = run_cli(["study", "-c", str(tmp_path / "nope.yaml"), "--runs-dir", str(runs)], env)
+    assert missing.returncode == 2 and "nope.yaml" in missing.stdout + missing.stderr
