@@ -484,14 +484,7 @@ def study(
     if log:
         paths = study_mod.log_study(client, run_id, cells, out_dir)
     else:
-        import matplotlib.pyplot as plt
-
-        out_dir.mkdir(parents=True, exist_ok=True)
-        paths = {"markdown": out_dir / "study.md", "figure": out_dir / "speedup_vs_zero_variance.png"}
-        paths["markdown"].write_text(text)
-        fig = study_mod.speedup_figure(cells)
-        fig.savefig(paths["figure"], dpi=120)
-        plt.close(fig)
+        paths = study_mod.write_study(cells, out_dir)
     console.print(f"written: {', '.join(str(p) for p in paths.values())}" + (f"; logged to run {run_id}" if log else ""))
 
 

@@ -421,10 +421,8 @@ def speedup_figure(cells: Sequence[CellOutcome], baseline: str = "grpo", title: 
     return fig
 
 
-def log_study(client, parent_run_id: str, cells: Sequence[CellOutcome], out_dir: Path,
-              artifact_dir: str = "study") -> dict[str, Path]:
-    """Tables (Markdown, JSON), the figure, and per-cell speed-up metrics on the parent run; files
-    are also kept under ``out_dir``."""
+def write_study(cells: Sequence[CellOutcome], out_dir: Path) -> dict[str, Path]:
+    """The report's files under ``out_dir``: tables (Markdown, JSON) and the figure."""
     import matplotlib.pyplot as plt
 
     out_dir = Path(out_dir)
@@ -436,6 +434,13 @@ def log_study(client, parent_run_id: str, cells: Sequence[CellOutcome], out_dir:
     fig = speedup_figure(cells)
     fig.savefig(paths["figure"], dpi=120)
     plt.close(fig)
+    return paths
+
+
+def log_study(client, parent_run_id: str, cells: Sequence[CellOutcome], out_dir: Path,
+              artifact_dir: str = "study") -> dict[str, Path]:
+    """:func:`write_study`, then its files and per-cell speed-up metrics on the parent run."""
+    paths = write_study(cells, out_dir)
     for path in paths.values():
         client.log_artifact(parent_run_id, str(path), artifact_dir)
     for c in cells:

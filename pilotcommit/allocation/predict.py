@@ -58,7 +58,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -398,9 +398,8 @@ def predict_methods(methods: Mapping[str, object], counts: PassRateCounts,
                 note = (f"evictions leave ~{out.remaining:.0f} of {out.pool} prompts after {out.epochs} "
                         f"epoch(s), ~{out.rollouts:,.0f} rollouts: fewer than a round's {cfg.gen_batch_size}, "
                         "so training stops there")
-                pred = MethodPrediction(pred.method, pred.kind, pred.informative_groups_per_1k,
-                                        {**pred.breakdown, "pool_exhausted_after_rollouts": out.rollouts},
-                                        note=f"{pred.note}; {note}" if pred.note else note)
+                pred = replace(pred, breakdown={**pred.breakdown, "pool_exhausted_after_rollouts": out.rollouts},
+                               note=f"{pred.note}; {note}" if pred.note else note)
         predictions.append(pred)
     return predictions
 
