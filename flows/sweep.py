@@ -48,10 +48,12 @@ def sweep_model_flow(
     tracking_uri: str | None = None,
     refresh: bool = False,
     parallel_runs: int | None = None,
+    methods: list[str] | None = None,
 ) -> dict:
     """One model of a sweep: prepare data, warm start, train every method x seed as child runs
-    of the sweep's parent run ``parent_run_id`` (``parallel_runs`` at once, see compare)."""
-    sweep = load_sweep_config(sweep_config)
+    of the sweep's parent run ``parent_run_id`` (``parallel_runs`` at once, see compare;
+    ``methods``: these of the experiment's methods only)."""
+    sweep = load_sweep_config(sweep_config, methods=methods)
     cfg = cell_config(sweep, model_index, list(overrides or []))
     # before the tracking store, the data or the model: a too-small worker fails in seconds
     check_gpus(cfg, f"sweep {sweep.name}, cell models[{model_index}]")
@@ -144,17 +146,20 @@ def sweep_flow(
     refresh: bool = False,
     cell_timeout_s: float = 7 * 24 * 3600,
     parallel_runs: int | None = None,
+    methods: list[str] | None = None,
 ) -> dict:
     """Run the sweep file's models x methods x seeds; see the module docstring.
 
     sweep_config: conf/sweep/*.yaml. overrides: KEY=VALUE for every cell's experiment config.
     dispatch: "subflow" or "deployment" (run_deployment of the sweep's cell deployment).
     parallel_runs: training runs at once within a model's cells (default: automatic, see compare).
+    methods: run these of the experiment's methods only (None: the sweep file's ``methods``). A
+    sweep of some methods has its own MLflow parent run; ``pilotcommit study`` reports several as one.
     """
     if dispatch not in DISPATCH_MODES:
         raise ValueError(f"dispatch: {dispatch!r} is not one of {DISPATCH_MODES}")
     sweep_path = str(Path(sweep_config).resolve())
-    sweep = load_sweep_config(sweep_path)
+    sweep = load_sweep_config(sweep_path, methods=methods)
     configs = cell_configs(sweep, list(overrides or []))  # every cell valid before any compute
     ctx = stages.make_context(sweep.name, runs_dir, tracking_uri)
     attempt = stages.current_flow_run_id() if refresh else ""
@@ -171,7 +176,7 @@ def sweep_flow(
         {"sweep_config": sweep_path, "model_index": i, "parent_run_id": parent["run_id"],
          "parent_key": parent_key, "overrides": list(overrides or []),
          "runs_dir": str(ctx.runs_root), "tracking_uri": ctx.tracking_uri, "refresh": refresh,
-         "parallel_runs": parallel_runs}
+         "parallel_runs": parallel_runs, "methods": list(methods) if methods is not None else None}
         for i in range(len(configs))
     ]
     try:

@@ -408,14 +408,20 @@ def sweep(
     tracking_uri: UriOpt = None,
     refresh: Annotated[bool, typer.Option(help="Recompute every stage.")] = False,
     parallel_runs: ParallelOpt = None,
+    methods: Annotated[str | None, typer.Option(
+        help="Comma-separated method labels: run these of the experiment's methods only (a sweep "
+             "of its own; `pilotcommit study --run-id A --run-id B` reports several as one).")] = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Model configs x methods x seeds, one MLflow child run each, under one parent run."""
     from pilotcommit.config import ConfigError
     from pilotcommit.sweep import cell_configs, load_sweep_config
 
+    method_list = [m.strip() for m in methods.split(",") if m.strip()] if methods is not None else None
+    if method_list is not None and not method_list:
+        _fail("--methods: name at least one method", EXIT_CONFIG)
     try:
-        sweep_cfg = load_sweep_config(config)
+        sweep_cfg = load_sweep_config(config, methods=method_list)
         cfgs = cell_configs(sweep_cfg, list(set_ or []))
     except ConfigError as err:
         _fail(str(err), EXIT_CONFIG)
@@ -430,7 +436,7 @@ def sweep(
         out = _run_flow(lambda: sweep_flow(
             sweep_config=str(config), overrides=list(set_ or []), dispatch=dispatch,
             runs_dir=str(runs_dir) if runs_dir else None, tracking_uri=tracking_uri, refresh=refresh,
-            parallel_runs=parallel_runs,
+            parallel_runs=parallel_runs, methods=method_list,
         ), verbose)
     for model, summary in out["report"]["summaries"].items():
         _print_report({"summary": summary}, f"{sweep_cfg.name} / {model}")

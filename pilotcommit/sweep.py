@@ -86,8 +86,10 @@ class SweepConfig(BaseModel):
 _CELL_MODEL, _CELL_OVERRIDES, _CELL_LABEL = "model", "overrides", "label"
 
 
-def load_sweep_config(path: str | Path, overrides: list[str] | None = None) -> SweepConfig:
-    """Read and validate a sweep file (``overrides`` as for experiments: ``seeds=[0,1]``)."""
+def load_sweep_config(path: str | Path, overrides: list[str] | None = None,
+                      methods: list[str] | None = None) -> SweepConfig:
+    """Read and validate a sweep file (``overrides`` as for experiments: ``seeds=[0,1]``;
+    ``methods``: run these of the experiment's methods only, in place of the file's ``methods``)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"sweep config not found: {path}")
@@ -98,6 +100,8 @@ def load_sweep_config(path: str | Path, overrides: list[str] | None = None) -> S
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     raw = apply_overrides(raw, list(overrides or []))
+    if methods is not None:
+        raw["methods"] = list(methods)
     try:
         return SweepConfig.model_validate(raw)
     except ValidationError as err:

@@ -88,26 +88,47 @@ def test_labelled_cells_of_one_model_are_told_apart():
 
 
 def test_the_regime_study_varies_only_the_training_mix_group_size_and_budget():
-    """conf/sweep/regimes.yaml (docs/regimes.md): the pre-registered design."""
+    """conf/sweep/regimes.yaml (docs/regimes.md): the pre-registered design, five methods."""
     demo = load_experiment_config(CONF / "experiment" / "demo.yaml")
+    everything = load_experiment_config(CONF / "experiment" / "demo-all-methods.yaml")
     cells = {c.cell_label: c for c in cell_configs(load_sweep_config(CONF / "sweep" / "regimes.yaml"))}
     assert sorted(cells) == sorted(f"{r}-n{n}" for r in ("demo", "hard", "saturated") for n in (16, 64))
     fixed = {"model", "data", "learner", "eval", "rollout", "target", "checkpoint", "torch_threads"}
+    core = ("grpo", "dapo", "pilot_commit")
     for label, cfg in cells.items():
         assert cfg.model_dump(include=fixed) == demo.model_dump(include=fixed), label  # same policy, eval, lr
         assert cfg.seeds == [0, 1, 2]
         n = 64 if label.endswith("n64") else 16
-        assert {m: c.group_size for m, c in cfg.methods.items()} == {"grpo": n, "dapo": n, "pilot_commit": n}
-        pc = cfg.methods["pilot_commit"]
+        assert {m: c.group_size for m, c in cfg.methods.items()} == dict.fromkeys(
+            (*core, "greso", "speed_rl"), n)
+        pc, speed = cfg.methods["pilot_commit"], cfg.methods["speed_rl"]
         assert (pc.n_pilot, pc.n_commit) == ((16, 48) if n == 64 else (4, 12))  # pilots are a quarter
+        assert (speed.n_screen, speed.n_continue) == (pc.n_pilot, pc.n_commit)  # screens as PC pilots
         # GRPO takes the demo's number of steps: the budget scales with the group size
         assert cfg.budget.max_rollouts == demo.budget.max_rollouts * n // 16
-        same_but_n = {k: v for k, v in cfg.methods["dapo"].model_dump().items() if k != "n"}
-        assert same_but_n == {k: v for k, v in demo.methods["dapo"].model_dump().items() if k != "n"}
-    assert cells["demo-n16"].train_mix is None and cells["demo-n16"].methods == demo.methods
+        for method, base in [("dapo", demo), ("greso", everything)]:  # all else as at n = 16
+            same_but_n = {k: v for k, v in cfg.methods[method].model_dump().items() if k != "n"}
+            assert same_but_n == {k: v for k, v in base.methods[method].model_dump().items() if k != "n"}
+    # the demo cell: the demo's own three methods and the all-methods demo's GRESO and SPEED-RL
+    assert cells["demo-n16"].train_mix is None and cells["demo-n16"].methods == everything.methods
+    assert {m: everything.methods[m] for m in core} == demo.methods
     assert cells["hard-n16"].train_mix == cells["hard-n64"].train_mix
     assert cells["hard-n16"].train_mix.level_shares["8"] == 0.6
     assert cells["saturated-n16"].train_mix.level_shares["0"] == 0.6
+
+
+def test_a_sweep_can_run_some_of_its_methods():
+    """`pilotcommit sweep --methods a,b` (load_sweep_config(methods=...)): those methods only, in
+    the file's settings; an unknown one fails naming the experiment's methods."""
+    path = CONF / "sweep" / "regimes.yaml"
+    full = {c.cell_label: c for c in cell_configs(load_sweep_config(path))}
+    some = cell_configs(load_sweep_config(path, methods=["grpo", "speed_rl"]))
+    assert [c.cell_label for c in some] == list(full)
+    for cfg in some:
+        assert list(cfg.methods) == ["grpo", "speed_rl"]
+        assert cfg.methods == {m: full[cfg.cell_label].methods[m] for m in ("grpo", "speed_rl")}
+    with pytest.raises(ConfigError, match=r"methods \['sped_rl'\] are not in .*demo-all-methods.yaml"):
+        cell_configs(load_sweep_config(path, methods=["grpo", "sped_rl"]))
 
 
 def test_a_shortened_regime_cell_trains_on_its_mix(smoke_policy, tmp_path):
@@ -125,7 +146,10 @@ def test_a_shortened_regime_cell_trains_on_its_mix(smoke_policy, tmp_path):
                                      "eval.samples_per_prompt=2", "eval.every_steps=2",
                                      "methods.pilot_commit.train_batch_size=4",
                                      "methods.pilot_commit.gen_batch_size=12", "methods.grpo.train_batch_size=4",
-                                     "methods.dapo.train_batch_size=4", "methods.dapo.gen_batch_size=12"])
+                                     "methods.dapo.train_batch_size=4", "methods.dapo.gen_batch_size=12",
+                                     "methods.greso.train_batch_size=4", "methods.greso.gen_batch_size=12",
+                                     "methods.speed_rl.train_batch_size=4",
+                                     "methods.speed_rl.gen_batch_size=12"])
     prepared = prepare_data(cfg, tmp_path / "data")
     tracker = MemoryTracker()
     # GRPO: the weak smoke policy solves too few hard prompts for the filtering methods' pilots
