@@ -449,7 +449,10 @@ def sweep(
 @app.command()
 def study(
     config: Annotated[Path, typer.Option("--config", "-c", help="Sweep YAML.")] = Path("conf/sweep/regimes.yaml"),
-    run_id: Annotated[str | None, typer.Option("--run-id", help="Parent run of the sweep (default: its latest finished one).")] = None,
+    run_id: Annotated[list[str] | None, typer.Option(
+        "--run-id", help="Parent run of the sweep (default: its latest finished one). Repeat it to report "
+                         "several sweeps of the same cells as one (say, one run with `--methods`): a run "
+                         "two of them trained must be identical in both, else the merge fails.")] = None,
     runs_dir: RunsDirOpt = None,
     tracking_uri: UriOpt = None,
     out: Annotated[Path | None, typer.Option(help="Report folder (default: <runs-dir>/<sweep>/reports/<run-id>/study).")] = None,
@@ -459,6 +462,8 @@ def study(
     """The study report of a finished sweep, from MLflow: per cell, Pilot-Commit's speed-ups with
     paired bootstrap intervals, accuracy at equal budgets, and the probe's prediction against the
     measured informative-group rates (docs/regimes.md)."""
+    from mlflow.exceptions import MlflowException
+
     from pilotcommit import study as study_mod
     from pilotcommit import tracking
     from pilotcommit.config import ConfigError
@@ -472,26 +477,32 @@ def study(
         _fail(str(err), EXIT_CONFIG)
     uri = _check_store(runs_dir, tracking_uri)
     client = tracking.mlflow_client(uri)
-    if run_id is None:
+    run_ids = list(dict.fromkeys(run_id or []))
+    if not run_ids:
         experiment = client.get_experiment_by_name(sweep_cfg.name)
         parent = tracking.latest_parent_run(client, experiment.experiment_id, sweep_cfg.name, kind="sweep") if experiment else None
         if parent is None:
             _fail(f"no finished sweep {sweep_cfg.name!r} in {uri}; run `pilotcommit sweep --config {config}` first", EXIT_FAILED)
-        run_id = parent.info.run_id
+        run_ids = [parent.info.run_id]
     try:
-        cells = study_mod.study_cells(study_mod.load_study_inputs(client, run_id, target.metric), target,
-                                      resamples=resamples, order=[c.cell_label for c in cells_cfg])
+        inputs = study_mod.load_study_inputs(client, run_ids if len(run_ids) > 1 else run_ids[0], target.metric)
+        cells = study_mod.study_cells(inputs, target, resamples=resamples, order=[c.cell_label for c in cells_cfg])
+    except study_mod.StudyMergeError as err:
+        _fail(f"cannot report these sweeps together: {err}", EXIT_FAILED)
+    except MlflowException as err:
+        _fail(f"--run-id: {err.message}", EXIT_FAILED)
     except ValueError as err:
         _fail(str(err), EXIT_FAILED)
-    out_dir = out or (runs_dir.resolve() if runs_dir else tracking.default_runs_root()) / sweep_cfg.name / "reports" / run_id / "study"
-    text = study_mod.markdown_tables(cells)
-    console.print(f"study of sweep {sweep_cfg.name!r}, MLflow parent run {run_id}\n")
+    out_dir = out or (runs_dir.resolve() if runs_dir else tracking.default_runs_root()) / sweep_cfg.name / "reports" / "+".join(run_ids) / "study"
+    header = study_mod.provenance_text(inputs)
+    text = study_mod.markdown_tables(cells, header=header)
+    console.print(f"study of sweep {sweep_cfg.name!r}, MLflow parent run(s) {', '.join(run_ids)}\n")
     console.print(text, markup=False, soft_wrap=True)
-    if log:
-        paths = study_mod.log_study(client, run_id, cells, out_dir)
+    if log:  # onto the first sweep's parent run
+        paths = study_mod.log_study(client, run_ids[0], cells, out_dir, header=header)
     else:
-        paths = study_mod.write_study(cells, out_dir)
-    console.print(f"written: {', '.join(str(p) for p in paths.values())}" + (f"; logged to run {run_id}" if log else ""))
+        paths = study_mod.write_study(cells, out_dir, header)
+    console.print(f"written: {', '.join(str(p) for p in paths.values())}" + (f"; logged to run {run_ids[0]}" if log else ""))
 
 
 @app.command()

@@ -18,8 +18,16 @@ parent run:
   methods matches the measured ranking by rollouts to target.
 
     load_study_inputs(client, parent_run_id)  -> StudyInputs      (MLflow reads only)
+    merge_study_inputs([(parent, inputs), ...]) -> StudyInputs    (pure: several sweeps as one)
     study_cells(inputs, ...)                  -> list[CellOutcome] (pure)
     markdown_tables(cells) / speedup_figure(cells) / log_study(...)
+
+Several sweeps of the same cells (say, the first with three methods and a later one with two
+more, through ``pilotcommit sweep --methods``) are reported as one by
+:func:`merge_study_inputs`: a run that two sweeps both trained (the same cell, method and seed)
+must have the same evaluations and per-step counts in both, else the merge fails naming it; that
+check is what makes runs of two code versions comparable, so a later sweep should retrain the
+reference method.
 
 Not here: Prefect (flows/sweep.py calls this at the end of a sweep; ``pilotcommit study``
 re-renders it from MLflow).
@@ -86,6 +94,13 @@ class StudyInputs:
     steps: list[RunSteps]
     probes: dict[str, dict] = field(default_factory=dict)  # cell -> ProbeResult.to_dict()
     rates: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # cell -> method -> rates
+    # where the runs came from: one entry per sweep parent run (run_id, code_version, methods, runs)
+    sources: list[dict] = field(default_factory=list)
+    shared_runs: int = 0  # runs two merged sweeps both trained, found identical
+
+
+class StudyMergeError(ValueError):
+    """Two sweeps cannot be reported together: a run both trained differs between them."""
 
 
 @dataclass
@@ -97,6 +112,8 @@ class CellOutcome:
     methods: list[str]
     targets: dict[str, float]  # target name -> accuracy
     reached: dict[str, dict[str, str]]  # target -> method -> "k/n"
+    # target -> method -> mean rollouts to it over the seeds that reached it (None: none did)
+    rollouts_to_target: dict[str, dict[str, float | None]]
     speedups: dict[str, dict[str, dict]]  # target -> baseline -> bootstrap_speedups() entry
     equal_budget: list[dict]
     equal_steps: list[dict]  # the same at equal optimizer steps (key "rollouts" holds the step)
@@ -205,7 +222,7 @@ def study_cells(
             continue
         methods = sorted({r.method for r in runs})
         baselines = tuple(m for m in methods if m != candidate)
-        targets, reached, speedups = {}, {}, {}
+        targets, reached, speedups, to_target = {}, {}, {}, {}
         summary_best = None
         for name, fraction in TARGETS.items():
             target_cfg = target.model_copy(update={"fraction_of_reference": fraction})
@@ -213,6 +230,7 @@ def study_cells(
             summary_best = summary_best or summary
             targets[name] = summary.target
             reached[name] = {m: f"{s.reached}/{s.seeds}" for m, s in summary.methods.items()}
+            to_target[name] = {m: s.mean for m, s in summary.methods.items()}
             speedups[name] = stats.bootstrap_speedups(runs, target_cfg, resamples=resamples, seed=seed,
                                                       candidate=candidate, baselines=baselines)
         trained = [r for r in runs if r.history[-1].step > 0] or runs
@@ -234,7 +252,7 @@ def study_cells(
         ranking = measured_ranking(gain75)
         out.append(CellOutcome(
             cell=cell, seeds=sorted({r.seed for r in runs}), methods=methods, targets=targets,
-            reached=reached, speedups=speedups, equal_budget=equal, equal_steps=equal_steps,
+            reached=reached, rollouts_to_target=to_target, speedups=speedups, equal_budget=equal, equal_steps=equal_steps,
             zero_variance=zero_variance_share(ref_steps, resamples=resamples, seed=seed),
             measured_rates=inputs.rates.get(cell, {}), predicted_rates=predicted,
             predicted_ranking=predicted_ranking, measured_ranking=ranking,
@@ -244,14 +262,102 @@ def study_cells(
     return out
 
 
+# --------------------------------------------------------------------------- several sweeps as one
+
+
+def _first_difference(a: RunHistory, b: RunHistory) -> str:
+    if len(a.history) != len(b.history):
+        return f"{len(a.history)} against {len(b.history)} evaluations"
+    for ra, rb in zip(a.history, b.history):
+        if ra != rb:
+            return (f"the evaluation at step {ra.step} ({ra.cumulative_rollouts:,} rollouts: {ra.metrics}) "
+                    f"against step {rb.step} ({rb.cumulative_rollouts:,} rollouts: {rb.metrics})")
+    return "their per-step group counts"
+
+
+def _merge_probe(cell: str, first: dict, other: dict, names: tuple[str, str]) -> dict:
+    """One probe of ``cell`` from two: the same probed counts (else StudyMergeError), the union
+    of the predictions (per method the first's), the recommendation made again over all of them."""
+    from pilotcommit.allocation.predict import MethodPrediction, recommend
+
+    same = ("prompt_ids", "successes", "samples", "estimator")
+    if any(first.get(k) != other.get(k) for k in same):
+        raise StudyMergeError(
+            f"cell {cell!r}: the probes of sweeps {names[0]} and {names[1]} differ ({', '.join(same)}); "
+            "their initial policies or probe settings differ, so their predictions are not of the same prompts")
+    have = {p["method"] for p in first.get("predictions", [])}
+    predictions = list(first.get("predictions", [])) + [p for p in other.get("predictions", [])
+                                                        if p["method"] not in have]
+    merged = dict(first, predictions=predictions)
+    if predictions and first.get("spread"):
+        merged["recommendation"] = recommend(
+            [MethodPrediction(p["method"], p.get("kind", p["method"]), float(p["informative_groups_per_1k"]),
+                              dict(p.get("breakdown", {})), p.get("note", "")) for p in predictions],
+            first["spread"])
+    return merged
+
+
+def merge_study_inputs(parts: Sequence[tuple[str, StudyInputs]]) -> StudyInputs:
+    """Several sweeps' inputs as one study: ``parts`` are ``(parent run id, inputs)``.
+
+    Runs are keyed by (cell, method, seed). A key in two sweeps must hold the same evaluations and
+    per-step group counts in both (then the first is kept and counted in ``shared_runs``); any
+    difference raises :class:`StudyMergeError` naming the cell, method, seed, both runs and the
+    first difference. Probes of one cell must have probed the same counts; their predictions are
+    joined and the recommendation is made again over all methods (``predict.recommend``).
+    """
+    if not parts:
+        raise ValueError("merge_study_inputs: no sweeps given")
+    if len(parts) == 1:
+        return parts[0][1]
+    runs: dict[tuple, tuple[str, RunHistory]] = {}
+    steps: dict[tuple, RunSteps] = {}
+    probes: dict[str, tuple[str, dict]] = {}
+    rates: dict[str, dict[str, dict[str, float]]] = {}
+    sources, shared = [], 0
+    for parent, inputs in parts:
+        own_steps = {(x.cell, x.method, x.seed): x for x in inputs.steps}
+        for r in inputs.runs:
+            key = (r.cell, r.method, r.seed)
+            if key in runs:
+                first_parent, first = runs[key]
+                if first.history != r.history or steps.get(key) != own_steps.get(key):
+                    raise StudyMergeError(
+                        f"cell {r.cell!r}, {r.method} seed {r.seed}: run {first.run_id} (sweep {first_parent}) "
+                        f"and run {r.run_id} (sweep {parent}) differ: {_first_difference(first, r)}. The "
+                        "sweeps trained the same run differently (other code or settings), so their runs "
+                        "cannot be reported together; rerun one of them")
+                shared += 1
+                continue
+            runs[key] = (parent, r)
+            if key in own_steps:
+                steps[key] = own_steps[key]
+        for cell, probe in inputs.probes.items():
+            if cell in probes:
+                probes[cell] = (probes[cell][0], _merge_probe(cell, probes[cell][1], probe, (probes[cell][0], parent)))
+            else:
+                probes[cell] = (parent, probe)
+        for cell, per_method in inputs.rates.items():
+            into = rates.setdefault(cell, {})
+            for method, value in per_method.items():
+                into.setdefault(method, value)
+        sources += inputs.sources or [{"run_id": parent}]
+    return StudyInputs([r for _, r in runs.values()], list(steps.values()),
+                       {c: p for c, (_, p) in probes.items()}, rates, sources, shared)
+
+
 # --------------------------------------------------------------------------- MLflow reads
 
 
-def load_study_inputs(client, parent_run_id: str, metric: str = report.AVERAGE_ACCURACY) -> StudyInputs:
+def load_study_inputs(client, parent_run_id: str | Sequence[str],
+                      metric: str = report.AVERAGE_ACCURACY) -> StudyInputs:
     """The sweep's child runs (histories and per-step group counts), its probes, and the
-    measured informative-group rates per cell."""
-    from pilotcommit.tracking import metric_history
+    measured informative-group rates per cell; several parent runs: :func:`merge_study_inputs`
+    of each one's, in the order given."""
+    from pilotcommit.tracking import TAG_CODE_VERSION, metric_history
 
+    if not isinstance(parent_run_id, str):
+        return merge_study_inputs([(p, load_study_inputs(client, p, metric)) for p in parent_run_id])
     runs = report.load_comparison_runs(client, parent_run_id, metric)
     steps = []
     for r in runs:
@@ -262,7 +368,10 @@ def load_study_inputs(client, parent_run_id: str, metric: str = report.AVERAGE_A
     for cell in dict.fromkeys(r.cell for r in runs):
         rates[cell] = report.informative_group_rates(
             client, [(r.method, r.run_id) for r in runs if r.cell == cell])
-    return StudyInputs(runs, steps, load_probes(client, parent_run_id), rates)
+    source = {"run_id": parent_run_id,
+              "code_version": client.get_run(parent_run_id).data.tags.get(TAG_CODE_VERSION, "unknown"),
+              "methods": sorted({r.method for r in runs}), "runs": len(runs)}
+    return StudyInputs(runs, steps, load_probes(client, parent_run_id), rates, [source])
 
 
 def load_probes(client, parent_run_id: str) -> dict[str, dict]:
@@ -331,11 +440,26 @@ def _difference_table(cells: Sequence[CellOutcome], attr: str, x_name: str, x_fm
     return lines
 
 
-def markdown_tables(cells: Sequence[CellOutcome], candidate: str = report.CANDIDATE_METHOD) -> str:
-    """The study's tables as Markdown: speed-ups, equal budgets, predictor check."""
+def provenance_text(inputs: StudyInputs) -> str:
+    """Which sweeps the study's runs come from (Markdown), when it merges more than one."""
+    if len(inputs.sources) < 2:
+        return ""
+    lines = [f"The runs of {len(inputs.sources)} sweeps (MLflow parent runs), reported as one:", ""]
+    for src in inputs.sources:
+        lines.append(f"- `{src['run_id']}`: code `{src.get('code_version', 'unknown')}`, "
+                     f"{src.get('runs', '?')} runs of {', '.join(src.get('methods', [])) or '?'}")
+    lines += ["", (f"{inputs.shared_runs} runs were trained by more than one of them and are identical "
+                   "in every evaluation and per-step count, which is what lets their runs be compared."), ""]
+    return "\n".join(lines) + "\n"
+
+
+def markdown_tables(cells: Sequence[CellOutcome], candidate: str = report.CANDIDATE_METHOD,
+                    header: str = "") -> str:
+    """The study's tables as Markdown: speed-ups, rollouts to target per method, equal budgets,
+    predictor check; ``header`` (e.g. :func:`provenance_text`) first."""
     baselines = sorted({b for c in cells for t in c.speedups.values() for b in t})
     methods = sorted({m for c in cells for m in c.methods})
-    lines = [f"### Speed-up of {candidate} in rollouts to target (95% paired bootstrap over seeds)", "",
+    lines = ([header] if header else []) + [f"### Speed-up of {candidate} in rollouts to target (95% paired bootstrap over seeds)", "",
              ("target `best`: GRPO's best seed-mean accuracy; `gain75`: 75% of GRPO's gain over the "
               "initial accuracy. *partial*: a mean leaves out seeds that never reached the target."), ""]
     head = ["cell", "seeds", "GRPO zero-variance share", "target", "accuracy",
@@ -346,6 +470,19 @@ def markdown_tables(cells: Sequence[CellOutcome], candidate: str = report.CANDID
             row = [c.cell, str(len(c.seeds)), c.zero_variance.text(".1%"), name, f"{c.targets[name]:.4f}",
                    ", ".join(c.reached[name].get(m, "-") for m in methods)]
             row += [_speedup_text(c.speedups[name].get(b)) for b in baselines]
+            lines.append("| " + " | ".join(row) + " |")
+
+    lines += ["", ("### Rollouts to target per method (mean over the seeds that reached it, reached/seeds; "
+                   "-: no seed did)"), ""]
+    head = ["cell", "target", *methods]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in cells:
+        for name in TARGETS:
+            row = [c.cell, name]
+            for m in methods:
+                mean = c.rollouts_to_target.get(name, {}).get(m)
+                got = c.reached[name].get(m)
+                row.append("-" if got is None else (f"{mean:,.0f} ({got})" if mean is not None else f"- ({got})"))
             lines.append("| " + " | ".join(row) + " |")
 
     lines += ["", f"### Accuracy at equal budgets ({candidate} minus baseline, paired by seed, 95% bootstrap)", ""]
@@ -421,15 +558,15 @@ def speedup_figure(cells: Sequence[CellOutcome], baseline: str = "grpo", title: 
     return fig
 
 
-def write_study(cells: Sequence[CellOutcome], out_dir: Path) -> dict[str, Path]:
-    """The report's files under ``out_dir``: tables (Markdown, JSON) and the figure."""
+def write_study(cells: Sequence[CellOutcome], out_dir: Path, header: str = "") -> dict[str, Path]:
+    """The report's files under ``out_dir``: tables (Markdown, ``header`` first; JSON) and the figure."""
     import matplotlib.pyplot as plt
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": out_dir / "study.md", "json": out_dir / "study.json",
              "figure": out_dir / "speedup_vs_zero_variance.png"}
-    paths["markdown"].write_text(markdown_tables(cells))
+    paths["markdown"].write_text(markdown_tables(cells, header=header))
     paths["json"].write_text(json.dumps([c.to_dict() for c in cells], indent=2, default=str))
     fig = speedup_figure(cells)
     fig.savefig(paths["figure"], dpi=120)
@@ -438,9 +575,9 @@ def write_study(cells: Sequence[CellOutcome], out_dir: Path) -> dict[str, Path]:
 
 
 def log_study(client, parent_run_id: str, cells: Sequence[CellOutcome], out_dir: Path,
-              artifact_dir: str = "study") -> dict[str, Path]:
+              artifact_dir: str = "study", header: str = "") -> dict[str, Path]:
     """:func:`write_study`, then its files and per-cell speed-up metrics on the parent run."""
-    paths = write_study(cells, out_dir)
+    paths = write_study(cells, out_dir, header)
     for path in paths.values():
         client.log_artifact(parent_run_id, str(path), artifact_dir)
     for c in cells:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -399,6 +401,31 @@ def test_sweep_as_subflows(first_compare, runs_dir):
         assert set(c["predicted_rates"]) == {"grpo", "dapo", "pilot_commit"}
         assert set(c["measured_rates"]) == {"grpo", "dapo", "pilot_commit"}
         assert 0.0 <= c["zero_variance"]["value"] <= 1.0
+
+    # a later sweep of GRPO and SPEED-RL only (`pilotcommit sweep --methods`): its GRPO runs are
+    # the cached ones, copied; `pilotcommit study --run-id A --run-id B` reports both sweeps as one
+    some = sweep_flow(sweep_config="conf/sweep/smoke.yaml", runs_dir=str(runs_dir), methods=["grpo", "speed_rl"])
+    assert some["parent_run_id"] != out["parent_run_id"]
+    children = client.search_runs([out["experiment_id"]],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{some['parent_run_id']}'")
+    assert sorted(r.data.tags["method"] for r in children) == ["grpo", "grpo", "speed_rl", "speed_rl"]
+    done = subprocess.run(
+        [sys.executable, "-m", "pilotcommit.cli", "study", "-c", "conf/sweep/smoke.yaml", "--runs-dir", str(runs_dir),
+         "--run-id", out["parent_run_id"], "--run-id", some["parent_run_id"], "--resamples", "100"],
+        cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "The runs of 2 sweeps" in done.stdout and "2 runs were trained by more than one" in done.stdout
+    merged = json.loads((runs_dir / "sweep-smoke" / "reports" / f"{out['parent_run_id']}+{some['parent_run_id']}"
+                         / "study" / "study.json").read_text())
+    for c in merged:
+        assert c["methods"] == ["dapo", "grpo", "pilot_commit", "speed_rl"]
+        assert set(c["predicted_rates"]) == set(c["measured_rates"]) == set(c["methods"])
+        assert "speed_rl" in c["speedups"]["gain75"]
+    bad = subprocess.run(
+        [sys.executable, "-m", "pilotcommit.cli", "study", "-c", "conf/sweep/smoke.yaml", "--runs-dir", str(runs_dir),
+         "--run-id", out["parent_run_id"], "--run-id", "0123456789abcdef"],
+        cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=300, check=False)
+    assert bad.returncode != 0 and "--run-id" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_nightly_passes_unchanged_and_fails_on_injected_regression(first_compare, runs_dir):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -130,3 +131,76 @@ def test_equal_steps_compare_accuracy_per_optimizer_step():
     assert [r["rollouts"] for r in cell.equal_budget] == [250, 500, 750, 1000]
     assert cell.equal_budget[-1]["diff_vs_grpo"] == pytest.approx(-0.05 + 0.005)
     assert "### Accuracy at equal optimizer steps" in study.markdown_tables([cell])
+
+
+def _probe(methods: dict[str, float], successes=(0, 2, 4)):
+    spread = {"at_0": 1 / 3, "at_1": 1 / 3}
+    return {"prompt_ids": ["a", "b", "c"], "successes": list(successes), "samples": 4,
+            "estimator": "empirical_bayes", "spread": spread, "recommendation": "as logged",
+            "predictions": [{"method": m, "kind": m, "informative_groups_per_1k": v, "breakdown": {}, "note": ""}
+                            for m, v in methods.items()]}
+
+
+def _sweep(cell: str, methods: dict[str, float], pc_scale: float = 0.5):
+    """One sweep's inputs: _cell's runs of `methods` (greso: DAPO's runs renamed), its probe."""
+    runs = []
+    for r in _cell(cell, pc_scale):
+        if r.method in methods:
+            runs.append(r)
+        if r.method == "dapo" and "greso" in methods:
+            runs.append(RunHistory("greso", r.seed, list(r.history), cell=cell))
+    steps = [study.RunSteps(r.method, r.seed, cell, [8] * 2, [24] * 2) for r in runs]
+    rates = {cell: {m: {"per_1k": v, "early_per_1k": v} for m, v in methods.items()}}
+    return study.StudyInputs(runs, steps, {cell: _probe(methods)}, rates,
+                             [{"run_id": "x", "code_version": "v", "methods": sorted(methods), "runs": len(runs)}])
+
+
+def test_two_sweeps_of_the_same_cells_report_as_one():
+    """A later sweep of two more methods (and GRPO again): one study of all four, the shared GRPO
+    runs checked identical and counted, the probes' predictions joined, the recommendation redone."""
+    first = _sweep("c", {"grpo": 20.0, "dapo": 10.0, "pilot_commit": 30.0})
+    later = _sweep("c", {"grpo": 20.0, "greso": 40.0})
+    merged = study.merge_study_inputs([("p1", first), ("p2", later)])
+    assert merged.shared_runs == 3  # GRPO's three seeds
+    assert sorted((r.method, r.seed) for r in merged.runs) == sorted(
+        (m, s) for m in ("grpo", "dapo", "pilot_commit", "greso") for s in range(3))
+    assert len(merged.steps) == 12 and len(merged.sources) == 2
+    assert set(merged.rates["c"]) == {"grpo", "dapo", "pilot_commit", "greso"}
+    probe = merged.probes["c"]
+    assert [p["method"] for p in probe["predictions"]] == ["grpo", "dapo", "pilot_commit", "greso"]
+    assert probe["recommendation"].startswith("use greso: 40.0")  # 40 > 30 by more than the clear edge
+    (cell,) = study.study_cells(merged, resamples=100)
+    assert cell.methods == ["dapo", "greso", "grpo", "pilot_commit"]
+    assert cell.speedups["gain75"]["greso"]["note"] == cell.speedups["gain75"]["dapo"]["note"] == "not reached"
+    assert cell.speedups["best"]["grpo"]["speedup"] == pytest.approx(2.0)
+    assert cell.predicted_ranking == ["greso", "pilot_commit", "grpo", "dapo"]
+    assert cell.rollouts_to_target["best"]["greso"] is None and cell.reached["best"]["greso"] == "0/3"
+    text = study.markdown_tables([cell], header=study.provenance_text(merged))
+    assert text.startswith("The runs of 2 sweeps")
+    assert "3 runs were trained by more than one of them and are identical" in text
+    assert "| c | best | - (0/3) | - (0/3) | 2,000 (3/3) | 1,000 (3/3) |" in text  # dapo greso grpo pc
+    # one sweep: nothing to merge, no provenance paragraph
+    assert study.merge_study_inputs([("p1", first)]) is first and study.provenance_text(first) == ""
+
+
+def test_a_run_two_sweeps_trained_differently_stops_the_merge():
+    """A shared run that differs (other code or settings) fails naming the cell, method, seed and
+    both runs; so do probes of different prompts or counts."""
+    first = _sweep("c", {"grpo": 20.0, "pilot_commit": 30.0})
+    later = _sweep("c", {"grpo": 20.0, "greso": 40.0})
+    i = next(i for i, r in enumerate(later.runs) if r.method == "grpo" and r.seed == 1)
+    history = list(later.runs[i].history)
+    history[1] = EvalRecord(1, history[1].cumulative_rollouts, {AVERAGE_ACCURACY: 0.59})
+    later.runs[i] = dataclasses.replace(later.runs[i], run_id="r-later", history=history)
+    with pytest.raises(study.StudyMergeError, match=r"cell 'c', grpo seed 1: run None \(sweep p1\) and run "
+                                                    r"r-later \(sweep p2\) differ: the evaluation at step 1"):
+        study.merge_study_inputs([("p1", first), ("p2", later)])
+    # the same evaluations, other per-step counts: also a different run
+    later = _sweep("c", {"grpo": 20.0, "greso": 40.0})
+    later.steps[0] = study.RunSteps("grpo", 0, "c", [0, 0], [32, 32])
+    with pytest.raises(study.StudyMergeError, match="grpo seed 0.*their per-step group counts"):
+        study.merge_study_inputs([("p1", first), ("p2", later)])
+    later = _sweep("c", {"greso": 40.0})
+    later.probes["c"] = _probe({"greso": 40.0}, successes=(0, 2, 3))
+    with pytest.raises(study.StudyMergeError, match="cell 'c': the probes of sweeps p1 and p2 differ"):
+        study.merge_study_inputs([("p1", first), ("p2", later)])
