@@ -455,12 +455,13 @@ def study(
                          "two of them trained must be identical in both, else the merge fails.")] = None,
     runs_dir: RunsDirOpt = None,
     tracking_uri: UriOpt = None,
-    out: Annotated[Path | None, typer.Option(help="Report folder (default: <runs-dir>/<sweep>/reports/<run-id>/study).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Report folder (default: <runs-dir>/<sweep>/reports/<run-id>[+<run-id>...]/study[-<candidate>]).")] = None,
     resamples: Annotated[int, typer.Option(min=100, help="Bootstrap resamples.")] = 2000,
     log: Annotated[bool, typer.Option(help="Also log the report to the sweep's parent run.")] = False,
+    candidate: Annotated[str, typer.Option(help="The method whose speed-ups over every other method the report holds.")] = "pilot_commit",
 ) -> None:
-    """The study report of a finished sweep, from MLflow: per cell, Pilot-Commit's speed-ups with
-    paired bootstrap intervals, accuracy at equal budgets, and the probe's prediction against the
+    """The study report of a finished sweep, from MLflow: per cell, the candidate's (Pilot-Commit's
+    unless --candidate) speed-ups over every other method with paired bootstrap intervals, accuracy at equal budgets, and the probe's prediction against the
     measured informative-group rates (docs/regimes.md)."""
     from mlflow.exceptions import MlflowException
 
@@ -475,6 +476,8 @@ def study(
         target = cells_cfg[0].target
     except ConfigError as err:
         _fail(str(err), EXIT_CONFIG)
+    if candidate not in cells_cfg[0].methods:
+        _fail(f"--candidate {candidate!r}: not a method of {config} (have {', '.join(cells_cfg[0].methods)})", EXIT_CONFIG)
     uri = _check_store(runs_dir, tracking_uri)
     client = tracking.mlflow_client(uri)
     run_ids = list(dict.fromkeys(run_id or []))
@@ -486,20 +489,23 @@ def study(
         run_ids = [parent.info.run_id]
     try:
         inputs = study_mod.load_study_inputs(client, run_ids if len(run_ids) > 1 else run_ids[0], target.metric)
-        cells = study_mod.study_cells(inputs, target, resamples=resamples, order=[c.cell_label for c in cells_cfg])
+        cells = study_mod.study_cells(inputs, target, candidate=candidate, resamples=resamples,
+                                      order=[c.cell_label for c in cells_cfg])
     except study_mod.StudyMergeError as err:
         _fail(f"cannot report these sweeps together: {err}", EXIT_FAILED)
     except MlflowException as err:
         _fail(f"--run-id: {err.message}", EXIT_FAILED)
     except ValueError as err:
         _fail(str(err), EXIT_FAILED)
-    out_dir = out or (runs_dir.resolve() if runs_dir else tracking.default_runs_root()) / sweep_cfg.name / "reports" / "+".join(run_ids) / "study"
+    folder = "study" if candidate == "pilot_commit" else f"study-{candidate}"
+    out_dir = out or (runs_dir.resolve() if runs_dir else tracking.default_runs_root()) / sweep_cfg.name / "reports" / "+".join(run_ids) / folder
     header = study_mod.provenance_text(inputs)
     text = study_mod.markdown_tables(cells, header=header)
     console.print(f"study of sweep {sweep_cfg.name!r}, MLflow parent run(s) {', '.join(run_ids)}\n")
     console.print(text, markup=False, soft_wrap=True)
     if log:  # onto the first sweep's parent run
-        paths = study_mod.log_study(client, run_ids[0], cells, out_dir, header=header)
+        paths = study_mod.log_study(client, run_ids[0], cells, out_dir, header=header,
+                                    artifact_dir=folder)
     else:
         paths = study_mod.write_study(cells, out_dir, header)
     console.print(f"written: {', '.join(str(p) for p in paths.values())}" + (f"; logged to run {run_ids[0]}" if log else ""))

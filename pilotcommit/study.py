@@ -124,6 +124,7 @@ class CellOutcome:
     measured_ranking: list[list[str]]  # best first; ties (e.g. not reached) share a rank
     ranking_pairs_agree: tuple[int, int] | None  # (agreeing, strictly ordered measured pairs)
     recommendation: str = ""
+    candidate: str = report.CANDIDATE_METHOD  # the method whose speed-ups the cell holds
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -183,9 +184,12 @@ def measured_ranking(summary: report.ComparisonSummary) -> list[list[str]]:
     return ranks
 
 
-def ranking_agreement(predicted: Sequence[str], measured: Sequence[Sequence[str]]) -> tuple[int, int] | None:
-    """(pairs ordered the same way, pairs the measurement orders strictly): pairs tied in the
-    measurement are left out. None when the prediction does not cover the measured methods."""
+def ranking_agreement(predicted: Sequence[str], measured: Sequence[Sequence[str]],
+                      rates: Mapping[str, float] | None = None) -> tuple[int, int] | None:
+    """(pairs ordered the same way, pairs both order strictly): pairs tied in the measurement,
+    or predicted at the same rate (``rates``, e.g. GRESO's first epoch and DAPO, or two screening
+    rules with the same split), are left out. None when the prediction does not cover the
+    measured methods."""
     position = {m: i for i, m in enumerate(predicted)}
     rank = {m: r for r, names in enumerate(measured) for m in names}
     if not set(rank) <= set(position):
@@ -194,7 +198,7 @@ def ranking_agreement(predicted: Sequence[str], measured: Sequence[Sequence[str]
     agree = ordered = 0
     for i, a in enumerate(names):
         for b in names[i + 1:]:
-            if rank[a] == rank[b]:
+            if rank[a] == rank[b] or (rates is not None and math.isclose(rates[a], rates[b], rel_tol=1e-9)):
                 continue
             ordered += 1
             agree += (rank[a] < rank[b]) == (position[a] < position[b])
@@ -256,8 +260,8 @@ def study_cells(
             zero_variance=zero_variance_share(ref_steps, resamples=resamples, seed=seed),
             measured_rates=inputs.rates.get(cell, {}), predicted_rates=predicted,
             predicted_ranking=predicted_ranking, measured_ranking=ranking,
-            ranking_pairs_agree=ranking_agreement(predicted_ranking, ranking) if predicted else None,
-            recommendation=probe.get("recommendation", ""),
+            ranking_pairs_agree=ranking_agreement(predicted_ranking, ranking, predicted) if predicted else None,
+            recommendation=probe.get("recommendation", ""), candidate=candidate,
         ))
     return out
 
@@ -453,10 +457,11 @@ def provenance_text(inputs: StudyInputs) -> str:
     return "\n".join(lines) + "\n"
 
 
-def markdown_tables(cells: Sequence[CellOutcome], candidate: str = report.CANDIDATE_METHOD,
-                    header: str = "") -> str:
+def markdown_tables(cells: Sequence[CellOutcome], candidate: str | None = None, header: str = "") -> str:
     """The study's tables as Markdown: speed-ups, rollouts to target per method, equal budgets,
-    predictor check; ``header`` (e.g. :func:`provenance_text`) first."""
+    predictor check; ``header`` (e.g. :func:`provenance_text`) first. ``candidate``: the
+    cells' own (``CellOutcome.candidate``) unless given."""
+    candidate = candidate or (cells[0].candidate if cells else report.CANDIDATE_METHOD)
     baselines = sorted({b for c in cells for t in c.speedups.values() for b in t})
     methods = sorted({m for c in cells for m in c.methods})
     lines = ([header] if header else []) + [f"### Speed-up of {candidate} in rollouts to target (95% paired bootstrap over seeds)", "",
@@ -547,7 +552,7 @@ def speedup_figure(cells: Sequence[CellOutcome], baseline: str = "grpo", title: 
     ax.set_yticks([t for t in (0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0) if low <= t <= high])
     ax.set_ylim(low, high)
     ax.set_xlabel("GRPO's zero-variance share of groups (measured, mean over seeds)")
-    ax.set_ylabel(f"{report.CANDIDATE_METHOD} speed-up over {baseline} (rollouts)")
+    ax.set_ylabel(f"{cells[0].candidate if cells else report.CANDIDATE_METHOD} speed-up over {baseline} (rollouts)")
     ax.set_title(title or f"speed-up over {baseline} in rollouts to target, against GRPO's zero-variance share "
                  "(95% intervals)", fontsize=10)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
@@ -576,7 +581,9 @@ def write_study(cells: Sequence[CellOutcome], out_dir: Path, header: str = "") -
 
 def log_study(client, parent_run_id: str, cells: Sequence[CellOutcome], out_dir: Path,
               artifact_dir: str = "study", header: str = "") -> dict[str, Path]:
-    """:func:`write_study`, then its files and per-cell speed-up metrics on the parent run."""
+    """:func:`write_study`, then its files and per-cell speed-up metrics on the parent run
+    (``study/<cell>/speedup_vs_<baseline>_<target>``; for another candidate than Pilot-Commit
+    ``study/<cell>/<candidate>/speedup_vs_...``)."""
     paths = write_study(cells, out_dir, header)
     for path in paths.values():
         client.log_artifact(parent_run_id, str(path), artifact_dir)
@@ -584,7 +591,9 @@ def log_study(client, parent_run_id: str, cells: Sequence[CellOutcome], out_dir:
         for name, per_baseline in c.speedups.items():
             for b, entry in per_baseline.items():
                 if not entry.get("note") and not math.isnan(entry["speedup"]):
-                    client.log_metric(parent_run_id, f"study/{c.cell}/speedup_vs_{b}_{name}", float(entry["speedup"]))
+                    who = "" if c.candidate == report.CANDIDATE_METHOD else f"{c.candidate}/"
+                    client.log_metric(parent_run_id, f"study/{c.cell}/{who}speedup_vs_{b}_{name}",
+                                      float(entry["speedup"]))
         if not math.isnan(c.zero_variance.value):
             client.log_metric(parent_run_id, f"study/{c.cell}/grpo_zero_variance_share", c.zero_variance.value)
     return paths

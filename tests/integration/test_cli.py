@@ -156,3 +156,12 @@ def test_study_needs_a_finished_sweep_and_a_valid_file(tmp_path):
     assert "no finished sweep 'regimes'" in text and "pilotcommit sweep --config conf/sweep/regimes.yaml" in text
     missing = run_cli(["study", "-c", str(tmp_path / "nope.yaml"), "--runs-dir", str(runs)], env)
     assert missing.returncode == 2 and "nope.yaml" in missing.stdout + missing.stderr
+    # a candidate that is not one of the sweep's methods, and --methods naming none: config errors
+    wrong = run_cli(["study", "-c", "conf/sweep/regimes.yaml", "--runs-dir", str(runs), "--candidate", "ppo"], env)
+    text = " ".join((wrong.stdout + wrong.stderr).split())
+    assert wrong.returncode == 2 and "--candidate 'ppo': not a method of conf/sweep/regimes.yaml" in text
+    assert "speed_rl" in text
+    fresh = tmp_path / "fresh"
+    empty = run_cli(["sweep", "-c", "conf/sweep/smoke.yaml", "--runs-dir", str(fresh), "--methods", ","], env)
+    assert empty.returncode == 2 and "--methods: name at least one method" in empty.stdout + empty.stderr
+    assert not fresh.exists()  # before any compute

@@ -81,6 +81,10 @@ def test_ranking_agreement_counts_strictly_ordered_pairs():
     assert study.ranking_agreement(["pilot_commit", "grpo", "dapo"], measured) == (1, 2)
     assert study.ranking_agreement(["grpo", "pilot_commit", "dapo"], measured) == (2, 2)
     assert study.ranking_agreement(["grpo"], measured) is None
+    # a pair predicted at the same rate has no predicted order: left out, whichever comes first
+    rates = {"grpo": 20.0, "pilot_commit": 20.0, "dapo": 10.0}
+    assert study.ranking_agreement(["pilot_commit", "grpo", "dapo"], measured, rates) == (1, 1)
+    assert study.ranking_agreement(["grpo", "pilot_commit", "dapo"], measured, rates) == (1, 1)
 
 
 def test_probe_predictions_enter_the_cell_and_the_tables():
@@ -204,3 +208,19 @@ def test_a_run_two_sweeps_trained_differently_stops_the_merge():
     later.probes["c"] = _probe({"greso": 40.0}, successes=(0, 2, 3))
     with pytest.raises(study.StudyMergeError, match="cell 'c': the probes of sweeps p1 and p2 differ"):
         study.merge_study_inputs([("p1", first), ("p2", later)])
+
+
+def test_another_candidate_gets_its_speedups_over_every_other_method():
+    """`pilotcommit study --candidate grpo`: the same runs, GRPO's speed-ups (the inverse of
+    Pilot-Commit's over GRPO), named in the tables and the figure."""
+    (cell,) = study.study_cells(study.StudyInputs(_cell("c", 0.5), []), candidate="grpo", resamples=100)
+    assert cell.candidate == "grpo"
+    assert set(cell.speedups["best"]) == {"dapo", "pilot_commit"}
+    assert cell.speedups["best"]["pilot_commit"]["speedup"] == pytest.approx(0.5)
+    text = study.markdown_tables([cell])
+    assert "### Speed-up of grpo in rollouts to target" in text and "| grpo - pilot_commit |" in text
+    fig = study.speedup_figure([cell], baseline="pilot_commit")
+    assert fig.axes[0].get_ylabel() == "grpo speed-up over pilot_commit (rollouts)"
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
