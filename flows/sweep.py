@@ -176,7 +176,9 @@ def sweep_flow(
         {"sweep_config": sweep_path, "model_index": i, "parent_run_id": parent["run_id"],
          "parent_key": parent_key, "overrides": list(overrides or []),
          "runs_dir": str(ctx.runs_root), "tracking_uri": ctx.tracking_uri, "refresh": refresh,
-         "parallel_runs": parallel_runs, "methods": list(methods) if methods is not None else None}
+         "parallel_runs": parallel_runs,
+         # only when set: a cell deployment served before this parameter existed still runs
+         **({"methods": list(methods)} if methods is not None else {})}
         for i in range(len(configs))
     ]
     try:

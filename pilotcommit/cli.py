@@ -497,15 +497,21 @@ def study(
         _fail(f"--run-id: {err.message}", EXIT_FAILED)
     except ValueError as err:
         _fail(str(err), EXIT_FAILED)
-    folder = "study" if candidate == "pilot_commit" else f"study-{candidate}"
+    folder = ("study" if candidate == "pilot_commit" else f"study-{candidate}") + ("-merged" if len(run_ids) > 1 else "")
     out_dir = out or (runs_dir.resolve() if runs_dir else tracking.default_runs_root()) / sweep_cfg.name / "reports" / "+".join(run_ids) / folder
+    if not run_id:  # the latest sweep: say so when it ran only some of the file's methods (--methods)
+        have = set(inputs.sources[0].get("methods", [])) if inputs.sources else set()
+        missing = [m for m in cells_cfg[0].methods if m not in have]
+        if have and missing:
+            console.print(f"note: the latest sweep {run_ids[0]} ran {', '.join(sorted(have))} only, not "
+                          f"{', '.join(missing)}; `--run-id A --run-id B` reports several sweeps as one", markup=False)
     header = study_mod.provenance_text(inputs)
     text = study_mod.markdown_tables(cells, header=header)
     console.print(f"study of sweep {sweep_cfg.name!r}, MLflow parent run(s) {', '.join(run_ids)}\n")
     console.print(text, markup=False, soft_wrap=True)
-    if log:  # onto the first sweep's parent run
+    if log:  # onto the first sweep's parent run; a merged study beside that sweep's own report
         paths = study_mod.log_study(client, run_ids[0], cells, out_dir, header=header,
-                                    artifact_dir=folder)
+                                    artifact_dir=folder, metric_prefix=folder)
     else:
         paths = study_mod.write_study(cells, out_dir, header)
     console.print(f"written: {', '.join(str(p) for p in paths.values())}" + (f"; logged to run {run_ids[0]}" if log else ""))

@@ -327,8 +327,8 @@ def merge_study_inputs(parts: Sequence[tuple[str, StudyInputs]]) -> StudyInputs:
                 first_parent, first = runs[key]
                 if first.history != r.history or steps.get(key) != own_steps.get(key):
                     raise StudyMergeError(
-                        f"cell {r.cell!r}, {r.method} seed {r.seed}: run {first.run_id} (sweep {first_parent}) "
-                        f"and run {r.run_id} (sweep {parent}) differ: {_first_difference(first, r)}. The "
+                        f"cell {r.cell!r}, {r.method} seed {r.seed}: run {first.run_id or '(no run id)'} (sweep "
+                        f"{first_parent}) and run {r.run_id or '(no run id)'} (sweep {parent}) differ: {_first_difference(first, r)}. The "
                         "sweeps trained the same run differently (other code or settings), so their runs "
                         "cannot be reported together; rerun one of them")
                 shared += 1
@@ -361,7 +361,12 @@ def load_study_inputs(client, parent_run_id: str | Sequence[str],
     from pilotcommit.tracking import TAG_CODE_VERSION, metric_history
 
     if not isinstance(parent_run_id, str):
-        return merge_study_inputs([(p, load_study_inputs(client, p, metric)) for p in parent_run_id])
+        merged = merge_study_inputs([(p, load_study_inputs(client, p, metric)) for p in parent_run_id])
+        # the measured rates over every merged run (a method's seeds may come from several sweeps)
+        merged.rates = {cell: report.informative_group_rates(
+            client, [(r.method, r.run_id) for r in merged.runs if r.cell == cell])
+            for cell in dict.fromkeys(r.cell for r in merged.runs)}
+        return merged
     runs = report.load_comparison_runs(client, parent_run_id, metric)
     steps = []
     for r in runs:
@@ -444,6 +449,17 @@ def _difference_table(cells: Sequence[CellOutcome], attr: str, x_name: str, x_fm
     return lines
 
 
+def _predicted_text(c: CellOutcome) -> str:
+    """The predicted ranking, "=" between methods predicted at the same rate."""
+    if not c.predicted_ranking:
+        return "-"
+    out = c.predicted_ranking[0]
+    for a, b in zip(c.predicted_ranking, c.predicted_ranking[1:]):
+        same = math.isclose(c.predicted_rates[a], c.predicted_rates[b], rel_tol=1e-9)
+        out += (" = " if same else " > ") + b
+    return out
+
+
 def provenance_text(inputs: StudyInputs) -> str:
     """Which sweeps the study's runs come from (Markdown), when it merges more than one."""
     if len(inputs.sources) < 2:
@@ -452,8 +468,12 @@ def provenance_text(inputs: StudyInputs) -> str:
     for src in inputs.sources:
         lines.append(f"- `{src['run_id']}`: code `{src.get('code_version', 'unknown')}`, "
                      f"{src.get('runs', '?')} runs of {', '.join(src.get('methods', [])) or '?'}")
-    lines += ["", (f"{inputs.shared_runs} runs were trained by more than one of them and are identical "
-                   "in every evaluation and per-step count, which is what lets their runs be compared."), ""]
+    if inputs.shared_runs:
+        lines += ["", (f"{inputs.shared_runs} runs appear in more than one of them and are identical in every "
+                       "evaluation and per-step count, which is what lets their runs be compared."), ""]
+    else:
+        lines += ["", ("**No run appears in more than one of them: nothing checks that they trained alike** "
+                       "(rerun the reference method in the later sweep)."), ""]
     return "\n".join(lines) + "\n"
 
 
@@ -511,7 +531,7 @@ def markdown_tables(cells: Sequence[CellOutcome], candidate: str | None = None, 
     for c in cells:
         measured = " > ".join(" = ".join(r) for r in c.measured_ranking)
         agree = f"{c.ranking_pairs_agree[0]}/{c.ranking_pairs_agree[1]}" if c.ranking_pairs_agree else "-"
-        lines.append(f"| {c.cell} | {' > '.join(c.predicted_ranking) or '-'} | {measured} | {agree} "
+        lines.append(f"| {c.cell} | {_predicted_text(c)} | {measured} | {agree} "
                      f"| {c.recommendation or '-'} |")
     return "\n".join(lines) + "\n"
 
@@ -573,14 +593,18 @@ def write_study(cells: Sequence[CellOutcome], out_dir: Path, header: str = "") -
              "figure": out_dir / "speedup_vs_zero_variance.png"}
     paths["markdown"].write_text(markdown_tables(cells, header=header))
     paths["json"].write_text(json.dumps([c.to_dict() for c in cells], indent=2, default=str))
-    fig = speedup_figure(cells)
+    candidate = cells[0].candidate if cells else report.CANDIDATE_METHOD
+    others = sorted({m for c in cells for m in c.methods} - {candidate})
+    baseline = "grpo" if candidate != "grpo" else (report.CANDIDATE_METHOD if report.CANDIDATE_METHOD in others
+                                                    else (others[0] if others else "grpo"))
+    fig = speedup_figure(cells, baseline=baseline)
     fig.savefig(paths["figure"], dpi=120)
     plt.close(fig)
     return paths
 
 
 def log_study(client, parent_run_id: str, cells: Sequence[CellOutcome], out_dir: Path,
-              artifact_dir: str = "study", header: str = "") -> dict[str, Path]:
+              artifact_dir: str = "study", header: str = "", metric_prefix: str = "study") -> dict[str, Path]:
     """:func:`write_study`, then its files and per-cell speed-up metrics on the parent run
     (``study/<cell>/speedup_vs_<baseline>_<target>``; for another candidate than Pilot-Commit
     ``study/<cell>/<candidate>/speedup_vs_...``)."""
@@ -592,8 +616,8 @@ def log_study(client, parent_run_id: str, cells: Sequence[CellOutcome], out_dir:
             for b, entry in per_baseline.items():
                 if not entry.get("note") and not math.isnan(entry["speedup"]):
                     who = "" if c.candidate == report.CANDIDATE_METHOD else f"{c.candidate}/"
-                    client.log_metric(parent_run_id, f"study/{c.cell}/{who}speedup_vs_{b}_{name}",
+                    client.log_metric(parent_run_id, f"{metric_prefix}/{c.cell}/{who}speedup_vs_{b}_{name}",
                                       float(entry["speedup"]))
         if not math.isnan(c.zero_variance.value):
-            client.log_metric(parent_run_id, f"study/{c.cell}/grpo_zero_variance_share", c.zero_variance.value)
+            client.log_metric(parent_run_id, f"{metric_prefix}/{c.cell}/grpo_zero_variance_share", c.zero_variance.value)
     return paths

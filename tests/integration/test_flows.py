@@ -414,9 +414,9 @@ def test_sweep_as_subflows(first_compare, runs_dir):
          "--run-id", out["parent_run_id"], "--run-id", some["parent_run_id"], "--resamples", "100"],
         cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
-    assert "The runs of 2 sweeps" in done.stdout and "2 runs were trained by more than one" in done.stdout
+    assert "The runs of 2 sweeps" in done.stdout and "2 runs appear in more than one" in done.stdout
     merged = json.loads((runs_dir / "sweep-smoke" / "reports" / f"{out['parent_run_id']}+{some['parent_run_id']}"
-                         / "study" / "study.json").read_text())
+                         / "study-merged" / "study.json").read_text())
     for c in merged:
         assert c["methods"] == ["dapo", "grpo", "pilot_commit", "speed_rl"]
         assert set(c["predicted_rates"]) == set(c["measured_rates"]) == set(c["methods"])

@@ -181,8 +181,12 @@ def test_two_sweeps_of_the_same_cells_report_as_one():
     assert cell.rollouts_to_target["best"]["greso"] is None and cell.reached["best"]["greso"] == "0/3"
     text = study.markdown_tables([cell], header=study.provenance_text(merged))
     assert text.startswith("The runs of 2 sweeps")
-    assert "3 runs were trained by more than one of them and are identical" in text
+    assert "3 runs appear in more than one of them and are identical" in text
+    assert "| c | greso > pilot_commit > grpo > dapo |" in text  # no two predicted alike here
     assert "| c | best | - (0/3) | - (0/3) | 2,000 (3/3) | 1,000 (3/3) |" in text  # dapo greso grpo pc
+    # no shared run: the report says nothing checks the two sweeps against each other
+    alone = study.merge_study_inputs([("p1", first), ("p2", _sweep("c", {"greso": 40.0}))])
+    assert alone.shared_runs == 0 and "No run appears in more than one of them" in study.provenance_text(alone)
     # one sweep: nothing to merge, no provenance paragraph
     assert study.merge_study_inputs([("p1", first)]) is first and study.provenance_text(first) == ""
 
@@ -196,7 +200,7 @@ def test_a_run_two_sweeps_trained_differently_stops_the_merge():
     history = list(later.runs[i].history)
     history[1] = EvalRecord(1, history[1].cumulative_rollouts, {AVERAGE_ACCURACY: 0.59})
     later.runs[i] = dataclasses.replace(later.runs[i], run_id="r-later", history=history)
-    with pytest.raises(study.StudyMergeError, match=r"cell 'c', grpo seed 1: run None \(sweep p1\) and run "
+    with pytest.raises(study.StudyMergeError, match=r"cell 'c', grpo seed 1: run \(no run id\) \(sweep p1\) and run "
                                                     r"r-later \(sweep p2\) differ: the evaluation at step 1"):
         study.merge_study_inputs([("p1", first), ("p2", later)])
     # the same evaluations, other per-step counts: also a different run
@@ -224,3 +228,12 @@ def test_another_candidate_gets_its_speedups_over_every_other_method():
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+def test_methods_predicted_alike_are_shown_tied():
+    """GRESO's first epoch is DAPO's: the same predicted rate, shown "=" in the rankings table."""
+    inputs = _sweep("c", {"grpo": 20.0, "dapo": 10.0, "greso": 10.0})
+    (cell,) = study.study_cells(inputs, resamples=50)
+    assert set(cell.predicted_ranking[1:]) == {"dapo", "greso"}
+    row = next(line for line in study.markdown_tables([cell]).splitlines() if line.startswith("| c | grpo >"))
+    assert row.split(" | ")[1] in ("grpo > dapo = greso", "grpo > greso = dapo")
