@@ -461,7 +461,8 @@ def study(
     candidate: Annotated[str, typer.Option(help="The method whose speed-ups over every other method the report holds.")] = "pilot_commit",
 ) -> None:
     """The study report of a finished sweep, from MLflow: per cell, the candidate's (Pilot-Commit's
-    unless --candidate) speed-ups over every other method with paired bootstrap intervals, accuracy at equal budgets, and the probe's prediction against the
+    unless --candidate) speed-ups over every other method with paired bootstrap intervals,
+    accuracy at equal budgets, and the probe's prediction against the
     measured informative-group rates (docs/regimes.md)."""
     from mlflow.exceptions import MlflowException
 
@@ -488,7 +489,7 @@ def study(
             _fail(f"no finished sweep {sweep_cfg.name!r} in {uri}; run `pilotcommit sweep --config {config}` first", EXIT_FAILED)
         run_ids = [parent.info.run_id]
     try:
-        inputs = study_mod.load_study_inputs(client, run_ids if len(run_ids) > 1 else run_ids[0], target.metric)
+        inputs = study_mod.load_study_inputs(client, run_ids, target.metric)
         cells = study_mod.study_cells(inputs, target, candidate=candidate, resamples=resamples,
                                       order=[c.cell_label for c in cells_cfg])
     except study_mod.StudyMergeError as err:

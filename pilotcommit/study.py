@@ -39,7 +39,7 @@ import json
 import math
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -158,8 +158,6 @@ def _by_step(runs: Sequence[RunHistory]) -> list[RunHistory]:
     """The runs with each evaluation's x coordinate set to its optimizer step, so that the
     equal-budget statistics compare accuracy at equal steps (a method that spends more rollouts
     per step, such as Pilot-Commit's pilots or DAPO's extra rounds, is then not penalised)."""
-    from dataclasses import replace
-
     return [replace(r, history=[replace(e, cumulative_rollouts=e.step) for e in r.history]) for r in runs]
 
 
@@ -184,6 +182,11 @@ def measured_ranking(summary: report.ComparisonSummary) -> list[list[str]]:
     return ranks
 
 
+def _same_rate(a: float, b: float) -> bool:
+    """Two predicted rates that are the same prediction (GRESO's first epoch is DAPO's)."""
+    return math.isclose(a, b, rel_tol=1e-9)
+
+
 def ranking_agreement(predicted: Sequence[str], measured: Sequence[Sequence[str]],
                       rates: Mapping[str, float] | None = None) -> tuple[int, int] | None:
     """(pairs ordered the same way, pairs both order strictly): pairs tied in the measurement,
@@ -198,7 +201,7 @@ def ranking_agreement(predicted: Sequence[str], measured: Sequence[Sequence[str]
     agree = ordered = 0
     for i, a in enumerate(names):
         for b in names[i + 1:]:
-            if rank[a] == rank[b] or (rates is not None and math.isclose(rates[a], rates[b], rel_tol=1e-9)):
+            if rank[a] == rank[b] or (rates is not None and _same_rate(rates[a], rates[b])):
                 continue
             ordered += 1
             agree += (rank[a] < rank[b]) == (position[a] < position[b])
@@ -226,12 +229,11 @@ def study_cells(
             continue
         methods = sorted({r.method for r in runs})
         baselines = tuple(m for m in methods if m != candidate)
-        targets, reached, speedups, to_target = {}, {}, {}, {}
-        summary_best = None
+        targets, reached, speedups, to_target, summaries = {}, {}, {}, {}, {}
         for name, fraction in TARGETS.items():
             target_cfg = target.model_copy(update={"fraction_of_reference": fraction})
-            summary = report.summarize_comparison(runs, target_cfg, candidate=candidate, baselines=baselines)
-            summary_best = summary_best or summary
+            summary = summaries[name] = report.summarize_comparison(runs, target_cfg, candidate=candidate,
+                                                                    baselines=baselines)
             targets[name] = summary.target
             reached[name] = {m: f"{s.reached}/{s.seeds}" for m, s in summary.methods.items()}
             to_target[name] = {m: s.mean for m, s in summary.methods.items()}
@@ -250,10 +252,7 @@ def study_cells(
         probe = inputs.probes.get(cell) or {}
         predicted = {p["method"]: float(p["informative_groups_per_1k"]) for p in probe.get("predictions", [])}
         predicted_ranking = sorted(predicted, key=lambda m: -predicted[m])
-        gain75 = report.summarize_comparison(
-            runs, target.model_copy(update={"fraction_of_reference": TARGETS["gain75"]}),
-            candidate=candidate, baselines=baselines)
-        ranking = measured_ranking(gain75)
+        ranking = measured_ranking(summaries["gain75"])
         out.append(CellOutcome(
             cell=cell, seeds=sorted({r.seed for r in runs}), methods=methods, targets=targets,
             reached=reached, rollouts_to_target=to_target, speedups=speedups, equal_budget=equal, equal_steps=equal_steps,
@@ -294,10 +293,7 @@ def _merge_probe(cell: str, first: dict, other: dict, names: tuple[str, str]) ->
                                                         if p["method"] not in have]
     merged = dict(first, predictions=predictions)
     if predictions and first.get("spread"):
-        merged["recommendation"] = recommend(
-            [MethodPrediction(p["method"], p.get("kind", p["method"]), float(p["informative_groups_per_1k"]),
-                              dict(p.get("breakdown", {})), p.get("note", "")) for p in predictions],
-            first["spread"])
+        merged["recommendation"] = recommend([MethodPrediction(**p) for p in predictions], first["spread"])
     return merged
 
 
@@ -357,30 +353,33 @@ def load_study_inputs(client, parent_run_id: str | Sequence[str],
                       metric: str = report.AVERAGE_ACCURACY) -> StudyInputs:
     """The sweep's child runs (histories and per-step group counts), its probes, and the
     measured informative-group rates per cell; several parent runs: :func:`merge_study_inputs`
-    of each one's, in the order given."""
+    of each one's, in the order given, with the rates over every merged run (a method's seeds may
+    come from several sweeps)."""
+    ids = [parent_run_id] if isinstance(parent_run_id, str) else list(parent_run_id)
+    inputs = merge_study_inputs([(p, _load_sweep(client, p, metric)) for p in ids])
+    inputs.rates = _measured_rates(client, inputs.runs)
+    return inputs
+
+
+def _measured_rates(client, runs: Sequence[RunHistory]) -> dict[str, dict[str, dict[str, float]]]:
+    return {cell: report.informative_group_rates(client, [(r.method, r.run_id) for r in runs if r.cell == cell])
+            for cell in dict.fromkeys(r.cell for r in runs)}
+
+
+def _load_sweep(client, parent_run_id: str, metric: str) -> StudyInputs:
+    """One sweep's runs, per-step counts, probes and provenance (rates: :func:`_measured_rates`)."""
     from pilotcommit.tracking import TAG_CODE_VERSION, metric_history
 
-    if not isinstance(parent_run_id, str):
-        merged = merge_study_inputs([(p, load_study_inputs(client, p, metric)) for p in parent_run_id])
-        # the measured rates over every merged run (a method's seeds may come from several sweeps)
-        merged.rates = {cell: report.informative_group_rates(
-            client, [(r.method, r.run_id) for r in merged.runs if r.cell == cell])
-            for cell in dict.fromkeys(r.cell for r in merged.runs)}
-        return merged
     runs = report.load_comparison_runs(client, parent_run_id, metric)
     steps = []
     for r in runs:
         zero = [v for _, v in metric_history(client, r.run_id, ZERO_VARIANCE)]
         informative = [v for _, v in metric_history(client, r.run_id, report.INFORMATIVE_GROUPS)]
         steps.append(RunSteps(r.method, r.seed, r.cell, zero, informative))
-    rates = {}
-    for cell in dict.fromkeys(r.cell for r in runs):
-        rates[cell] = report.informative_group_rates(
-            client, [(r.method, r.run_id) for r in runs if r.cell == cell])
     source = {"run_id": parent_run_id,
               "code_version": client.get_run(parent_run_id).data.tags.get(TAG_CODE_VERSION, "unknown"),
               "methods": sorted({r.method for r in runs}), "runs": len(runs)}
-    return StudyInputs(runs, steps, load_probes(client, parent_run_id), rates, [source])
+    return StudyInputs(runs, steps, load_probes(client, parent_run_id), {}, [source])
 
 
 def load_probes(client, parent_run_id: str) -> dict[str, dict]:
@@ -455,8 +454,7 @@ def _predicted_text(c: CellOutcome) -> str:
         return "-"
     out = c.predicted_ranking[0]
     for a, b in zip(c.predicted_ranking, c.predicted_ranking[1:]):
-        same = math.isclose(c.predicted_rates[a], c.predicted_rates[b], rel_tol=1e-9)
-        out += (" = " if same else " > ") + b
+        out += (" = " if _same_rate(c.predicted_rates[a], c.predicted_rates[b]) else " > ") + b
     return out
 
 
