@@ -5,8 +5,13 @@ same machine kind (docs/embedded_task.md, "Numbers are hardware-specific"): the
 data are bit-identical everywhere (their content hash is pinned in a test), but
 float kernels (matrix products, reductions) are chosen by CPU vendor and
 instruction set and by the thread count, so the warm start's weights differ in
-their last bits and every later step amplifies that. A result is therefore
-comparable only with results from the same fingerprint.
+their last bits and every later step amplifies that. The CPU model name alone
+does not tell them apart ("AMD EPYC" names several generations), so ``cpu_id`` adds the vendor,
+family, model and stepping. Library versions are in it too (torch, transformers, numpy, ...):
+on this project's machine the demo's warm start and probe came out bit-identical under
+transformers 5.19, 5.24 and 5.25 (issue 23), but nothing promises that, so a library change
+counts as a hardware change. A result is therefore comparable only with results from the same
+fingerprint.
 
 ``machine_fingerprint()`` collects what decides the kernels; every training run
 logs it (``env.*`` params) and an accepted baseline carries it (tags), so the
@@ -34,8 +39,8 @@ _ISA_FLAGS = (
 )
 # keys whose values decide the numbers; the others (python, os) are shown but not compared
 COMPARED_KEYS = (
-    "cpu_model", "cpu_isa", "torch_cpu_capability", "kernel_env", "gpu", "torch", "transformers",
-    "vllm", "torch_threads",
+    "cpu_model", "cpu_id", "cpu_isa", "torch_cpu_capability", "kernel_env", "gpu", "torch", "transformers",
+    "vllm", "torch_threads", *(name.replace("-", "_") for name in ("numpy", "pandas", "tokenizers", "math-verify")),
 )
 # environment variables that select other float kernels (MKL's code path, torch's vectorised
 # kernels): bench/divergence.py shows each of them changing the warm start's weights
@@ -43,12 +48,15 @@ _KERNEL_ENV = ("MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY")
 PARAM_PREFIX = "env."
 
 
-def _cpuinfo(path: Path = Path("/proc/cpuinfo")) -> tuple[str, list[str]]:
-    model, flags = "", []
+def _cpuinfo(path: Path = Path("/proc/cpuinfo")) -> tuple[str, list[str], str]:
+    """``(model name, ISA flags, cpu id)`` of the first processor; the id is vendor, family,
+    model and stepping (``AuthenticAMD family 25 model 17 stepping 1``: a Zen 4 EPYC), which
+    tell apart CPUs that share a model name."""
+    model, flags, ids = "", [], {}
     try:
         text = path.read_text()
     except OSError:
-        return platform.processor() or platform.machine(), []
+        return platform.processor() or platform.machine(), [], "unknown"
     for line in text.splitlines():
         key, _, value = line.partition(":")
         key = key.strip().lower()
@@ -56,7 +64,11 @@ def _cpuinfo(path: Path = Path("/proc/cpuinfo")) -> tuple[str, list[str]]:
             model = value.strip()
         elif key in ("flags", "features") and not flags:
             flags = value.split()
-    return model or platform.processor() or platform.machine(), flags
+        elif key in ("vendor_id", "cpu family", "model", "stepping", "cpu implementer", "cpu part",
+                     "cpu variant", "cpu revision") and key not in ids:
+            ids[key] = value.strip()
+    cpu_id = " ".join(f"{k.removeprefix('cpu ')} {v}" if k != "vendor_id" else v for k, v in ids.items())
+    return model or platform.processor() or platform.machine(), flags, cpu_id or "unknown"
 
 
 def _version(distribution: str) -> str:
@@ -70,7 +82,7 @@ def machine_fingerprint() -> dict[str, str]:
     """CPU model and instruction sets, GPU, library versions and thread count, as strings."""
     import torch
 
-    model, flags = _cpuinfo()
+    model, flags, cpu_id = _cpuinfo()
     present = set(flags)
     gpu = "none"
     if torch.cuda.is_available():
@@ -78,6 +90,7 @@ def machine_fingerprint() -> dict[str, str]:
         gpu = f"{torch.cuda.device_count()} x {names[0]}" if len(set(names)) == 1 else ", ".join(names)
     return {
         "cpu_model": model,
+        "cpu_id": cpu_id,
         "cpu_isa": " ".join(f for f in _ISA_FLAGS if f in present) or platform.machine(),
         "cpu_count": str(_cpu_count()),
         "torch_cpu_capability": str(torch.backends.cpu.get_cpu_capability()),
@@ -86,6 +99,9 @@ def machine_fingerprint() -> dict[str, str]:
         "torch": torch.__version__,
         "transformers": _version("transformers"),
         "vllm": _version("vllm"),
+        # the other libraries whose version can move the numbers: the allocation's generators,
+        # the evaluation set's draw, a pretrained model's tokens, the math reward's verdicts
+        **{name.replace("-", "_"): _version(name) for name in ("numpy", "pandas", "tokenizers", "math-verify")},
         "torch_threads": str(torch.get_num_threads()),
         "python": platform.python_version(),
         "os": f"{platform.system()} {platform.machine()}",
