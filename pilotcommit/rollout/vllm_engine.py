@@ -56,8 +56,8 @@ cluster, rewards, and choosing seeds (``derive_seed`` at the call site, as for e
 from __future__ import annotations
 
 import gc
-import os
 import logging
+import os
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -66,7 +66,6 @@ import torch
 
 from pilotcommit.dependencies import VLLM_INSTALL, require
 from pilotcommit.memory import free_cached_blocks, memory_metrics
-
 from pilotcommit.rollout.protocol import (
     EMPTY_STATS,
     FINISH_LENGTH,

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from pilotcommit.config import load_experiment_config
-from pilotcommit.loop import encode_prompts
+from pilotcommit.run_parts import encode_prompts
 from pilotcommit.models.tokenizer import build_char_tokenizer
 from pilotcommit.pipeline import data_fingerprint, prepare_data, read_prompt_table
 from tests.conftest import REPO_ROOT

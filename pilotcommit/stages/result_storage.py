@@ -11,8 +11,8 @@ file, before Prefect parses it; a cache lookup then counts as a miss, the stage 
 the file is overwritten. Writes are checked the same way, so a task that returned an object
 (a ``Path``, a dataclass) fails loudly instead of persisting a class name.
 
-Not here: which results are cached (flows/stages.py). The runs directory is still a trust
-boundary for everything else in it (docs/reliability.md).
+Not here: which results are cached (the flows' tasks, keyed by pilotcommit/stages/table.py).
+The runs directory is still a trust boundary for everything else in it (docs/reliability.md).
 """
 
 from __future__ import annotations
