@@ -51,6 +51,7 @@ from pilotcommit.rollout.protocol import (
     FINISH_STOP,
     GenerationStats,
     SamplingParams,
+    validated_prompts,
 )
 from pilotcommit.types import RequestResult, Rollout, RolloutRequest
 
@@ -249,7 +250,7 @@ class TransformersEngine:
     ) -> list[RequestResult]:
         """Sample ``request.count`` completions per request (protocol contract)."""
         start = time.perf_counter()
-        prompts = self._validated_prompts(requests, prompt_token_ids)
+        prompts = validated_prompts(requests, prompt_token_ids, vocab_size=self._vocab_size)
         counts = [r.count for r in requests]
         total_rows = sum(counts)
         row_offsets = [0]
@@ -323,34 +324,6 @@ class TransformersEngine:
         self._cache_kwarg = "cache" if "cache" in parameters else "past_key_values"
         self._has_logits_to_keep = "logits_to_keep" in parameters
         self._vocab_size = self.model.get_input_embeddings().num_embeddings
-
-    def _validated_prompts(
-        self, requests: Sequence[RolloutRequest], prompt_token_ids: Mapping[str, list[int]]
-    ) -> list[list[int]]:
-        prompts: list[list[int]] = []
-        checked: set[str] = set()
-        for index, request in enumerate(requests):
-            if request.count < 0:
-                raise ValueError(
-                    f"request {index} (prompt id {request.prompt_id!r}) asks for "
-                    f"{request.count} rollouts"
-                )
-            if request.prompt_id not in prompt_token_ids:
-                raise KeyError(
-                    f"no prompt token ids for prompt id {request.prompt_id!r} (request {index})"
-                )
-            ids = prompt_token_ids[request.prompt_id]
-            if request.prompt_id not in checked:
-                if len(ids) == 0:
-                    raise ValueError(f"prompt id {request.prompt_id!r} has no token ids")
-                if min(ids) < 0 or max(ids) >= self._vocab_size:
-                    raise ValueError(
-                        f"prompt id {request.prompt_id!r} has token ids outside the model's "
-                        f"vocabulary [0, {self._vocab_size})"
-                    )
-                checked.add(request.prompt_id)
-            prompts.append(list(ids))
-        return prompts
 
     def _chunks(
         self,

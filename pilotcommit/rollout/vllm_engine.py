@@ -74,6 +74,7 @@ from pilotcommit.rollout.protocol import (
     GenerationStats,
     SamplingParams,
     derive_seed,
+    validated_prompts,
 )
 from pilotcommit.types import RequestResult, Rollout, RolloutRequest
 
@@ -452,7 +453,7 @@ class VLLMEngine:
         """``request.count`` completions per request, in request order (protocol contract)."""
         start = time.perf_counter()
         self._memory = {}
-        prompts = _validated_prompts(requests, prompt_token_ids)
+        prompts = validated_prompts(requests, prompt_token_ids)
         assignment = assign_requests_to_replicas([r.count for r in requests], self.num_replicas)
         mine = [i for i, r in enumerate(requests) if assignment[i] == self.replica and r.count > 0]
         local: dict[int, RequestResult] = {}
@@ -570,26 +571,6 @@ class VLLMEngine:
             for index, result in (part or {}).items():
                 merged.setdefault(index, result)
         return merged
-
-
-def _validated_prompts(
-    requests: Sequence[RolloutRequest], prompt_token_ids: Mapping[str, list[int]]
-) -> list[list[int]]:
-    prompts = []
-    for index, request in enumerate(requests):
-        if request.count < 0:
-            raise ValueError(
-                f"request {index} (prompt id {request.prompt_id!r}) asks for {request.count} rollouts"
-            )
-        if request.prompt_id not in prompt_token_ids:
-            raise KeyError(
-                f"no prompt token ids for prompt id {request.prompt_id!r} (request {index})"
-            )
-        ids = [int(t) for t in prompt_token_ids[request.prompt_id]]
-        if not ids:
-            raise ValueError(f"prompt id {request.prompt_id!r} has no token ids")
-        prompts.append(ids)
-    return prompts
 
 
 def _parallel_layout(tensor_parallel_size: int) -> tuple[int, int, str | None]:
