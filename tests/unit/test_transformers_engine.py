@@ -22,12 +22,8 @@ from pilotcommit.rollout.protocol import (
     SamplingParams,
     validated_prompts,
 )
-from pilotcommit.rollout.transformers_engine import (
-    TransformersEngine,
-    inverse_cdf_sample,
-    left_pad,
-    sample_next_tokens,
-)
+from pilotcommit.rollout.sampling import inverse_cdf_sample, left_pad, sample_next_tokens
+from pilotcommit.rollout.transformers_engine import TransformersEngine
 from pilotcommit.types import RequestResult, RolloutKind, RolloutRequest
 
 PROBLEMS = {
