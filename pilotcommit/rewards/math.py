@@ -24,8 +24,9 @@ The bound. Steps 1-4 are linear scans with length caps, and step 5 gets only the
 that is left of ``timeout_s``, so the whole call is bounded by ``timeout_s`` plus, on the
 first call of a process or the first after a kill, the worker's start-up (about a
 second; a missing math-verify installation raises ``RuntimeError`` there, because an
-environment fault must not look like a wrong answer). An exception in steps 1-4 on odd
-output scores 0.0 instead of crashing a training run.
+environment fault must not look like a wrong answer). An exception in steps 1, 3 or 4
+(which see the model's answer) scores 0.0 instead of crashing a training run; a reference
+with no answer raises ``ValueError``.
 
 Departures from the paper's reward: the two extraction fallbacks in step 1
 (the reference scores only boxed answers); the 0/1 scale (the reference uses
