@@ -31,12 +31,12 @@ require(__file__, "math_verify", "pandas", "pilotcommit")
 
 from pilotcommit.data.loaders import load_prompt_table  # noqa: E402
 from pilotcommit.data.specs import read_dataset_specs  # noqa: E402
-from pilotcommit.rewards.math import (  # noqa: E402
-    math_reward,
+from pilotcommit.rewards.math import math_reward  # noqa: E402
+from pilotcommit.rewards.math_answer import (  # noqa: E402
     normalise_ground_truth,
     normalise_latex_string,
-    start_math_verifier,
 )
+from pilotcommit.rewards.math_verifier import start_math_verifier  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SPECS = REPO_ROOT / "conf" / "data" / "benchmarks-shipped.yaml"

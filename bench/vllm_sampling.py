@@ -37,7 +37,7 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 from engine_throughput import NUM_PROMPTS, ROLLOUTS_PER_PROMPT, problems, tiny_model  # noqa: E402
 
 from pilotcommit.models.tokenizer import build_char_tokenizer  # noqa: E402
-from pilotcommit.rollout.vllm_engine import request_seed  # noqa: E402
+from pilotcommit.rollout.vllm_convert import request_seed  # noqa: E402
 
 
 def time_variant(llm, prompts, *, max_tokens: int, seeded: bool, flat: bool, calls: int) -> tuple[list[float], int]:

@@ -5,7 +5,8 @@ applies one to the engine's rollouts in place (accuracy and shaped reward).
 """
 
 from pilotcommit.rewards.arith import arith_reward, is_canonical_integer
-from pilotcommit.rewards.math import math_reward, math_verifier_timeouts
+from pilotcommit.rewards.math import math_reward
+from pilotcommit.rewards.math_verifier import math_verifier_timeouts
 from pilotcommit.rewards.scoring import RewardFn, overlong_penalty, score_rollouts
 
 REWARDS: dict[str, RewardFn] = {
