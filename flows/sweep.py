@@ -16,7 +16,6 @@ same runs directory and tracking store (paths are passed on).
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from prefect import flow
@@ -27,6 +26,7 @@ from pilotcommit import tracking
 from pilotcommit.analysis.publish import SweepReport, log_cell_probe
 from pilotcommit.analysis.summary import ComparisonSummary
 from pilotcommit.config import cell_config, cell_configs, load_sweep_config
+from pilotcommit.services.prefect import wait_for_flow_runs
 from pilotcommit.stages.context import make_context
 from pilotcommit.stages.table import sweep_key
 
@@ -56,27 +56,6 @@ def sweep_model_flow(sweep_config: str, model_index: int, parent_run_id: str, pa
     return {"model": cfg.model.label, "cell": cfg.cell_label, "runs": [r.to_dict() for r in runs]}
 
 
-def _wait_for_flow_runs(flow_run_ids: list, timeout_s: float, poll_s: float = 5.0) -> dict[str, str]:
-    """Poll until every flow run is final; ``{id: state name}``."""
-    from prefect.client.orchestration import get_client
-
-    deadline = time.monotonic() + timeout_s
-    states: dict[str, str] = {}
-    with get_client(sync_client=True) as client:
-        pending = list(flow_run_ids)
-        while pending:
-            for run_id in list(pending):
-                run = client.read_flow_run(run_id)
-                if run.state is not None and run.state.is_final():
-                    states[str(run_id)] = run.state.name
-                    pending.remove(run_id)
-            if pending:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"sweep: cells {pending} not finished after {timeout_s:.0f} s")
-                time.sleep(poll_s)
-    return states
-
-
 def _run_cells(sweep, configs, cell_parameters: list[dict], dispatch: str, cell_timeout_s: float) -> dict[str, str]:
     """Every cell, by ``dispatch``; ``{cell: why}`` of the cells that failed."""
     log = tasks.run_logger()
@@ -87,7 +66,7 @@ def _run_cells(sweep, configs, cell_parameters: list[dict], dispatch: str, cell_
         for config, fr in zip(configs, flow_runs):
             log.info("sweep %s: model %s handed to %s as flow run %s", sweep.name, config.cell_label,
                      sweep.cell_deployment, fr.id)
-        states = _wait_for_flow_runs([fr.id for fr in flow_runs], cell_timeout_s)
+        states = wait_for_flow_runs([fr.id for fr in flow_runs], cell_timeout_s)
         return {c.cell_label: states[str(fr.id)] for c, fr in zip(configs, flow_runs) if states[str(fr.id)] != "Completed"}
     # a failed cell does not stop the others: their runs are what a rerun would redo otherwise;
     # the sweep reports what finished, then fails naming the failed cells

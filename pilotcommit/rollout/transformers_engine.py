@@ -56,7 +56,6 @@ from pilotcommit.rollout.protocol import (
 from pilotcommit.rollout.sampling import left_pad, sample_next_tokens
 from pilotcommit.types import RequestResult, Rollout, RolloutRequest
 
-
 # --------------------------------------------------------------------------- engine
 
 

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -257,3 +258,25 @@ def deploy_all(home: Path, api_url: str, project_dir: Path, extra_env: Mapping[s
     """``prefect deploy --all`` with the project's ``prefect.yaml``; returns its output."""
     done = prefect_cli(["deploy", "--all"], home, api_url, cwd=project_dir, timeout_s=600, extra_env=extra_env)
     return done.stdout
+
+
+def wait_for_flow_runs(flow_run_ids: list, timeout_s: float, poll_s: float = 5.0) -> dict[str, str]:
+    """Poll the Prefect API until every flow run (a sweep's cells handed to a deployment) is final;
+    ``{id: state name}``."""
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + timeout_s
+    states: dict[str, str] = {}
+    with get_client(sync_client=True) as client:
+        pending = list(flow_run_ids)
+        while pending:
+            for run_id in list(pending):
+                run = client.read_flow_run(run_id)
+                if run.state is not None and run.state.is_final():
+                    states[str(run_id)] = run.state.name
+                    pending.remove(run_id)
+            if pending:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"sweep: cells {pending} not finished after {timeout_s:.0f} s")
+                time.sleep(poll_s)
+    return states
