@@ -23,7 +23,7 @@ from pilotcommit.runner.outcomes import CompareOutcome, TrainedRun
 from pilotcommit.runner.processes import RunWindow, auto_parallel_runs
 from pilotcommit.runner.progress import ProbeProgress, emit
 from pilotcommit.runner.training import TrainOutput, TrainRequest
-from pilotcommit.stages.context import Context, open_experiment, preflight
+from pilotcommit.stages.context import Context, open_experiment
 from pilotcommit.stages.table import (
     STAGES,
     UpstreamKeys,
@@ -77,10 +77,9 @@ def prepare_stages(ctx: Context, cfg: ExperimentConfig, refresh: bool = False) -
 def train_cells(ctx: Context, cfg: ExperimentConfig, parent_run_id: str, parent_key: str, refresh: bool = False,
                 parallel_runs: int | None = None) -> tuple[list[TrainedRun], dict | None]:
     """Prepare data, build the initial policy, probe (``cfg.probe``), and train every method x
-    seed of ``cfg`` as child runs of ``parent_run_id``, ``parallel_runs`` at once (default: one
+    seed of ``cfg`` (preflight-checked by the caller) as child runs of ``parent_run_id``, ``parallel_runs`` at once (default: one
     per ``torch_threads`` cores on a CPU machine, one on a GPU machine), each in its own process
     when more than one. Returns the runs and the probe's result (None when not configured)."""
-    preflight(cfg, f"experiment {cfg.name}")  # before any data or model is loaded
     keys, prepared, policy = prepare_stages(ctx, cfg, refresh)
     probe = None
     if cfg.probe.prompts:  # printed before any training (docs/regimes.md)

@@ -27,7 +27,7 @@ from pilotcommit.analysis.publish import SweepReport, log_cell_probe
 from pilotcommit.analysis.summary import ComparisonSummary
 from pilotcommit.config import cell_config, cell_configs, load_sweep_config
 from pilotcommit.services.prefect import wait_for_flow_runs
-from pilotcommit.stages.context import make_context
+from pilotcommit.stages.context import make_context, preflight
 from pilotcommit.stages.table import sweep_key
 
 DISPATCH_MODES = ("subflow", "deployment")
@@ -43,6 +43,8 @@ def sweep_model_flow(sweep_config: str, model_index: int, parent_run_id: str, pa
     ``methods``: these of the experiment's methods only)."""
     sweep = load_sweep_config(sweep_config, methods=methods)
     cfg = cell_config(sweep, model_index, list(overrides or []))
+    # before the tracking store, the data or the model: a too-small worker fails in seconds
+    preflight(cfg, f"sweep {sweep.name}, cell models[{model_index}]")
     ctx = make_context(sweep.name, runs_dir, tracking_uri)
     tasks.run_logger().info("sweep %s, model %s: %s x seeds %s, MLflow parent run %s", sweep.name,
                             cfg.cell_label, ", ".join(cfg.methods), cfg.seeds, parent_run_id)

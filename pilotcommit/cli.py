@@ -105,15 +105,17 @@ def _check_store(runs_dir: Path | None, uri: str | None) -> str:
     return resolved
 
 
-def _connect_prefect(runs_dir: Path | None) -> None:
-    """Point this command's flows at a running Prefect server, or an ephemeral one whose run
-    history lives in ``<runs>/prefect`` (services.choose_prefect), and say which in one line."""
+def _connect_prefect(runs_dir: Path | None) -> str | None:
+    """Point this command's flows at a running Prefect server, or an ephemeral one with its run
+    history in ``<runs>/prefect`` (services.choose_prefect); say which; the URL (None: ephemeral)."""
     from pilotcommit import services
 
     try:
-        console.print(services.choose_prefect(_runs_root(runs_dir)).line)
+        choice = services.choose_prefect(_runs_root(runs_dir))
     except services.PrefectDatabaseError as err:
         _fail(str(err), EXIT_SERVICE)
+    console.print(choice.line)
+    return choice.url
 
 
 def _interrupt(signum, frame) -> None:
@@ -314,11 +316,11 @@ def study(
     uri = _check_store(runs_dir, tracking_uri)
     try:
         report = study_of_sweeps(tracking.mlflow_client(uri), sweep_cfg, list(run_id or []), _runs_root(runs_dir),
-                                 candidate=candidate, resamples=resamples, out=out, log=log)
+                                 candidate=candidate, resamples=resamples, out=out, log=log, where=str(config))
     except ConfigError as err:
         _fail(str(err), EXIT_CONFIG)
-    except LookupError as err:
-        _fail(f"{err.args[0]} (`pilotcommit sweep --config {config}`)", EXIT_FAILED)
+    except LookupError:
+        _fail(f"no finished sweep {sweep_cfg.name!r} in {uri}; run `pilotcommit sweep --config {config}` first", EXIT_FAILED)
     except StudyMergeError as err:
         _fail(f"cannot report these sweeps together: {err}", EXIT_FAILED)
     except MlflowException as err:

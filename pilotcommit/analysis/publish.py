@@ -233,7 +233,7 @@ class StudyReport:
 
 
 def study_of_sweeps(client, sweep_cfg, run_ids: Sequence[str], runs_root: Path, *, candidate: str,
-                    resamples: int, out: Path | None = None, log: bool = False) -> StudyReport:
+                    resamples: int, out: Path | None = None, log: bool = False, where: str = "") -> StudyReport:
     """The study report of sweep ``sweep_cfg``: of the parent runs ``run_ids`` merged (their
     shared runs checked identical), else of its latest finished sweep; written under ``out``
     (default ``<runs>/<sweep>/reports/<run ids>/study[-<candidate>][-merged]``) and, with
@@ -244,7 +244,7 @@ def study_of_sweeps(client, sweep_cfg, run_ids: Sequence[str], runs_root: Path, 
 
     cells_cfg = cell_configs(sweep_cfg, [])
     if candidate not in cells_cfg[0].methods:
-        raise ConfigError(f"--candidate {candidate!r}: not a method of sweep {sweep_cfg.name} "
+        raise ConfigError(f"--candidate {candidate!r}: not a method of {where or 'sweep ' + sweep_cfg.name} "
                           f"(have {', '.join(cells_cfg[0].methods)})")
     latest = not run_ids
     run_ids = list(dict.fromkeys(run_ids)) or [resolve_parent_run(client, sweep_cfg.name, sweep_cfg.name, kind="sweep")]

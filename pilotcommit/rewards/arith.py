@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import re
 
-from pilotcommit.rewards.math import extract_last_boxed, has_box_macro
+from pilotcommit.rewards.math_answer import extract_last_boxed, has_box_macro
 
 # [0-9], not \d: \d also matches non-ASCII digits such as "٣"
 _CANONICAL_INTEGER = re.compile(r"0|-?[1-9][0-9]*")

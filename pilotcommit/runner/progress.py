@@ -21,7 +21,7 @@ import math
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -108,12 +108,6 @@ class AllocationTally:
             text += f", buffer {self.latest['alloc/buffer_size']:.0f}"
         return text
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> AllocationTally:
-        return cls(int(data["steps"]), dict(data["sums"]), dict(data["latest"]))
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file as safetensors_load
 
 from pilotcommit.config import load_experiment_config
+from pilotcommit.runner.progress import StepProgress, progress_sink
 from tests.conftest import SMOKE_CONFIG
 
 SMOKE_METHODS = sorted(load_experiment_config(SMOKE_CONFIG).methods)  # all five allocation methods
@@ -270,14 +271,13 @@ class _CrashOnce:
         self.failed = False
         self.after_failure: list[int] = []
 
-    def __call__(self, event: dict) -> None:
-        if event.get("stage") != "train" or event.get("method") != self.method or "step" not in event:
+    def __call__(self, event) -> None:
+        # only the end-of-step event: the per-evaluation report comes before the step's checkpoint
+        if not isinstance(event, StepProgress) or event.run.method != self.method:
             return
-        if event.get("event") == "evaluation":  # the per-evaluation report comes before the step's
-            return  # checkpoint; only the end-of-step event follows it
         if self.failed:
-            self.after_failure.append(event["step"])
-        elif event["step"] == self.step:
+            self.after_failure.append(event.step)
+        elif event.step == self.step:
             self.failed = True
             raise RuntimeError(f"injected failure after step {self.step}")
 
@@ -294,16 +294,12 @@ def test_prefect_retry_resumes_from_checkpoint(prefect_home, tmp_path):
     The retry resumes: the only step it trains is step 3; MLflow holds every training metric at
     steps 1, 2, 3 exactly once (the first attempt's steps up to the checkpoint are not logged
     again); the result equals an uninterrupted run."""
-    from flows import stages
     from flows.compare import compare_flow
 
     overrides = ["budget.max_steps=3"]
     crash = _CrashOnce("pilot_commit", step=2)
-    stages.set_progress_sink(crash)
-    try:
+    with progress_sink(crash):
         out = compare_flow(config_path=str(SMOKE_CONFIG), overrides=overrides, runs_dir=str(tmp_path / "a"))
-    finally:
-        stages.set_progress_sink(None)
     assert crash.failed
     # Resumed past the step-2 checkpoint; a restart would report steps 1 and 2 again. (The
     # failure terminates the training child; if it finished step 3 before the signal landed,
@@ -331,7 +327,6 @@ def test_refresh_whose_first_attempt_fails_continues_the_new_run(prefect_home, t
     The retry must continue the *new* run (from its step-1 checkpoint: it trains steps 2 and 3)
     and never hand back the previous run's result: the new MLflow run holds every step, its
     result.json and final policy are the new run's."""
-    from flows import stages
     from flows.compare import compare_flow
 
     runs_dir = str(tmp_path / "runs")
@@ -342,11 +337,8 @@ def test_refresh_whose_first_attempt_fails_continues_the_new_run(prefect_home, t
     old_mtime = old_result.stat().st_mtime_ns
 
     crash = _CrashOnce("pilot_commit", step=1)
-    stages.set_progress_sink(crash)
-    try:
+    with progress_sink(crash):
         new = compare_flow(config_path=str(SMOKE_CONFIG), overrides=overrides, runs_dir=runs_dir, refresh=True)
-    finally:
-        stages.set_progress_sink(None)
     assert crash.failed
     # the retry continued the new attempt from its checkpoint (a later one if the training child
     # got further before it was terminated), never from scratch
@@ -486,16 +478,16 @@ def test_evaluate_flow_on_a_trained_checkpoint(first_compare, runs_dir):
 def test_a_code_change_retrains_into_new_directories(first_compare, runs_dir, monkeypatch):
     """New code (another source hash) must not resume or reuse the runs of the old code."""
     from flows.compare import compare_flow
-    from pilotcommit import tracking
+    from pilotcommit.tracking import provenance
 
     out, _ = first_compare
-    monkeypatch.setattr(tracking, "source_hash", lambda *args: "0" * 16)
-    tracking.code_version.cache_clear()
+    monkeypatch.setattr(provenance, "source_hash", lambda *args: "0" * 16)
+    provenance.code_version.cache_clear()
     try:
         changed = compare_flow(config_path=str(SMOKE_CONFIG), runs_dir=str(runs_dir))
     finally:
         monkeypatch.undo()
-        tracking.code_version.cache_clear()
+        provenance.code_version.cache_clear()
     assert changed["parent_run_id"] != out["parent_run_id"]
     old_dirs = {r["run_dir"] for r in out["runs"]}
     assert not old_dirs & {r["run_dir"] for r in changed["runs"]}

@@ -87,7 +87,7 @@ def test_probe_cli_prints_the_prediction_and_logs_an_mlflow_run(tmp_path):
 
 def test_measured_informative_group_rates_from_a_real_mlflow_store(tmp_path):
     from pilotcommit import tracking
-    from pilotcommit.report import informative_group_rates
+    from pilotcommit.analysis.reads import informative_group_rates
 
     client = tracking.mlflow_client(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = tracking.ensure_experiment(client, "rates", str(tmp_path / "artifacts"))
