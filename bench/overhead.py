@@ -274,6 +274,9 @@ def cached_compare_both_ways(config_path: Path, overrides: list[str], runs_dir: 
 
 
 def timed_command(cmd: list[str], repeats: int = 3, env: dict | None = None) -> float:
+    """The median wall seconds of ``repeats`` runs of ``cmd``; nan for 0 runs (not measured)."""
+    if repeats == 0:
+        return float("nan")
     walls = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -387,7 +390,7 @@ def main() -> None:
         "--repeats",
         type=int,
         default=3,
-        help="runs of each start-up piece (item 5), the median is reported",
+        help="runs of each start-up piece (item 5), the median is reported; 0 skips them (nan)",
     )
     args = parser.parse_args()
 

@@ -65,9 +65,9 @@ ParallelOpt = Annotated[int | None, typer.Option(
 
 
 def _fail(message: str, code: int) -> None:
-    from rich.markup import escape  # a message holds install commands such as 'pilotcommit[vllm]'
+    from rich.markup import escape  # messages hold paths and commands ('pilotcommit[vllm]'): unwrapped
 
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -439,7 +439,7 @@ def serve(
     try:
         local.serve_until_stopped()  # Ctrl-C, SIGTERM, or a service that exits
     except services.ServiceError as err:
-        err_console.print(f"[bold red]error:[/] {err}")
+        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
     finally:
         with console.status("stopping"):
             local.stop()

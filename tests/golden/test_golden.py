@@ -139,7 +139,16 @@ def checkpoint_bytes(a, tmp: Path) -> dict[str, str]:
     import torch
 
     from pilotcommit.allocation.buffer import BufferEntry
-    from pilotcommit.types import EvalRecord, Group, LoopState, RequestResult, Rollout, RolloutKind, RolloutRequest, TrainBatch
+    from pilotcommit.types import (
+        EvalRecord,
+        Group,
+        LoopState,
+        RequestResult,
+        Rollout,
+        RolloutKind,
+        RolloutRequest,
+        TrainBatch,
+    )
 
     rollouts = [Rollout(f"p{i}", RolloutKind.PILOT if i % 2 else RolloutKind.COMMIT, [1, 2, 3], [4, 5 + i],
                         [-0.5, -0.25 * i], f"{i}", "stop", reward=float(i % 2), correct=float(i % 2), policy_step=i)

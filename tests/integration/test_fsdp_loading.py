@@ -84,7 +84,7 @@ def test_rank_zero_loads_and_every_rank_gets_the_same_weights(tmp_path):
     with torch.no_grad():
         expected_logits = reference(input_ids=torch.tensor(INPUT_IDS)).logits
     mp.start_processes(_worker, args=(_free_port(), str(policy_dir), str(tmp_path)), nprocs=WORLD_SIZE,
-                       start_method="fork", join=True)
+                       start_method="spawn", join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD_SIZE)]
 
     saved = load_file(policy_dir / "model.safetensors")

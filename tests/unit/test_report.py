@@ -8,11 +8,11 @@ import math
 
 import pytest
 
+from pilotcommit.analysis.regression import RegressionTolerance, check_regression
+from pilotcommit.analysis.render import render_summary, summary_text
+from pilotcommit.analysis.summary import RunHistory, accuracy_band, summarize_comparison
 from pilotcommit.config import TargetConfig
 from pilotcommit.evaluation import EvalRecord
-from pilotcommit.analysis.regression import RegressionTolerance, check_regression
-from pilotcommit.analysis.summary import RunHistory, accuracy_band, summarize_comparison
-from pilotcommit.analysis.render import render_summary, summary_text
 
 ACC = "eval/average_accuracy"
 

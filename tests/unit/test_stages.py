@@ -11,8 +11,6 @@ import pytest
 from pilotcommit.stages import materialise, table
 
 
-
-
 def build_into(content: str, calls: list):
     def build(tmp: Path) -> dict:
         calls.append(tmp)

@@ -7,9 +7,9 @@ import math
 import pytest
 
 from pilotcommit.analysis import stats
+from pilotcommit.analysis.summary import RunHistory
 from pilotcommit.config import TargetConfig
 from pilotcommit.evaluation import AVERAGE_ACCURACY, EvalRecord
-from pilotcommit.analysis.summary import RunHistory
 
 
 def _history(points: list[tuple[int, float]]) -> list[EvalRecord]:

@@ -8,9 +8,9 @@ import math
 import pytest
 
 from pilotcommit.analysis import figures, render, study
+from pilotcommit.analysis.summary import RunHistory, summarize_comparison
 from pilotcommit.config import TargetConfig
 from pilotcommit.evaluation import AVERAGE_ACCURACY, EvalRecord
-from pilotcommit.analysis.summary import RunHistory, summarize_comparison
 
 
 def _history(points):

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import copy_stages
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BENCH = REPO_ROOT / "bench"
 SCRIPTS = sorted(p.name for p in BENCH.glob("*.py") if not p.name.startswith("_"))
@@ -37,10 +39,9 @@ def installed(module: str) -> bool:
 
 # the smoke experiment's GRPO alone (the reference method of its target): one run to train
 GRPO_ONLY = "methods=" + json.dumps({"grpo": {"name": "grpo", "n": 4, "train_batch_size": 4}})
-# its three core methods, the candidate and both baselines of the speed-up tables
-CORE_METHODS = "methods=" + json.dumps({
+# the candidate and one baseline: a speed-up table with one row
+GRPO_AND_PC = "methods=" + json.dumps({
     "grpo": {"name": "grpo", "n": 4, "train_batch_size": 4},
-    "dapo": {"name": "dapo", "n": 4, "train_batch_size": 4, "gen_batch_size": 12, "max_num_gen_batches": 20},
     "pilot_commit": {"name": "pilot_commit", "n_pilot": 2, "n_commit": 2, "train_batch_size": 4,
                      "gen_batch_size": 12, "max_num_gen_batches": 20, "p_low": 0.125, "p_high": 0.25},
 })
@@ -55,6 +56,9 @@ class Smoke:
     args: tuple[str, ...]
     header: str
     needs: tuple[str, ...] = ()
+    # ``{tmp}/runs`` starts with the smoke config's data and initial policy (tests/conftest.py,
+    # ``smoke_stages``): the script finds them cached instead of warming up again
+    cached_stages: bool = False
 
 
 SMOKE = {
@@ -71,18 +75,20 @@ SMOKE = {
     "learner_memory.py": Smoke(("--prompt", "4", "--completion", "8", "--hidden", "64", "--vocab", "1024",
                                 "--repeats", "1", "--threads", "1"),
                                "| side | peak above inputs (GiB) | of which gradients |"),
+    # --repeats 0: not the start-up pieces (imports and servers the other tests start anyway)
     "overhead.py": Smoke(("--config", SMOKE_CONFIG, "--set", "seeds=[0]", "--set", GRPO_ONLY, "--set", "probe.prompts=0",
-                          "--runs-dir", "{tmp}/runs", "--repeats", "1"),
-                         "| quantity | value |"),
+                          "--runs-dir", "{tmp}/runs", "--repeats", "0"),
+                         "| quantity | value |", cached_stages=True),
     "prefect_logging.py": Smoke(("--events", "5"), "| event | cost |"),
     "reward_coverage.py": Smoke(("--sets", "aime24"), "| set | n | gold=1 | other=0 |"),
-    "sample_efficiency.py": Smoke(("--config", SMOKE_CONFIG, "--seeds", "0", "--set", CORE_METHODS,
+    "sample_efficiency.py": Smoke(("--config", SMOKE_CONFIG, "--seeds", "0", "--set", GRPO_AND_PC,
                                    "--set", "probe.prompts=0", "--bootstrap", "10", "--fractions", "0.5",
                                    "--budgets", "16", "--runs-dir", "{tmp}/runs"),
-                                  "| method | rollouts to target (mean ± std) | reached |"),
+                                  "| method | rollouts to target (mean ± std) | reached |", cached_stages=True),
     "throughput.py": Smoke(("--config", SMOKE_CONFIG, "--sides", "ours", "ours-all", *TRL_SIDE, "--steps", "1",
                             "--warmup", "0", "--rounds", "1", "--threads", "1", "--cache-dir", "{tmp}"),
                            "| metric | ours | ours-all"),
+    # runs in .ci/run's vLLM environment (marked vllm below)
     "vllm_sampling.py": Smoke(("--calls", "1", "--max-new-tokens", "2"), "| new tokens | seeds | logprobs |",
                               needs=("vllm",)),
 }
@@ -103,12 +109,15 @@ def script_env(tmp: Path) -> dict[str, str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script", SCRIPTS)
-def test_bench_script_runs_at_its_smallest_size(script, tmp_path):
+@pytest.mark.parametrize("script", [pytest.param(s, marks=pytest.mark.vllm) if "vllm" in SMOKE[s].needs else s
+                                    for s in SCRIPTS])
+def test_bench_script_runs_at_its_smallest_size(script, tmp_path, request):
     smoke = SMOKE[script]
     missing = [m for m in smoke.needs if not installed(m)]
     if missing:
         pytest.skip(f"bench/{script} needs {', '.join(missing)}, which is not installed")
+    if smoke.cached_stages:
+        copy_stages(request.getfixturevalue("smoke_stages"), tmp_path / "runs")
     args = [a.replace("{tmp}", str(tmp_path)) for a in smoke.args]
     started = time.perf_counter()
     done = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True,
