@@ -102,6 +102,7 @@ def _worker(rank: int, port: int, out_dir: str, learner_config: LearnerConfig = 
 
     from pilotcommit.learner.distributed import (
         DistributedLearner,
+        exit_distributed,
         full_model_state_dict,
         init_distributed,
         load_full_model_state_dict,
@@ -144,8 +145,13 @@ def _worker(rank: int, port: int, out_dir: str, learner_config: LearnerConfig = 
             )
         else:
             assert weights == {}  # full state dicts are gathered on rank 0 only
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    # as a torchrun worker ends (pilotcommit.learner.distributed.exit_distributed): a normal
+    # interpreter exit can abort in gloo's threads after all the work is written
+    # ("terminate called without an active exception", SIGABRT, seen here under load)
+    exit_distributed(0)
 
 
 def _free_port() -> int:
