@@ -24,10 +24,10 @@ from _requires import require  # noqa: E402
 require(__file__, "torch", "pilotcommit")
 
 import torch  # noqa: E402
+from _common import print_environment, print_table  # noqa: E402
 
 from pilotcommit.config import demo_config_path, load_experiment_config  # noqa: E402
 from pilotcommit.data.synthetic import content_hash, generate_arith_splits  # noqa: E402
-from pilotcommit.fingerprint import machine_fingerprint  # noqa: E402
 from pilotcommit.models.tiny import build_tiny_model  # noqa: E402
 from pilotcommit.models.tokenizer import build_char_tokenizer  # noqa: E402
 from pilotcommit.models.warm_start import train_warm_start  # noqa: E402
@@ -49,17 +49,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cfg = load_experiment_config(demo_config_path())
     train_df, test_df = generate_arith_splits(cfg.data.to_spec())
-    machine = machine_fingerprint()
-    print(f"cpu {machine['cpu_model']} | torch kernels {machine['torch_cpu_capability']} | "
-          f"threads {machine['torch_threads']} | torch {machine['torch']}")
-    print(f"data train {content_hash(train_df)[:16]} test {content_hash(test_df)[:16]}")
+    rows = [("data: train", content_hash(train_df)[:16], ""), ("data: test", content_hash(test_df)[:16], "")]
     tokenizer = build_char_tokenizer()
     warm = cfg.model.warm_start.model_copy(update={"steps": args.steps})
     model = build_tiny_model(cfg.model, tokenizer, seed=warm.seed)
-    print(f"initial weights {weights_hash(model)}")
+    rows.append(("initial weights", weights_hash(model), ""))
     train_df["level"] = train_df["level"].astype(int)
     losses = train_warm_start(model, tokenizer, train_df, warm)
-    print(f"after {args.steps} warm-start steps {weights_hash(model)} (loss {losses[-1]:.10f})")
+    rows.append((f"weights after {args.steps} warm-start steps", weights_hash(model), f"{losses[-1]:.10f}"))
+    print_table(("what", "SHA-256 (first 16 hex)", "loss"), rows)
+    print_environment()
 
 
 if __name__ == "__main__":

@@ -44,7 +44,8 @@ from _requires import require  # noqa: E402
 require(__file__, "torch", "transformers", "pilotcommit")
 
 import torch  # noqa: E402
-from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
+from _common import DEMO_SHAPE, load_average, print_environment, print_table, qwen2_model  # noqa: E402
+from transformers import Qwen2ForCausalLM  # noqa: E402
 
 from pilotcommit.models.tokenizer import build_char_tokenizer  # noqa: E402
 from pilotcommit.rollout.protocol import SamplingParams  # noqa: E402
@@ -56,22 +57,16 @@ PROMPT_POSITIONS = 16  # the longest prompt below is 11 tokens (BOS + 10 charact
 
 
 def tiny_model(tokenizer, eos_bias: float, max_new_tokens: int = MAX_NEW_TOKENS) -> Qwen2ForCausalLM:
-    config = Qwen2Config(
+    model = qwen2_model(
+        DEMO_SHAPE,
         vocab_size=len(tokenizer),
-        hidden_size=128,
-        intermediate_size=512,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=4,
         max_position_embeddings=max(64, PROMPT_POSITIONS + max_new_tokens),
         tie_word_embeddings=True,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = Qwen2ForCausalLM(config).eval()
+    ).eval()
+    config = model.config
     if eos_bias:
         # an output bias on EOS (keeps the tied weights, adds one vector)
         head = torch.nn.Linear(config.hidden_size, config.vocab_size, bias=True)
@@ -119,12 +114,12 @@ def time_engine(model, tokenizer, calls: int, compact_fraction: float, max_new_t
 
 def time_vllm(model, tokenizer, calls: int, max_new_tokens: int):
     """The same weights through VLLMEngine.from_config (saved to disk: vLLM loads a directory)."""
-    from pilotcommit.config import load_experiment_config
+    from pilotcommit.config import demo_config_path, load_experiment_config
     from pilotcommit.models.loading import load_policy
     from pilotcommit.rollout.vllm_engine import VLLMEngine
 
     cfg = load_experiment_config(
-        "conf/experiment/demo.yaml",
+        demo_config_path(),
         overrides=[
             "rollout.engine=vllm",
             f"rollout.max_new_tokens={max_new_tokens}",
@@ -186,21 +181,22 @@ def time_hf_generate(model, tokenizer, calls: int) -> tuple[list[float], list[in
     return walls, cpus, tokens
 
 
+COLUMNS = ("engine", "new tokens", "eos bias", "tokens/rollout", "wall ms (median)", "wall ms (min)", "rollouts/s",
+           "tokens/s", "CPU s/call (median)")
+
+
 def report(
-    name: str, eos_bias: float, walls: list[float], cpus: list[float], tokens: list[int],
+    rows: list[tuple], name: str, eos_bias: float, walls: list[float], cpus: list[float], tokens: list[int],
     max_new_tokens: int = MAX_NEW_TOKENS,
 ) -> float:
-    """Print one row; return generated tokens/s (median call)."""
+    """Add one row of :data:`COLUMNS` to ``rows``; return generated tokens/s (median call)."""
     rollouts = NUM_PROMPTS * ROLLOUTS_PER_PROMPT
     median = statistics.median(walls)
     mean_tokens = statistics.mean(tokens)
-    print(
-        f"{name:<22} new={max_new_tokens:<4} eos_bias={eos_bias:<4} "
-        f"tokens/rollout {mean_tokens / rollouts:6.2f}  "
-        f"wall median {median * 1e3:7.1f} ms (min {min(walls) * 1e3:6.1f})  "
-        f"rollouts/s {rollouts / median:7.0f}  tokens/s {mean_tokens / median:7.0f}  "
-        f"cpu s/call median {statistics.median(cpus):5.3f}"
-    )
+    rows.append((name, max_new_tokens, eos_bias, f"{mean_tokens / rollouts:.2f}", f"{median * 1e3:.1f}",
+                 f"{min(walls) * 1e3:.1f}", f"{rollouts / median:,.0f}", f"{mean_tokens / median:,.0f}",
+                 f"{statistics.median(cpus):.3f}"))
+    print(f"  {name}, {max_new_tokens} new tokens, eos bias {eos_bias}: {median * 1e3:.1f} ms per call", flush=True)
     return mean_tokens / median
 
 
@@ -214,28 +210,32 @@ def main() -> None:
     parser.add_argument("--skip-vllm", action="store_true", help="do not time the vLLM engine")
     args = parser.parse_args()
     torch.set_num_threads(2)
+    load_before = load_average()
     tokenizer = build_char_tokenizer()
     with_vllm = not args.skip_vllm and importlib.util.find_spec("vllm") is not None
     if not with_vllm and not args.skip_vllm:
         print("vllm is not installed: the vLLM engine is not timed (README, 'The vLLM engine')")
-    ratios = []
+    ratios, rows = [], []
     for max_new_tokens in args.max_new_tokens:
         for eos_bias in args.eos_bias:
             model = tiny_model(tokenizer, eos_bias, max_new_tokens)
             for fraction in args.compact_fraction:
                 walls, cpus, tokens = time_engine(model, tokenizer, args.calls, fraction, max_new_tokens)
                 transformers_tps = report(
-                    f"transformers (compact {fraction})", eos_bias, walls, cpus, tokens, max_new_tokens
+                    rows, f"transformers (compact {fraction})", eos_bias, walls, cpus, tokens, max_new_tokens
                 )
             if not args.skip_hf and max_new_tokens == MAX_NEW_TOKENS:
                 walls, cpus, tokens = time_hf_generate(model, tokenizer, args.calls)
-                report("hf-generate", eos_bias, walls, cpus, tokens, max_new_tokens)
+                report(rows, "hf-generate", eos_bias, walls, cpus, tokens, max_new_tokens)
             if with_vllm and eos_bias == 0.0:
                 walls, cpus, tokens = time_vllm(model, tokenizer, args.calls, max_new_tokens)
-                vllm_tps = report("vllm", eos_bias, walls, cpus, tokens, max_new_tokens)
+                vllm_tps = report(rows, "vllm", eos_bias, walls, cpus, tokens, max_new_tokens)
                 ratios.append((max_new_tokens, vllm_tps / transformers_tps))
+    print_table(COLUMNS, rows, title=f"{NUM_PROMPTS} prompts x {ROLLOUTS_PER_PROMPT} rollouts per call, "
+                f"median and min of {args.calls} calls after one warm-up")
     for max_new_tokens, ratio in ratios:
         print(f"vllm / transformers generated tokens/s at {max_new_tokens} new tokens: {ratio:.2f}x")
+    print_environment(load_before)
 
 
 if __name__ == "__main__":

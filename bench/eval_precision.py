@@ -19,10 +19,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/_requires.py, also when loaded by path
 from _requires import require  # noqa: E402
 
-require(__file__, "torch", "transformers", "rich", "pilotcommit")
+require(__file__, "torch", "transformers", "pilotcommit")
 
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
+from _common import print_environment, print_table  # noqa: E402
 
 from pilotcommit.config import demo_config_path, load_experiment_config  # noqa: E402
 from pilotcommit.pipeline import build_initial_policy, evaluate_checkpoint, prepare_data  # noqa: E402
@@ -39,19 +38,18 @@ def main() -> None:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="eval-precision-"))
     prepared = prepare_data(cfg, work / "data")
     checkpoint = args.checkpoint or build_initial_policy(cfg, prepared, work / "policy")
-    table = Table(title=f"{cfg.name}: eval/average_accuracy of {checkpoint} over sampling seeds")
-    for column in ("eval seed", "mean@k", "greedy", "wall s"):
-        table.add_column(column, justify="right")
-    values = []
+    rows, values = [], []
     for seed in range(args.seeds):
         started = time.perf_counter()
         metrics = evaluate_checkpoint(cfg, checkpoint, prepared, seed=seed)
         values.append(metrics["eval/average_accuracy"])
-        table.add_row(str(seed), f"{values[-1]:.4f}", f"{metrics.get('eval/average_greedy_accuracy', float('nan')):.4f}",
-                      f"{time.perf_counter() - started:.1f}")
-    table.add_row("mean", f"{statistics.mean(values):.4f}", "", "")
-    table.add_row("std", f"{statistics.stdev(values):.4f}", "", "")
-    Console().print(table)
+        rows.append((seed, f"{values[-1]:.4f}", f"{metrics.get('eval/average_greedy_accuracy', float('nan')):.4f}",
+                     f"{time.perf_counter() - started:.1f}"))
+    rows.append(("mean", f"{statistics.mean(values):.4f}", "", ""))
+    rows.append(("std", f"{statistics.stdev(values):.4f}" if len(values) > 1 else "-", "", ""))
+    print_table(("eval seed", "mean@k", "greedy", "wall s"), rows,
+                title=f"{cfg.name}: eval/average_accuracy of {checkpoint} over sampling seeds")
+    print_environment()
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ not computed (no meaningful peak). Not a test: tests/unit/test_gpu_check.py runs
 from __future__ import annotations
 
 import argparse
-import resource
 import sys
 import time
 from pathlib import Path
@@ -42,24 +41,29 @@ from _requires import require  # noqa: E402
 require(__file__, "torch", "transformers", "pilotcommit")
 
 import torch  # noqa: E402
-from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
+from _common import (  # noqa: E402
+    GIB,
+    QWEN25_MATH_15B,
+    cuda_sync,
+    peak_rss_bytes,
+    print_environment,
+    print_table,
+    qwen2_model,
+)
+from transformers import Qwen2ForCausalLM  # noqa: E402
 
 from pilotcommit.config import LearnerConfig  # noqa: E402
 from pilotcommit.learner.update import Learner  # noqa: E402
 from pilotcommit.types import Group, Rollout, RolloutKind, TrainBatch  # noqa: E402
 
-GIB = 1024**3
-QWEN25_MATH_15B = dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
-                       num_key_value_heads=2, vocab_size=151_936, tie_word_embeddings=True,
-                       max_position_embeddings=16_384, rope_theta=10_000.0)
+PAPER_SHAPE = {**QWEN25_MATH_15B, "max_position_embeddings": 16_384}
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, vocab_size=512, tie_word_embeddings=True, max_position_embeddings=256)
 
 
 def build_model(shape: dict, device: torch.device, seed: int = 0) -> Qwen2ForCausalLM:
-    torch.manual_seed(seed)
-    config = Qwen2Config(**shape, bos_token_id=1, eos_token_id=2, pad_token_id=0, attn_implementation="sdpa")
-    return Qwen2ForCausalLM(config).to(device=device, dtype=torch.float32)
+    return qwen2_model(shape, seed=seed, device=device, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+                       attn_implementation="sdpa")
 
 
 def decode(model, batch: int, prompt: int, new: int, device: torch.device) -> dict:
@@ -72,10 +76,10 @@ def decode(model, batch: int, prompt: int, new: int, device: torch.device) -> di
                   pad_token_id=0)
     with torch.no_grad():
         sampler.generate(ids[:, :8], max_new_tokens=2, do_sample=True, pad_token_id=0)  # warm-up
-        _sync(device)
+        cuda_sync(device)
         started = time.perf_counter()
         sampler.generate(ids, **kwargs)
-        _sync(device)
+        cuda_sync(device)
     elapsed = time.perf_counter() - started
     weight_bytes = sum(p.numel() * p.element_size() for p in sampler.parameters())
     config = model.config
@@ -114,24 +118,19 @@ def learn(model, batch: TrainBatch, micro_batch: int, device: torch.device) -> d
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    _sync(device)
+    cuda_sync(device)
     started = time.perf_counter()
     metrics = learner.update(batch, seed=0)
-    _sync(device)
+    cuda_sync(device)
     elapsed = time.perf_counter() - started
     out = {"step_s": elapsed, "tokens": tokens, "trained_rows": metrics["learner/trained_sequences"]}
     if device.type == "cuda":
         out["peak_gib"] = torch.cuda.max_memory_allocated(device) / GIB
         out["reserved_unallocated_gib"] = (torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)) / GIB
     else:
-        out["peak_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB
+        out["peak_gib"] = peak_rss_bytes() / GIB
         out["reserved_unallocated_gib"] = float("nan")
     return out
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -151,7 +150,8 @@ def main(argv: list[str] | None = None) -> dict:
         args.decode_batch, args.decode_prompt, args.decode_new = 4, 8, 8
         args.prompt, args.completion, args.learner_rows = 16, 32, 4
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
-    model = build_model(TINY if args.tiny else QWEN25_MATH_15B, device)
+    model = build_model(TINY if args.tiny else PAPER_SHAPE, device)
+    torch.manual_seed(0)  # the decode's random prompts
     params = sum(p.numel() for p in model.parameters())
     dec = decode(model, args.decode_batch, args.decode_prompt, args.decode_new, device)
     batch = learner_batch(args.learner_rows, args.prompt, args.completion, model.config.vocab_size)
@@ -160,10 +160,8 @@ def main(argv: list[str] | None = None) -> dict:
     bandwidth_fraction = dec["steps_per_s"] * dec["bytes_per_step"] / (args.bandwidth_gbs * 1e9) if on_gpu else float("nan")
     mfu = 6 * params * lrn["tokens"] / lrn["step_s"] / (args.peak_tflops * 1e12) if on_gpu else float("nan")
     name = torch.cuda.get_device_name(device) if on_gpu else "CPU"
-    print(f"\n{name}; {params / 1e6:,.1f} M parameters ({'tiny' if args.tiny else 'Qwen2.5-Math-1.5B'} shape), "
-          "float32 weights, bf16 compute\n")
-    print("| measurement | value |")
-    print("|---|---|")
+    title = (f"{name}; {params / 1e6:,.1f} M parameters ({'tiny' if args.tiny else 'Qwen2.5-Math-1.5B'} shape), "
+             "float32 weights, bf16 compute")
     rows = [
         (f"decode tokens/s ({args.decode_batch} seqs, {args.decode_prompt} + {args.decode_new} tokens)",
          f"{dec['tokens_per_s']:,.0f}"),
@@ -175,8 +173,8 @@ def main(argv: list[str] | None = None) -> dict:
          f"{lrn['peak_gib']:.2f}"),
         ("reserved but unallocated after the learner (GiB)", f"{lrn['reserved_unallocated_gib']:.2f}"),
     ]
-    for label, value in rows:
-        print(f"| {label} | {value} |")
+    print_table(("measurement", "value"), rows, title=title)
+    print_environment()
     return {"decode": dec, "learner": lrn, "bandwidth_fraction": bandwidth_fraction, "mfu": mfu}
 
 

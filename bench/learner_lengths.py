@@ -57,7 +57,6 @@ import copy
 import json
 import math
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -66,13 +65,20 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/_requires.py, also when loaded by path
 from _requires import require  # noqa: E402
 
 require(__file__, "torch", "transformers", "pilotcommit")
+
+from _common import (  # noqa: E402
+    DEMO_SHAPE,
+    cuda_sync,
+    load_average,
+    peak_memory_bytes,
+    print_environment,
+    print_table,
+    qwen2_model,
+)
 
 SIDES = ("padded", "packed", "trl")
 STEP_SIDES = ("packed-step", "trl-step")
@@ -81,8 +87,7 @@ STEP_SIDES = ("packed-step", "trl-step")
 EXTRA_SIDES = ("packed-mask",)
 MODELS = {
     # the demo's model shape (conf/model/tiny-arith.yaml); positions raised for long sequences
-    "demo": dict(hidden_size=128, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4,
-                 num_key_value_heads=4, vocab_size=21, tie_word_embeddings=False),
+    "demo": dict(DEMO_SHAPE, vocab_size=21, tie_word_embeddings=False),
     "wide": dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=4, num_attention_heads=8,
                  num_key_value_heads=2, vocab_size=8192, tie_word_embeddings=False),
 }
@@ -133,14 +138,8 @@ def make_rollouts(args):
 
 
 def build_model(name: str, max_positions: int):
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    config = Qwen2Config(**MODELS[name], max_position_embeddings=max_positions,
-                         pad_token_id=0, eos_token_id=1, bos_token_id=2, use_cache=False)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        return Qwen2ForCausalLM(config)
+    return qwen2_model(MODELS[name], max_position_embeddings=max_positions, pad_token_id=0, eos_token_id=1,
+                       bos_token_id=2, use_cache=False)
 
 
 def learner_config(args, packed: bool, width: int):
@@ -157,19 +156,9 @@ def learner_config(args, packed: bool, width: int):
 # --------------------------------------------------------------------------- sides
 
 
-def _sync(device):
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def _peak(device) -> tuple[float, str]:
-    import torch
-
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20, "GPU max allocated"
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "peak RSS"
+    peak, kind = peak_memory_bytes(device)
+    return peak / 2**20, kind
 
 
 def run_ours(args, packed: bool, dense_mask: bool = False) -> SideResult:
@@ -194,10 +183,10 @@ def run_ours(args, packed: bool, dense_mask: bool = False) -> SideResult:
         model.load_state_dict(state)
         learner.optimizer.state.clear()
         seen.clear()
-        _sync(device)
+        cuda_sync(device)
         start = time.perf_counter()
         metrics = learner.update(batch, seed=0)
-        _sync(device)
+        cuda_sync(device)
         if i:
             times.append(time.perf_counter() - start)
         loss = metrics["loss/policy"]
@@ -268,7 +257,7 @@ def run_trl(args) -> SideResult:
     for i in range(1 + args.repeats):
         model.load_state_dict(state)
         optimizer.state.clear()
-        _sync(device)
+        cuda_sync(device)
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         loss = 0.0
@@ -278,7 +267,7 @@ def run_trl(args) -> SideResult:
             loss += float(out.detach())
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
-        _sync(device)
+        cuda_sync(device)
         if i:
             times.append(time.perf_counter() - start)
     peak, kind = _peak(device)
@@ -313,12 +302,12 @@ def run_ours_step(args) -> SideResult:
                              [g.prompt_id for g in batch.groups], seed=0)
         requests = policy.plan()
         by_prompt = {g.prompt_id: g.rollouts for g in batch.groups}
-        _sync(device)
+        cuda_sync(device)
         start = time.perf_counter()
         results = [RequestResult(request=q, rollouts=copy.deepcopy(by_prompt[q.prompt_id])) for q in requests]
         step_batch = policy.observe(results)
         metrics = learner.update(step_batch, seed=0)
-        _sync(device)
+        cuda_sync(device)
         if i:
             times.append(time.perf_counter() - start)
         loss = metrics["loss/policy"]
@@ -381,11 +370,11 @@ def run_trl_step(args) -> SideResult:
     class StepClock(TrainerCallback):
         def on_step_begin(self, *a, **k):
             losses.append(0.0)
-            _sync(device)
+            cuda_sync(device)
             self.start = time.perf_counter()
 
         def on_step_end(self, *a, **k):
-            _sync(device)
+            cuda_sync(device)
             times.append(time.perf_counter() - self.start)
 
     class Trainer(GRPOTrainer):
@@ -446,18 +435,16 @@ def run_side(model: str, side: str, argv: list[str]) -> SideResult:
     return result
 
 
-def print_table(results: list[SideResult]) -> float:
-    print()
-    print("| model | side | time per update (s, median) | learner tokens/s | tokens in forward (padding incl.) "
-          "| peak memory (MB) | loss | tokens/s ratio |")
-    print("|---|---|---|---|---|---|---|---|")
-    ratios = {}
+def print_results(results: list[SideResult], load_before) -> float:
+    """The table (and the environment); returns the packed learner's tokens/s over TRL's, the
+    smaller of the models' ratios (nan without both sides)."""
+    rows, ratios = [], {}
     for model in dict.fromkeys(r.model for r in results):
-        rows = {r.side: r for r in results if r.model == model}
+        by_side = {r.side: r for r in results if r.model == model}
         for sides, reference in ((SIDES + EXTRA_SIDES, "trl"), (STEP_SIDES, "trl-step")):
-            theirs = rows.get(reference)
+            theirs = by_side.get(reference)
             for side in sides:
-                r = rows.get(side)
+                r = by_side.get(side)
                 if r is None:
                     continue
                 t = statistics.median(r.update_s)
@@ -467,16 +454,16 @@ def print_table(results: list[SideResult]) -> float:
                     ratios[model] = vs
                 forward = f"{r.padded_tokens:,}" if r.padded_tokens else "-"
                 ratio = f"{vs:.2f}x vs {reference}" if theirs else "-"
-                print(f"| {model} | {side} | {t:.3f} | {rate:,.0f} | {forward} | {r.peak_mb:,.0f} "
-                      f"| {r.loss:.6f} | {ratio} |")
-        losses = [r.loss for r in rows.values()]
+                rows.append((model, side, f"{t:.3f}", f"{rate:,.0f}", forward, f"{r.peak_mb:,.0f}", f"{r.loss:.6f}",
+                             ratio))
+        losses = [r.loss for r in by_side.values()]
         spread = max(losses) - min(losses)
         if spread > LOSS_RTOL * max(abs(x) for x in losses):
             raise SystemExit(f"{model}: the sides' losses differ ({losses}): not the same work")
+    print_table(("model", "side", "time per update (s, median)", "learner tokens/s", "tokens in forward (padding incl.)",
+                 "peak memory (MB)", "loss", "tokens/s ratio"), rows)
     r0 = results[0]
-    print()
-    print(f"memory: {r0.memory_kind}; torch threads {r0.threads}; load average (1, 5, 15 min) "
-          f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}; cores {os.cpu_count()}")
+    print_environment(load_before, libraries=("trl",), memory=r0.memory_kind, torch_threads=r0.threads)
     return min(ratios.values()) if ratios else float("nan")
 
 
@@ -510,6 +497,7 @@ def main() -> None:
     if args.max_completion < 512:
         print(f"note: --max-completion {args.max_completion} is below the issue's 512-token floor", flush=True)
     common = [a for a in sys.argv[1:]]
+    load_before = load_average()
     results = []
     for model in args.models:
         probe = argparse.Namespace(**{**vars(args), "model": model})
@@ -523,7 +511,7 @@ def main() -> None:
             results.append(run_side(model, side, common))
         if args.full_step:
             results += [run_side(model, side, common) for side in STEP_SIDES]
-    ratio = print_table(results)
+    ratio = print_results(results, load_before)
     if not math.isnan(ratio):  # the packed and trl sides ran
         print(f"learner throughput vs TRL at realistic lengths: {ratio:.1f}x")
 

@@ -1,14 +1,15 @@
 """Learner memory at Qwen's vocabulary: peak memory and time of log-probs + loss + backward.
 
     python bench/learner_memory.py [--batch 1] [--prompt 256] [--completion 768] [--repeats 2]
-                                   [--sides full,chunked,trl] [--threads 2]
+                                   [--sides full,chunked,trl] [--threads 2] [--hidden 1536] [--vocab 151936]
 
 What is measured: the part of one learner micro-batch that depends on the vocabulary, from the
 decoder's final hidden states ``[B, T, H]`` (a float32 leaf standing in for the model body) and
 the float32 output weight ``[V, H]`` (master weights) to the gradients of both: the log-probs
 of the sampled tokens, the PPO loss (``policy_loss``, token mean) and ``backward()``, under
 bfloat16 autocast as in the paper configs (``learner.dtype: bfloat16``). H = 1536 and
-V = 151,936 are Qwen2.5-Math-1.5B's. Each row is ``--prompt`` prompt tokens followed by
+V = 151,936 are Qwen2.5-Math-1.5B's (``--hidden`` and ``--vocab`` make them smaller, for a quick
+run of the code). Each row is ``--prompt`` prompt tokens followed by
 ``--completion`` completion tokens.
 
 Sides:
@@ -36,8 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -49,10 +48,19 @@ from _requires import require  # noqa: E402
 
 require(__file__, "torch", "pilotcommit")
 
-HIDDEN = 1536
-VOCAB = 151_936
+from _common import (  # noqa: E402
+    GIB,
+    QWEN25_MATH_15B,
+    current_rss_bytes,
+    load_average,
+    peak_rss_bytes,
+    print_environment,
+    print_table,
+)
+
+HIDDEN = QWEN25_MATH_15B["hidden_size"]
+VOCAB = QWEN25_MATH_15B["vocab_size"]
 SIDES = ("full", "chunked", "trl")
-GIB = 1024**3
 
 
 def selective_log_softmax(logits, index):
@@ -72,12 +80,8 @@ def selective_log_softmax(logits, index):
     return torch.stack(rows)
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def measure_one(side: str, batch: int, prompt: int, completion: int, repeats: int, threads: int) -> dict:
+def measure_one(side: str, batch: int, prompt: int, completion: int, repeats: int, threads: int,
+                hidden: int = HIDDEN, vocab: int = VOCAB) -> dict:
     """One side in this process: ``{"peak_gib", "time_s"}``."""
     import torch
 
@@ -88,9 +92,9 @@ def measure_one(side: str, batch: int, prompt: int, completion: int, repeats: in
     generator = torch.Generator().manual_seed(0)
     width = prompt + completion
     # filled in place: a temporary copy would raise the process's peak before the measurement
-    hidden_BTH = torch.empty(batch, width, HIDDEN).normal_(0.0, 0.5, generator=generator).requires_grad_()
-    weight_VH = torch.empty(VOCAB, HIDDEN).normal_(0.0, 0.02, generator=generator).requires_grad_()
-    ids_BT = torch.randint(0, VOCAB, (batch, width), generator=generator)
+    hidden_BTH = torch.empty(batch, width, hidden).normal_(0.0, 0.5, generator=generator).requires_grad_()
+    weight_VH = torch.empty(vocab, hidden).normal_(0.0, 0.02, generator=generator).requires_grad_()
+    ids_BT = torch.randint(0, vocab, (batch, width), generator=generator)
     mask_BT = torch.zeros(batch, width - 1)
     mask_BT[:, prompt - 1 :] = 1.0  # position t predicts token t + 1
     advantages_B = torch.randn(batch, generator=generator)
@@ -119,15 +123,15 @@ def measure_one(side: str, batch: int, prompt: int, completion: int, repeats: in
                           normalizer=float(mask_BT.sum()))
         out.loss.backward()
 
-    baseline = _rss_bytes()
-    before_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    baseline = current_rss_bytes()
+    before_peak = peak_rss_bytes()
     times = []
     for _ in range(repeats):
         hidden_BTH.grad = weight_VH.grad = None
         started = time.perf_counter()
         step()
         times.append(time.perf_counter() - started)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss_bytes()
     return {"peak_gib": max(peak - max(baseline, before_peak), 0) / GIB, "time_s": statistics.median(times),
             "load_before": os.getloadavg()[0]}
 
@@ -140,33 +144,38 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--sides", default=",".join(SIDES))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--hidden", type=int, default=HIDDEN, help="H (default: Qwen2.5-Math-1.5B's)")
+    parser.add_argument("--vocab", type=int, default=VOCAB, help="V (default: Qwen2.5-Math-1.5B's)")
     parser.add_argument("--one", choices=SIDES, help=argparse.SUPPRESS)  # internal: one side, JSON out
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure_one(args.one, args.batch, args.prompt, args.completion, args.repeats, args.threads)))
+        print(json.dumps(measure_one(args.one, args.batch, args.prompt, args.completion, args.repeats, args.threads,
+                                     args.hidden, args.vocab)))
         return
 
+    load_before = load_average()
     rows = {}
     for side in args.sides.split(","):
         command = [sys.executable, __file__, "--one", side, "--batch", str(args.batch), "--prompt", str(args.prompt),
-                   "--completion", str(args.completion), "--repeats", str(args.repeats), "--threads", str(args.threads)]
+                   "--completion", str(args.completion), "--repeats", str(args.repeats), "--threads", str(args.threads),
+                   "--hidden", str(args.hidden), "--vocab", str(args.vocab)]
         proc = subprocess.run(command, capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"side {side} failed:\n{proc.stderr[-3000:]}")
         rows[side] = json.loads(proc.stdout.strip().splitlines()[-1])
     width = args.prompt + args.completion
-    fp32_copy = args.batch * width * VOCAB * 4 / GIB
-    grads = (VOCAB * HIDDEN + args.batch * width * HIDDEN) * 4 / GIB
-    print(f"\nB={args.batch}, prompt {args.prompt} + completion {args.completion} = {width} tokens, "
-          f"H={HIDDEN}, V={VOCAB:,}; one float32 [B, T, V] copy = {fp32_copy:.2f} GiB; "
-          f"float32 gradients of weight + hidden states (in every peak) = {grads:.2f} GiB")
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {args.threads} threads; "
-          f"load average {os.getloadavg()[0]:.1f} after; median of {args.repeats}\n")
-    print("| side | peak above inputs (GiB) | of which gradients | rest / fp32 [B,T,V] copy | time (s) |")
-    print("|---|---|---|---|---|")
+    fp32_copy = args.batch * width * args.vocab * 4 / GIB
+    grads = (args.vocab * args.hidden + args.batch * width * args.hidden) * 4 / GIB
+    table = []
     for side, row in rows.items():
         rest = (row["peak_gib"] - grads) / fp32_copy
-        print(f"| {side} | {row['peak_gib']:.2f} | {grads:.2f} | {rest:.2f} | {row['time_s']:.2f} |")
+        table.append((side, f"{row['peak_gib']:.2f}", f"{grads:.2f}", f"{rest:.2f}", f"{row['time_s']:.2f}"))
+    print_table(("side", "peak above inputs (GiB)", "of which gradients", "rest / fp32 [B,T,V] copy", "time (s)"), table,
+                title=f"B={args.batch}, prompt {args.prompt} + completion {args.completion} = {width} tokens, "
+                f"H={args.hidden}, V={args.vocab:,}; one float32 [B, T, V] copy = {fp32_copy:.2f} GiB; "
+                f"float32 gradients of weight + hidden states (in every peak) = {grads:.2f} GiB; "
+                f"median of {args.repeats}")
+    print_environment(load_before, torch_threads=args.threads)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ docs/benchmarks.md.
 
     python bench/overhead.py [--set budget.max_rollouts=8192] [--demo-report PATH] [--full-demo [--full-demo-bare]]
     python bench/overhead.py --cached-only 3 [--config conf/experiment/smoke.yaml --set seeds=[0]]
+    python bench/overhead.py --config conf/experiment/smoke.yaml --set seeds=[0] --repeats 1   # a quick run of the code
 
 ``--cached-only ROUNDS`` measures only item 4, three ways: the ephemeral server, the server of a
 ``pilotcommit serve`` on the same runs directory as the CLI finds it (its record, no environment
@@ -65,17 +66,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/_requires.py, also when loaded by path
+from _common import REPO_ROOT, load_average, print_environment, print_table, quiet_services  # noqa: E402
 from _requires import require  # noqa: E402
 
+quiet_services()  # before Prefect and MLflow are imported (the check imports them)
 require(__file__, "torch", "transformers", "prefect", "mlflow", "pilotcommit", "flows")
 
 DEFAULT_RUNS_DIR = REPO_ROOT / "runs" / "bench" / "overhead"
@@ -97,19 +92,18 @@ class BareRun:
 
 
 def prepare(cfg, runs_dir: Path) -> dict:
-    """The cached data and warm-start stages of ``cfg`` under ``runs_dir`` (the same stage
-    keys and directories the compare flow uses, so its run hits them)."""
-    from prefect import flow
+    """The data and warm-start stages of ``cfg`` under ``runs_dir``, built where missing: the
+    same stage keys and folders the compare flow uses (pilotcommit/stages/), so its run finds
+    them valid and builds neither again."""
+    from pilotcommit.stages.context import make_context
+    from pilotcommit.stages.materialise import materialise_data, materialise_policy
+    from pilotcommit.stages.table import UpstreamKeys
 
-    from flows import stages
-    from flows.compare import prepare_stages
-
-    @flow(name="overhead-prepare")
-    def prepare_flow() -> dict:
-        ctx = stages.make_context(cfg.name, str(runs_dir), None)
-        return prepare_stages(ctx, cfg)
-
-    return prepare_flow()
+    ctx = make_context(cfg.tracking.experiment_name or cfg.name, str(runs_dir), cfg.tracking.tracking_uri)
+    keys = UpstreamKeys.of(cfg, ctx.code_version)
+    prepared = materialise_data(cfg, ctx.layout.data_dir(keys.data))["prepared"]
+    policy = materialise_policy(cfg, prepared, ctx.layout.policy_dir(keys.policy))["initial_policy"]
+    return {"prepared": prepared, "initial_policy": policy}
 
 
 def bare_runs(cfg, upstream: dict, work_dir: Path) -> list[BareRun]:
@@ -280,6 +274,9 @@ def cached_compare_both_ways(config_path: Path, overrides: list[str], runs_dir: 
 
 
 def timed_command(cmd: list[str], repeats: int = 3, env: dict | None = None) -> float:
+    """The median wall seconds of ``repeats`` runs of ``cmd``; nan for 0 runs (not measured)."""
+    if repeats == 0:
+        return float("nan")
     walls = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -389,6 +386,12 @@ def main() -> None:
         help="only the fully cached compare, ephemeral Prefect against a running server, "
         "ROUNDS alternating rounds (after one compare that fills the cache)",
     )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="runs of each start-up piece (item 5), the median is reported; 0 skips them (nan)",
+    )
     args = parser.parse_args()
 
     overrides = args.overrides if args.overrides is not None else list(DEFAULT_OVERRIDES)
@@ -396,16 +399,15 @@ def main() -> None:
         config_path = args.config or demo_config_path()
         runs_dir = args.runs_dir.resolve()
         runs_dir.mkdir(parents=True, exist_ok=True)
-        load_before = os.getloadavg()
+        load_before = load_average()
         print(f"filling the cache: pilotcommit compare {config_path} {' '.join(overrides)} ...", flush=True)
         first = cli_compare(config_path, overrides, runs_dir)
         walls = cached_compare_both_ways(config_path, overrides, runs_dir, args.cached_only)
-        print(f"\nfirst compare (trains, ephemeral Prefect): {first:.1f} s\n")
-        print("| fully cached `pilotcommit compare` | wall s (median) | all rounds |")
-        print("|---|---|---|")
-        for way, values in walls.items():
-            print(f"| {way} | {statistics.median(values):.1f} | {', '.join(f'{v:.1f}' for v in values)} |")
-        print(f"\nload average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}; cores {os.cpu_count()}")
+        print_table(("fully cached `pilotcommit compare`", "wall s (median)", "all rounds"),
+                    [(way, f"{statistics.median(values):.1f}", ", ".join(f"{v:.1f}" for v in values))
+                     for way, values in walls.items()],
+                    title=f"first compare (trains, ephemeral Prefect): {first:.1f} s")
+        print_environment(load_before, libraries=("prefect", "mlflow"))
         return
     config_path = args.config or demo_config_path()
     demo_cfg = load_experiment_config(config_path)
@@ -414,7 +416,7 @@ def main() -> None:
     cfg = load_experiment_config(config_path, overrides)
     runs_dir = args.runs_dir.resolve()
     runs_dir.mkdir(parents=True, exist_ok=True)
-    load_before = os.getloadavg()
+    load_before = load_average()
     print(f"shortened demo: {' '.join(overrides)}; runs dir {runs_dir}", flush=True)
 
     print("1. cached stages (data, warm start) ...", flush=True)
@@ -461,9 +463,9 @@ def main() -> None:
     with_server = cached_compare_with_server(config_path, overrides, runs_dir)
     print(f"   {with_server:.1f} s", flush=True)
     print("7. start-up pieces ...", flush=True)
-    import_s = timed_command([sys.executable, "-c", "import flows.compare"])
-    help_s = timed_command([shutil.which("pilotcommit") or "pilotcommit", "--help"])
-    server_import_s = timed_command([sys.executable, "-c", "import prefect.server.api.server"])
+    import_s = timed_command([sys.executable, "-c", "import flows.compare"], args.repeats)
+    help_s = timed_command([shutil.which("pilotcommit") or "pilotcommit", "--help"], args.repeats)
+    server_import_s = timed_command([sys.executable, "-c", "import prefect.server.api.server"], args.repeats)
     ephemeral_home = tempfile.mkdtemp(prefix="overhead-ephemeral-")
     ephemeral_s = (
         timed_command(
@@ -472,6 +474,7 @@ def main() -> None:
                 "-c",
                 "from prefect.server.api.server import SubprocessASGIServer as S; s = S(); s.start(); s.stop()",
             ],
+            args.repeats,
             env={"PREFECT_HOME": ephemeral_home},
         )
         - server_import_s
@@ -517,12 +520,7 @@ def main() -> None:
     demo_tracking = per_step_cpu * demo["steps"] + per_eval_cpu * demo["evaluations"]
     demo_overhead = demo_fixed + demo_tracking
 
-    print(
-        "\n| method | steps | evaluations | bare wall s | median step compute s (bare) "
-        "| compare: train wall s | median step compute s (compare) "
-        "| tracking replay, steps: blocked / CPU s | evaluations: blocked / CPU s |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
+    method_rows = []
     for b in bare:
         f = flow_runs.get(b.method, {})
         timings = f.get("step_timings", {})
@@ -530,11 +528,17 @@ def main() -> None:
             "median_learn_s", float("nan")
         )
         rs, re = replays[(b.method, "steps")], replays[(b.method, "evaluations")]
-        print(
-            f"| {b.method} | {b.steps} | {len(b.tracker.evaluations)} | {b.wall_s:.1f} "
-            f"| {b.median_step_compute_s:.3f} | {f.get('wall_s', float('nan')):.1f} | {flow_compute:.3f} "
-            f"| {rs['blocked_s']:.2f} / {rs['cpu_s']:.2f} | {re['blocked_s']:.2f} / {re['cpu_s']:.2f} |"
+        method_rows.append(
+            (b.method, b.steps, len(b.tracker.evaluations), f"{b.wall_s:.1f}", f"{b.median_step_compute_s:.3f}",
+             f"{f.get('wall_s', float('nan')):.1f}", f"{flow_compute:.3f}",
+             f"{rs['blocked_s']:.2f} / {rs['cpu_s']:.2f}", f"{re['blocked_s']:.2f} / {re['cpu_s']:.2f}")
         )
+    print_table(
+        ("method", "steps", "evaluations", "bare wall s", "median step compute s (bare)", "compare: train wall s",
+         "median step compute s (compare)", "tracking replay, steps: blocked / CPU s",
+         "evaluations: blocked / CPU s"),
+        method_rows,
+    )
     rows = [
         ("prepare stages s (data + warm start; about 0 when cached)", f"{prepare_s:.1f}"),
         ("training steps / evaluations (all methods)", f"{steps} / {evaluations}"),
@@ -620,15 +624,9 @@ def main() -> None:
                     f"{wall_overhead:.1f} s = {100 * wall_overhead / full['wall_s']:.2f}%",
                 ),
             ]
-    print("\n| quantity | value |")
-    print("|---|---|")
-    for label, value in rows:
-        print(f"| {label} | {value} |")
-    print(
-        f"\nload average before {', '.join(f'{x:.2f}' for x in load_before)}, after "
-        f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}; {os.cpu_count()} cores; "
-        f"torch threads {cfg.torch_threads}; code version {version_before}"
-    )
+    print_table(("quantity", "value"), rows)
+    print_environment(load_before, libraries=("prefect", "mlflow"), torch_threads=cfg.torch_threads,
+                      code_version=version_before)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""What the Prefect run logs of training cost (flows/reporting.py ``TrainingLog``).
+"""What the Prefect run logs of training cost (pilotcommit/runner/progress.py ``TrainingLog``).
 
 1. **Per event** (default): progress events through ``TrainingLog`` inside a real Prefect task
    (temporary API server, the run logger's API handler on): the cost of an evaluation that is
@@ -23,14 +23,12 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/_requires.py, also when loaded by path
+from _common import load_average, print_environment, print_table, quiet_services  # noqa: E402
 from _requires import require  # noqa: E402
 
+quiet_services(prefect_logs=False)  # the run log's INFO lines are what is measured
 require(__file__, "prefect", "torch", "pilotcommit", "flows")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 TIMED_COMPARE = """
 import os, sys, tempfile, time
@@ -54,21 +52,27 @@ with temporary_settings(updates={PREFECT_HOME: home, PREFECT_LOCAL_STORAGE_PATH:
 
 def per_event(events: int) -> tuple[float, float]:
     """Seconds per progress event: every one logged, and thinned to the default rate."""
-    from prefect import flow, task
+    from prefect import flow, get_run_logger, task
     from prefect.settings import PREFECT_HOME, PREFECT_LOCAL_STORAGE_PATH, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    from flows.reporting import PROGRESS_LOG_LINES, AllocationTally, TrainingLog
+    from pilotcommit.runner.progress import (
+        PROGRESS_LOG_LINES,
+        AllocationTally,
+        EvaluationProgress,
+        RunIdentity,
+        TrainingLog,
+    )
 
     @task
     def feed(lines: int) -> float:
-        log = TrainingLog("train grpo seed 0 (m)", events, None, "eval/average_accuracy", sink=lambda e: None,
-                          lines=lines)
-        alloc = AllocationTally(1, {"alloc/rounds": 2.0, "alloc/informative": 3.0}, {}).to_dict()
+        run = RunIdentity("grpo", 0, "m", "m")
+        log = TrainingLog(run.describe(), events, None, "eval/average_accuracy", get_run_logger(),
+                          sink=lambda e: None, lines=lines)
+        alloc = AllocationTally(1, {"alloc/rounds": 2.0, "alloc/informative": 3.0}, {})
         started = time.perf_counter()
         for step in range(1, events + 1):
-            log({"event": "evaluation", "step": step, "rollouts": step * 64,
-                 "metrics": {"eval/average_accuracy": 0.5}, "alloc": alloc})
+            log(EvaluationProgress(run, step, step * 64, {"eval/average_accuracy": 0.5}, alloc))
         return (time.perf_counter() - started) / events
 
     @flow
@@ -87,12 +91,11 @@ def main() -> None:
     parser.add_argument("--code", nargs="+", type=Path, help="code directories to time the smoke compare of")
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    load_before = os.getloadavg()[0]
+    load_before = load_average()
     if not args.code:
         logged, thinned = per_event(args.events)
-        print("| event | cost |\n|---|---|")
-        print(f"| evaluation logged (run logger, API handler) | {logged * 1e6:,.0f} us |")
-        print(f"| evaluation thinned out | {thinned * 1e6:,.1f} us |")
+        print_table(("event", "cost"), [("evaluation logged (run logger, API handler)", f"{logged * 1e6:,.0f} us"),
+                                        ("evaluation thinned out", f"{thinned * 1e6:,.1f} us")])
     else:
         walls: dict[Path, list[float]] = {c.resolve(): [] for c in args.code}
         for _ in range(args.rounds):
@@ -100,10 +103,9 @@ def main() -> None:
                 done = subprocess.run([sys.executable, "-c", TIMED_COMPARE, str(code)], capture_output=True,
                                       text=True, env={**os.environ, "PYTHONPATH": str(code)}, check=True)
                 walls[code].append(float(done.stdout.split("WALL")[-1]))
-        print("| code | smoke compare, 3 runs x 12 steps, s (each round) |\n|---|---|")
-        for code, values in walls.items():
-            print(f"| {code} | {', '.join(f'{v:.1f}' for v in values)} |")
-    print(f"load average (1 min): {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
+        print_table(("code", "smoke compare, 3 runs x 12 steps, s (each round)"),
+                    [(code, ", ".join(f"{v:.1f}" for v in values)) for code, values in walls.items()])
+    print_environment(load_before, libraries=("prefect",))
 
 
 if __name__ == "__main__":

@@ -29,16 +29,17 @@ from _requires import require  # noqa: E402
 
 require(__file__, "math_verify", "pandas", "pilotcommit")
 
+from _common import REPO_ROOT, load_average, print_environment, print_table  # noqa: E402
+
 from pilotcommit.data.loaders import load_prompt_table  # noqa: E402
 from pilotcommit.data.specs import read_dataset_specs  # noqa: E402
-from pilotcommit.rewards.math import (  # noqa: E402
-    math_reward,
+from pilotcommit.rewards.math import math_reward  # noqa: E402
+from pilotcommit.rewards.math_answer import (  # noqa: E402
     normalise_ground_truth,
     normalise_latex_string,
-    start_math_verifier,
 )
+from pilotcommit.rewards.math_verifier import start_math_verifier  # noqa: E402
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 SPECS = REPO_ROOT / "conf" / "data" / "benchmarks-shipped.yaml"
 
 
@@ -101,23 +102,21 @@ def main() -> None:
     parser.add_argument("--sets", nargs="*", default=["math500", "aime24", "amc23", "gsm8k"])
     args = parser.parse_args()
     specs = {s.name: s for s in read_dataset_specs(SPECS)}
+    load_before = load_average()
     start_math_verifier()
-    print(
-        f"{'set':<8} {'n':>5} {'gold=1':>8} {'other=0':>8} {'median ms':>10} {'max ms':>8} {'total s':>8}"
-    )
+    rows, mismatches = [], []
     for name in args.sets:
         answers = list(load_prompt_table(specs[name], base_dir=REPO_ROOT).frame["answer"])
         r = coverage(answers)
-        print(
-            f"{name:<8} {r['n']:>5} {r['gold_rate']:>8.1%} {r['other_rate']:>8.1%} "
-            f"{r['median_ms']:>10.2f} {r['max_ms']:>8.1f} {r['total_s']:>8.2f}"
-        )
-        for line in r["mismatches"]:
-            print(f"    {line}")
-    print(f"\n{'pathological completion':<34} {'reward':>6} {'seconds':>8}")
-    for name, reward, seconds in pathological_timings():
-        print(f"{name:<34} {reward:>6.1f} {seconds:>8.3f}")
-
+        rows.append((name, r["n"], f"{r['gold_rate']:.1%}", f"{r['other_rate']:.1%}", f"{r['median_ms']:.2f}",
+                     f"{r['max_ms']:.1f}", f"{r['total_s']:.2f}"))
+        mismatches += [f"{name}: {line}" for line in r["mismatches"]]
+    print_table(("set", "n", "gold=1", "other=0", "median ms", "max ms", "total s"), rows)
+    for line in mismatches:
+        print(f"    {line}")
+    print_table(("pathological completion", "reward", "seconds"),
+                [(name, f"{reward:.1f}", f"{seconds:.3f}") for name, reward, seconds in pathological_timings()])
+    print_environment(load_before)
 
 if __name__ == "__main__":
     main()

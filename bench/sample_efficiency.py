@@ -24,12 +24,13 @@ replaced by ``--seeds`` (default 0-4), then reports:
 - accuracy at equal budgets (``--budgets``): each run's curve interpolated at the same
   cumulative rollouts, seed means, and Pilot-Commit minus each baseline paired by seed with a
   95% bootstrap interval;
-- the accuracy-versus-cumulative-rollouts figure (``report.accuracy_figure``: seed mean,
-  min-max band, target, each method's mean rollouts to target).
+- the accuracy-versus-cumulative-rollouts figure (``pilotcommit.analysis.figures.accuracy_figure``:
+  seed mean, min-max band, target, each method's mean rollouts to target).
 
-The target, rollouts to target and speed-ups are ``pilotcommit.report``'s pure functions, the
-bootstrap and equal-budget statistics ``pilotcommit.stats``'; nothing here re-implements them. A benchmark, not a test: the numbers and the command are
-recorded in docs/benchmarks.md.
+The target, rollouts to target and speed-ups are ``pilotcommit.analysis.summary``'s pure
+functions, the bootstrap and equal-budget statistics ``pilotcommit.analysis.stats``'; nothing here
+re-implements them. A benchmark, not a test: the numbers and the command are recorded in
+docs/benchmarks.md.
 
     python bench/sample_efficiency.py                        # the demo, seeds 0-4 (long)
     python bench/sample_efficiency.py --config conf/experiment/smoke.yaml --seeds 0 1 --bootstrap 200
@@ -41,7 +42,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -49,26 +49,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-# Prefect and MLflow read these at import: keep their INFO lines out of the tables
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/_requires.py, also when loaded by path
-from _requires import require
+from _common import REPO_ROOT, load_average, print_environment, print_table, quiet_services  # noqa: E402
+from _requires import require  # noqa: E402
 
+quiet_services()  # before Prefect and MLflow are imported (the check imports them)
 require(__file__, "numpy", "torch", "prefect", "mlflow", "pilotcommit", "flows")
 
-import numpy as np
+import numpy as np  # noqa: E402
 
-from pilotcommit import report
-from pilotcommit.evaluation import EvalRecord
-from pilotcommit.report import RunHistory
-from pilotcommit.stats import bootstrap_speedups, equal_budget_table
+from pilotcommit.analysis.stats import bootstrap_speedups, equal_budget_table  # noqa: E402
+from pilotcommit.analysis.summary import (  # noqa: E402
+    BASELINE_METHODS,
+    CANDIDATE_METHOD,
+    ComparisonSummary,
+    RunHistory,
+    summarize_comparison,
+)
+from pilotcommit.evaluation import EvalRecord  # noqa: E402
 
 DEFAULT_RUNS_DIR = REPO_ROOT / "runs" / "bench" / "sample-efficiency"
 # per-step allocation metrics summarised per method (DESIGN.md metric names)
@@ -119,7 +117,7 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values))
 
 
-def method_table(records: Sequence[RunRecord], summary: report.ComparisonSummary) -> list[dict]:
+def method_table(records: Sequence[RunRecord], summary: ComparisonSummary) -> list[dict]:
     """One row per method: rollouts to target, final and best accuracy, tokens, steps, wall time."""
     rows = []
     metric = summary.metric
@@ -173,31 +171,29 @@ def allocation_table(records: Sequence[RunRecord]) -> dict[str, dict[str, float]
 
 
 def run_comparison(config: Path, overrides: list[str], runs_dir: Path) -> dict:
-    """The ``compare`` flow (cached stages, MLflow child runs) with a progress line per run."""
-    from flows import stages
+    """The ``compare`` flow (cached stages, MLflow child runs) with a progress line per run
+    (at most one a minute)."""
     from flows.compare import compare_flow
+    from pilotcommit.runner.progress import StepProgress, WarmStartProgress, progress_sink
 
     last: dict[tuple, float] = {}
 
-    def progress(event: dict) -> None:
-        if event.get("stage") == "initial-policy":
-            print(f"  warm start {event['model']}: {event['status']}", flush=True)
-        elif event.get("stage") == "train":
-            key = (event["method"], event["seed"])
+    def progress(event) -> None:
+        if isinstance(event, WarmStartProgress):
+            print(f"  warm start {event.model}: {'done' if event.done else 'running'}", flush=True)
+        elif isinstance(event, StepProgress):
+            key = (event.run.method, event.run.seed)
             now = time.monotonic()
             if now - last.get(key, 0.0) > 60:
                 last[key] = now
                 print(
-                    f"  {event['method']:<13} seed {event['seed']}: step {event['step']}, "
-                    f"{event.get('rollouts') or 0:,.0f} rollouts",
+                    f"  {event.run.method:<13} seed {event.run.seed}: step {event.step}, "
+                    f"{event.rollouts or 0:,.0f} rollouts",
                     flush=True,
                 )
 
-    stages.set_progress_sink(progress)
-    try:
+    with progress_sink(progress):
         return compare_flow(config_path=str(config), overrides=overrides, runs_dir=str(runs_dir))
-    finally:
-        stages.set_progress_sink(None)
 
 
 def flow_out_from_json(saved: dict, runs_dir: Path, name: str) -> dict:
@@ -261,64 +257,46 @@ def print_report(rows, speedups, alloc, summary, cfg, seeds, flow_out) -> None:
         f"\n## {cfg.name}: {', '.join(cfg.methods)} x seeds {list(seeds)}, "
         f"budget {cfg.budget.max_rollouts or '-'} rollouts / {cfg.budget.max_steps or '-'} steps"
     )
-    print(
-        f"target {summary.metric} = {summary.target:.4f} (best seed-mean of {cfg.target.reference_method})\n"
-    )
-    print(
-        "| method | rollouts to target (mean ± std) | reached | initial acc. | final acc. (mean ± std) "
-        "| best acc. (mean ± std) | rollouts sampled | tokens generated | steps | wall s / run |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    table = []
     for r in rows:
-        std = (
-            f" ± {r['rollouts_to_target_std']:,.0f}"
-            if r["rollouts_to_target_std"] is not None
-            else ""
-        )
-        print(
-            f"| {r['method']} | {_num(r['rollouts_to_target_mean'])}{std} | {r['reached']} "
-            f"| {r['initial_accuracy_mean']:.4f} "
-            f"| {r['final_accuracy_mean']:.4f} ± {r['final_accuracy_std']:.4f} "
-            f"| {r['best_accuracy_mean']:.4f} ± {r['best_accuracy_std']:.4f} "
-            f"| {r['final_rollouts_mean']:,.0f} | {r['generated_tokens_mean']:,.0f} "
-            f"| {r['steps_mean']:.1f} | {r['wall_s_mean']:.0f} |"
-        )
+        std = f" ± {r['rollouts_to_target_std']:,.0f}" if r["rollouts_to_target_std"] is not None else ""
+        table.append((
+            r["method"], f"{_num(r['rollouts_to_target_mean'])}{std}", r["reached"], f"{r['initial_accuracy_mean']:.4f}",
+            f"{r['final_accuracy_mean']:.4f} ± {r['final_accuracy_std']:.4f}",
+            f"{r['best_accuracy_mean']:.4f} ± {r['best_accuracy_std']:.4f}", f"{r['final_rollouts_mean']:,.0f}",
+            f"{r['generated_tokens_mean']:,.0f}", f"{r['steps_mean']:.1f}", f"{r['wall_s_mean']:.0f}",
+        ))
+    print_table(
+        ("method", "rollouts to target (mean ± std)", "reached", "initial acc.", "final acc. (mean ± std)",
+         "best acc. (mean ± std)", "rollouts sampled", "tokens generated", "steps", "wall s / run"),
+        table,
+        title=f"target {summary.metric} = {summary.target:.4f} (best seed-mean of {cfg.target.reference_method})",
+    )
     print("\nrollouts to target per seed:")
     for r in rows:
         per_seed = ", ".join(f"{s}: {_num(v)}" for s, v in r["rollouts_to_target_per_seed"].items())
         print(f"  {r['method']}: {per_seed}")
-    print(
-        f"\n| speed-up of {summary.speedups[0].method if summary.speedups else 'pilot_commit'} | ratio of means | 95% bootstrap interval | undefined resamples "
-        "| paired per seed |"
-    )
-    print("|---|---|---|---|---|")
+    table = []
     for baseline, s in speedups.items():
         paired = ", ".join(f"{k}: {v:.2f}" for k, v in s["paired"].items()) or "-"
         ratio = _num(s["speedup"], ".2f") + ("x (partial)" if s["partial"] else "x")
         if s["note"]:
             ratio = f"n/a ({s['note']})"
-        print(
-            f"| vs {baseline} | {ratio} | [{_num(s['ci_low'], '.2f')}, {_num(s['ci_high'], '.2f')}] "
-            f"| {s['undefined_fraction']:.1%} | {paired} |"
-        )
-    print("\nallocation per training step (mean over steps and seeds; evicted: final total):\n")
+        table.append((f"vs {baseline}", ratio, f"[{_num(s['ci_low'], '.2f')}, {_num(s['ci_high'], '.2f')}]",
+                      f"{s['undefined_fraction']:.1%}", paired))
+    candidate = summary.speedups[0].method if summary.speedups else CANDIDATE_METHOD
+    print_table((f"speed-up of {candidate}", "ratio of means", "95% bootstrap interval", "undefined resamples",
+                 "paired per seed"), table)
     keys = [k for k in ALLOC_METRICS if any(k in row for row in alloc.values())]
-    print("| metric | " + " | ".join(alloc) + " |")
-    print("|---|" + "---|" * len(alloc))
-    for key in keys:
-        print(f"| {key} | " + " | ".join(_num(alloc[m].get(key), ".3f") for m in alloc) + " |")
+    print_table(("metric", *alloc), [(key, *(_num(alloc[m].get(key), ".3f") for m in alloc)) for key in keys],
+                title="allocation per training step (mean over steps and seeds; evicted: final total):")
     print(f"\nMLflow: parent run {flow_out['parent_run_id']} in {flow_out['tracking_uri']}")
 
 
 def print_secondary(fraction_rows: list[tuple], budget_rows: list[dict], metric: str,
-                    candidate: str = report.CANDIDATE_METHOD,
-                    baselines: Sequence[str] = report.BASELINE_METHODS) -> None:
-    print("\nlower targets (a fraction of the reference's best gain over the initial accuracy):\n")
-    print(
-        "| fraction | target | rollouts to target (mean, reached) per method | "
-        + " | ".join(f"{candidate} vs {b} [95% CI]" for b in baselines) + " |"
-    )
-    print("|---|---|---|" + "---|" * len(baselines))
+                    candidate: str = CANDIDATE_METHOD,
+                    baselines: Sequence[str] = BASELINE_METHODS) -> None:
+    table = []
     for fraction, summary, speedups in fraction_rows:
         per_method = "; ".join(
             f"{m}: {_num(v.mean)} ({v.reached}/{v.seeds})" for m, v in summary.methods.items()
@@ -333,7 +311,10 @@ def print_secondary(fraction_rows: list[tuple], budget_rows: list[dict], metric:
                     f"{sp['speedup']:.2f}x{' partial' if sp['partial'] else ''} "
                     f"[{_num(sp['ci_low'], '.2f')}, {_num(sp['ci_high'], '.2f')}]"
                 )
-        print(f"| {fraction:g} | {summary.target:.4f} | {per_method} | " + " | ".join(cells) + " |")
+        table.append((f"{fraction:g}", f"{summary.target:.4f}", per_method, *cells))
+    print_table(("fraction", "target", "rollouts to target (mean, reached) per method",
+                 *(f"{candidate} vs {b} [95% CI]" for b in baselines)), table,
+                title="lower targets (a fraction of the reference's best gain over the initial accuracy):")
     if not budget_rows:
         return
     methods = [k for k in budget_rows[0] if k != "rollouts" and not k.startswith("diff_vs_")]
@@ -342,17 +323,7 @@ def print_secondary(fraction_rows: list[tuple], budget_rows: list[dict], metric:
         for k in budget_rows[0]
         if k.startswith("diff_vs_") and not k.endswith("_ci")
     ]
-    print(
-        f"\n{metric} at equal budgets (seed mean; PC minus baseline, paired by seed, 95% bootstrap CI):\n"
-    )
-    print(
-        "| rollouts | "
-        + " | ".join(methods)
-        + " | "
-        + " | ".join(f"{candidate} - {o}" for o in others)
-        + " |"
-    )
-    print("|---|" + "---|" * (len(methods) + len(others)))
+    table = []
     for row in budget_rows:
         diffs = [
             f"{row[f'diff_vs_{o}']:+.4f} [{row[f'diff_vs_{o}_ci'][0]:+.4f}, {row[f'diff_vs_{o}_ci'][1]:+.4f}]"
@@ -360,13 +331,9 @@ def print_secondary(fraction_rows: list[tuple], budget_rows: list[dict], metric:
             else "-"
             for o in others
         ]
-        print(
-            f"| {row['rollouts']:,.0f} | "
-            + " | ".join(_num(row[m], ".4f") for m in methods)
-            + " | "
-            + " | ".join(diffs)
-            + " |"
-        )
+        table.append((f"{row['rollouts']:,.0f}", *(_num(row[m], ".4f") for m in methods), *diffs))
+    print_table(("rollouts", *methods, *(f"{candidate} - {o}" for o in others)), table,
+                title=f"{metric} at equal budgets (seed mean; PC minus baseline, paired by seed, 95% bootstrap CI):")
 
 
 def main() -> None:
@@ -406,7 +373,7 @@ def main() -> None:
         default=[10_000, 20_000, 30_000],
         help="also report accuracy at these cumulative rollout budgets",
     )
-    parser.add_argument("--candidate", default=report.CANDIDATE_METHOD,
+    parser.add_argument("--candidate", default=CANDIDATE_METHOD,
                         help="the method whose speed-ups are reported (default: pilot_commit)")
     parser.add_argument("--baselines", nargs="*", default=None,
                         help="the methods it is compared with (default: every other method)")
@@ -417,6 +384,7 @@ def main() -> None:
     out_dir = args.out or args.runs_dir / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    load_before = load_average()
     print(
         f"{cfg.name}: {len(cfg.methods)} methods x {len(cfg.seeds)} seeds into {args.runs_dir}",
         flush=True,
@@ -435,7 +403,7 @@ def main() -> None:
     candidate = args.candidate
     baselines = tuple(args.baselines or [m for m in cfg.methods if m != candidate])
     compared = {"candidate": candidate, "baselines": baselines}
-    summary = report.summarize_comparison(runs, cfg.target, **compared)
+    summary = summarize_comparison(runs, cfg.target, **compared)
     rows = method_table(records, summary)
     speedups = bootstrap_speedups(runs, cfg.target, resamples=args.bootstrap, **compared)
     alloc = allocation_table(records)
@@ -446,7 +414,7 @@ def main() -> None:
         fraction_rows.append(
             (
                 fraction,
-                report.summarize_comparison(runs, target_cfg, **compared),
+                summarize_comparison(runs, target_cfg, **compared),
                 bootstrap_speedups(runs, target_cfg, resamples=args.bootstrap, **compared),
             )
         )
@@ -457,7 +425,9 @@ def main() -> None:
 
     import matplotlib.pyplot as plt
 
-    fig = report.accuracy_figure(
+    from pilotcommit.analysis.figures import accuracy_figure
+
+    fig = accuracy_figure(
         runs,
         summary,
         title=f"{cfg.name}: accuracy against rollout budget, "
@@ -506,9 +476,9 @@ def main() -> None:
     )
     print(
         f"figure {figure_path}{' and ' + str(args.figure) if args.figure else ''}; "
-        f"table {out_dir / 'sample_efficiency.json'}; {elapsed:.0f} s "
-        f"(load average {', '.join(f'{x:.1f}' for x in os.getloadavg())})"
+        f"table {out_dir / 'sample_efficiency.json'}; {elapsed:.0f} s"
     )
+    print_environment(load_before, libraries=("prefect", "mlflow"), torch_threads=cfg.torch_threads)
 
 
 if __name__ == "__main__":

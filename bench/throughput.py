@@ -2,7 +2,8 @@
 
 Both sides train the same warm-started tiny ``Qwen2ForCausalLM`` of the embedded demo (the
 demo's model config and warm start, built once as ``pilotcommit compare`` builds it and cached
-under ``--cache-dir``, or ``--policy DIR``) on the demo's synthetic arithmetic training
+under ``--cache-dir``, or ``--policy DIR``; ``--config`` and ``--set`` choose another experiment,
+e.g. the smoke one for a quick run of the code) on the demo's synthetic arithmetic training
 prompts, with the same step shape and settings:
 
 - 32 prompts x 16 rollouts = 512 rollouts per step, ``max_new_tokens`` / ``max_completion_length``
@@ -46,6 +47,7 @@ all weights once): see :func:`bandwidth_limit_fraction`.
 A benchmark, not a test; results and the exact commands are in docs/benchmarks.md.
 
     python bench/throughput.py [--steps 8] [--warmup 2] [--rounds 2] [--threads 2]
+    python bench/throughput.py --config conf/experiment/smoke.yaml --sides ours ours-all --steps 1 --warmup 0 --rounds 1
     python bench/throughput.py --profile ours
     python bench/throughput.py --gpu            # on a CUDA machine
     python bench/throughput.py --lengths realistic [learner_lengths.py options]   # the learner at long-tailed lengths
@@ -56,9 +58,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import json
-import os
 import pstats
-import resource
 import statistics
 import subprocess
 import sys
@@ -67,13 +67,21 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/_requires.py, also when loaded by path
 from _requires import require  # noqa: E402
 
 require(__file__, "torch", "transformers", "pilotcommit")
+
+from _common import (  # noqa: E402
+    QWEN25_MATH_15B,
+    REPO_ROOT,
+    current_rss_bytes,
+    load_average,
+    peak_rss_bytes,
+    print_environment,
+    print_table,
+    qwen2_model,
+)
 
 NUM_PROMPTS, GROUP_SIZE = 32, 16
 DEFAULT_CACHE = REPO_ROOT / "runs" / "bench" / "throughput"
@@ -151,8 +159,7 @@ class SideResult:
 
 
 def peak_rss_mb() -> float:
-    # Linux reports ru_maxrss in KiB
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_rss_bytes() / 2**20
 
 
 def matmul_params(model) -> int:
@@ -164,30 +171,34 @@ def matmul_params(model) -> int:
 
 
 def current_rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    return current_rss_bytes() / 2**20
 
 
 # --------------------------------------------------------------------------- shared inputs
 
 
-def bench_config():
-    """The demo config: its model sizes, data, learner and rollout settings."""
+def bench_config(inputs: dict | None = None):
+    """The experiment config of ``inputs`` (default: the demo): its model sizes, data, learner
+    and rollout settings."""
     from pilotcommit.config import demo_config_path, load_experiment_config
 
-    return load_experiment_config(demo_config_path())
+    inputs = inputs or {}
+    return load_experiment_config(inputs.get("config") or demo_config_path(), inputs.get("overrides", []))
 
 
-def prepare_inputs(cache_dir: Path, policy: str | None) -> dict:
-    """The demo's prepared data and, unless ``policy`` is given, the demo's warm start, built
-    the way ``pilotcommit compare`` builds them and cached under ``cache_dir``."""
+def prepare_inputs(cache_dir: Path, policy: str | None, config: Path | None = None,
+                   overrides: list[str] | None = None) -> dict:
+    """The config's (default: the demo's) prepared data and, unless ``policy`` is given, its
+    warm start, built the way ``pilotcommit compare`` builds them and cached under ``cache_dir``."""
     from pilotcommit.config import config_hash
     from pilotcommit.pipeline import PreparedData, build_initial_policy, prepare_data
 
-    cfg = bench_config()
+    chosen = {"config": str(config.resolve()) if config else None, "overrides": list(overrides or [])}
+    cfg = bench_config(chosen)
     root = cache_dir / (config_hash(cfg.data)[:10] + "-" + config_hash(cfg.model)[:10])
     manifest = root / "inputs.json"
     inputs = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    inputs.update(chosen)
     if "prepared" not in inputs:
         inputs["prepared"] = prepare_data(cfg, root / "data").to_dict()
     inputs["train_path"] = inputs["prepared"]["train_path"]
@@ -226,13 +237,13 @@ def run_ours(
     from pilotcommit.allocation import make_policy
     from pilotcommit.config import GRPOConfig
     from pilotcommit.learner.update import Learner
-    from pilotcommit.loop import encode_prompts, make_engine, score_results
     from pilotcommit.models.loading import load_policy
     from pilotcommit.rewards import arith_reward
     from pilotcommit.rollout.protocol import SamplingParams, derive_seed
+    from pilotcommit.run_parts import encode_prompts, make_engine, score_results
 
     torch.set_num_threads(threads)
-    cfg = bench_config()
+    cfg = bench_config(inputs)
     ids, problems, answers = load_prompts(inputs["train_path"])
     model, tokenizer = load_policy(inputs["policy"], cfg.model)
     prompt_token_ids = dict(zip(ids, encode_prompts(problems, tokenizer, cfg)))
@@ -324,7 +335,7 @@ def run_trl(
     from pilotcommit.rewards import arith_reward
 
     torch.set_num_threads(threads)
-    cfg = bench_config()
+    cfg = bench_config(inputs)
     _, problems, answers = load_prompts(inputs["train_path"])
     model, tokenizer = load_policy(inputs["policy"], cfg.model)
     model.train()
@@ -528,7 +539,6 @@ def run_gpu(
 ) -> None:
     """Engine decoding tokens/s of a 1.5B-shaped Qwen2 (bf16, random weights) vs the bound."""
     import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from pilotcommit.rollout.protocol import SamplingParams
     from pilotcommit.rollout.transformers_engine import TransformersEngine
@@ -536,23 +546,10 @@ def run_gpu(
 
     if not torch.cuda.is_available():
         raise SystemExit("--gpu needs a CUDA device")
-    # Qwen2.5-Math-1.5B's shape (its config.json); random weights, nothing is downloaded
-    config = Qwen2Config(
-        vocab_size=151936,
-        hidden_size=1536,
-        intermediate_size=8960,
-        num_hidden_layers=28,
-        num_attention_heads=12,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        tie_word_embeddings=True,
-        rope_theta=10000.0,
-        eos_token_id=151643,
-        pad_token_id=151643,
-    )
-    torch.manual_seed(0)
-    with torch.device("cuda"):  # initialise on the card: 1.5 B float32 weights on the CPU are slow
-        model = Qwen2ForCausalLM(config).to(dtype=torch.bfloat16).eval()
+    # Qwen2.5-Math-1.5B's shape; random weights (initialised on the card), nothing is downloaded
+    model = qwen2_model(QWEN25_MATH_15B, device="cuda", max_position_embeddings=4096, eos_token_id=151643,
+                        pad_token_id=151643).to(dtype=torch.bfloat16).eval()
+    config = model.config
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
 
     class _Tok:  # the engine needs ids only: no tokenizer download
@@ -588,13 +585,11 @@ def run_gpu(
     out = bandwidth_limit_fraction(
         prompts * rollouts * max_new_tokens, wall, max_new_tokens, weight_bytes, bandwidth
     )
-    print(f"device {torch.cuda.get_device_name(0)}; bandwidth {bandwidth:.0f} GB/s ({source})")
-    print(
-        f"model 1.5B-shaped, {weight_bytes / 1e9:.2f} GB of bf16 weights; {prompts} prompts x "
-        f"{rollouts} rollouts x {max_new_tokens} tokens; median wall {wall:.2f} s"
-    )
-    for key, value in out.items():
-        print(f"  {key:<20} {value:,.3f}")
+    print_table(("quantity", "value"), [(key, f"{value:,.3f}") for key, value in out.items()],
+                title=f"device {torch.cuda.get_device_name(0)}; bandwidth {bandwidth:.0f} GB/s ({source}); "
+                f"model 1.5B-shaped, {weight_bytes / 1e9:.2f} GB of bf16 weights; {prompts} prompts x "
+                f"{rollouts} rollouts x {max_new_tokens} tokens; median wall {wall:.2f} s")
+    print_environment()
 
 
 # --------------------------------------------------------------------------- driver
@@ -652,7 +647,7 @@ def run_side(side: str, inputs_path: Path, args: argparse.Namespace) -> SideResu
     return SideResult(**data)
 
 
-def print_table(results: list[SideResult], load_before: tuple, load_after: tuple) -> None:
+def print_results(results: list[SideResult], load_before: tuple) -> None:
     rows = [
         ("time per step (s, median)", lambda r: f"{r.median('step_s'):.3f}"),
         ("  rollout (s)", lambda r: f"{r.median('rollout_s'):.3f}"),
@@ -686,21 +681,10 @@ def print_table(results: list[SideResult], load_before: tuple, load_after: tuple
         ("torch threads", lambda r: str(r.threads)),
     ]
     names = [r.side for r in results]
-    print()
-    print(f"| metric | {' | '.join(names)} |")
-    print(f"|---|{'---|' * len(names)}")
-    for label, fmt in rows:
-        print(f"| {label} | {' | '.join(fmt(r) for r in results)} |")
-    print()
-    print(
-        f"load average (1, 5, 15 min) before: {', '.join(f'{x:.2f}' for x in load_before)}; "
-        f"after: {', '.join(f'{x:.2f}' for x in load_after)}; cores: {os.cpu_count()}"
-    )
+    print_table(("metric", *names), [(label, *(fmt(r) for r in results)) for label, fmt in rows])
     for r in results:
         for note in r.notes:
             print(f"note ({r.side}): {note}")
-        if r.versions:
-            print(f"versions ({r.side}): {r.versions}")
     by_side = {r.side: r for r in results}
     for name, other in (("ours-all", "trl"), ("ours", "trl"), ("ours", "trl-gc")):
         ours, theirs = by_side.get(name), by_side.get(other)
@@ -714,6 +698,7 @@ def print_table(results: list[SideResult], load_before: tuple, load_after: tuple
             f"CPU s per step {theirs.median('step_cpu_s') / ours.median('step_cpu_s'):.2f}x "
             "(each: how many times faster or cheaper ours is; < 1: slower)"
         )
+    print_environment(load_before, libraries=("trl", "accelerate"), torch_threads=results[0].threads)
 
 
 def profile_side(side: str, inputs: dict, args: argparse.Namespace) -> None:
@@ -756,6 +741,10 @@ def main() -> None:
         help="initial policy checkpoint (default: the demo's warm start, built once and cached)",
     )
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument("--config", type=Path, default=None,
+                        help="experiment YAML whose data, model, warm start and settings both sides use "
+                        "(default: the demo)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="KEY=VALUE override")
     parser.add_argument("--profile", choices=SIDES, help="cProfile one side in-process")
     parser.add_argument(
         "--gpu", action="store_true", help="engine tokens/s vs bandwidth limit (CUDA)"
@@ -771,7 +760,8 @@ def main() -> None:
     args = parser.parse_args()
 
     if not args.gpu:  # the TRL sides need the bench extra: say so now, not from a child later
-        trl_sides = sorted({*args.sides, args.child or "", args.profile or ""} & {"trl", "trl-gc"})
+        wanted = {args.child} if args.child else {*args.sides, args.profile or ""}  # a child runs one side
+        trl_sides = sorted(wanted & {"trl", "trl-gc"})
         if trl_sides:
             require(__file__, "trl", "accelerate",
                     needed_for=f"the sides {', '.join(trl_sides)}; --sides ours ours-all runs without it")
@@ -784,7 +774,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    inputs = prepare_inputs(args.cache_dir, args.policy)
+    inputs = prepare_inputs(args.cache_dir, args.policy, args.config, args.overrides)
     if args.profile:
         profile_side(args.profile, inputs, args)
         return
@@ -795,7 +785,7 @@ def main() -> None:
         f"steps after {args.warmup} warm-up per side; {args.threads} threads; policy {inputs['policy']}",
         flush=True,
     )
-    load_before = os.getloadavg()
+    load_before = load_average()
     # rounds alternate the sides, so that a burst of load from other processes hits all of them
     results: dict[str, SideResult] = {}
     for _ in range(args.rounds):
@@ -807,7 +797,7 @@ def main() -> None:
             else:
                 results[side] = got
     results = list(results.values())
-    print_table(results, load_before, os.getloadavg())
+    print_results(results, load_before)
 
 
 if __name__ == "__main__":

@@ -34,10 +34,11 @@ import os  # noqa: E402
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
+from _common import load_average, print_environment, print_table  # noqa: E402
 from engine_throughput import NUM_PROMPTS, ROLLOUTS_PER_PROMPT, problems, tiny_model  # noqa: E402
 
 from pilotcommit.models.tokenizer import build_char_tokenizer  # noqa: E402
-from pilotcommit.rollout.vllm_engine import request_seed  # noqa: E402
+from pilotcommit.rollout.vllm_convert import request_seed  # noqa: E402
 
 
 def time_variant(llm, prompts, *, max_tokens: int, seeded: bool, flat: bool, calls: int) -> tuple[list[float], int]:
@@ -68,10 +69,10 @@ def main() -> None:
     from vllm import LLM
 
     torch.manual_seed(0)
+    load_before = load_average()
     tokenizer = build_char_tokenizer()
     prompts = [tokenizer(t)["input_ids"] for t in problems(NUM_PROMPTS)]
-    print(f"{NUM_PROMPTS} prompts x {ROLLOUTS_PER_PROMPT} rollouts per call, median [min] of {args.calls} calls")
-    print(f"{'new tokens':>10} {'seeds':>9} {'logprobs':>8} {'wall s':>16} {'tokens/s':>10} {'vs unseeded':>12}")
+    rows = []
     with tempfile.TemporaryDirectory() as directory:
         longest = max(args.max_new_tokens)
         model = tiny_model(tokenizer, eos_bias=0.0, max_new_tokens=longest)
@@ -87,8 +88,12 @@ def main() -> None:
                                              calls=args.calls)
                 median = statistics.median(walls)
                 base = median if base is None else base
-                print(f"{max_tokens:>10} {'per-req' if seeded else 'none':>9} {'flat' if flat else 'dicts':>8} "
-                      f"{median:>8.3f} [{min(walls):.3f}] {tokens / median:>10.0f} {median / base:>11.2f}x")
+                rows.append((max_tokens, "per-request" if seeded else "none", "flat" if flat else "dicts",
+                             f"{median:.3f}", f"{min(walls):.3f}", f"{tokens / median:,.0f}", f"{median / base:.2f}x"))
+    print_table(("new tokens", "seeds", "logprobs", "wall s (median)", "wall s (min)", "tokens/s", "vs unseeded"), rows,
+                title=f"{NUM_PROMPTS} prompts x {ROLLOUTS_PER_PROMPT} rollouts per call, median and min of "
+                f"{args.calls} calls")
+    print_environment(load_before)
 
 
 if __name__ == "__main__":

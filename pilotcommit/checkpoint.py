@@ -56,19 +56,28 @@ class CheckpointMismatchError(CheckpointError, ValueError):
 
 @cache
 def record_types() -> dict[str, type]:
-    """The allow-list: the only classes a checkpoint's ``state.json`` may instantiate, by name.
+    """The allow-list: the only classes a checkpoint's ``state.json`` may instantiate, by the
+    name it carries there.
 
     Plain dataclasses and enums of this package, built from their fields; nothing is imported by
     a name read from a file. A record type not listed here cannot be saved (TypeError at save).
+    The loop's counters are stored as ``_LoopState``, the name they had before they moved to
+    :mod:`pilotcommit.types`, so checkpoints of earlier runs resume.
     """
     from pilotcommit.allocation.buffer import BufferEntry
-    from pilotcommit.evaluation import EvalRecord
-    from pilotcommit.loop import _LoopState
-    from pilotcommit.types import Group, RequestResult, Rollout, RolloutKind, RolloutRequest, TrainBatch
+    from pilotcommit.types import (
+        EvalRecord,
+        Group,
+        LoopState,
+        RequestResult,
+        Rollout,
+        RolloutKind,
+        RolloutRequest,
+        TrainBatch,
+    )
 
-    classes = (RolloutKind, RolloutRequest, Rollout, RequestResult, Group, TrainBatch, BufferEntry,
-               EvalRecord, _LoopState)
-    return {cls.__name__: cls for cls in classes}
+    classes = (RolloutKind, RolloutRequest, Rollout, RequestResult, Group, TrainBatch, BufferEntry, EvalRecord)
+    return {**{cls.__name__: cls for cls in classes}, "_LoopState": LoopState}
 
 
 def checkpoint_root(run_dir: Path) -> Path:
@@ -268,10 +277,10 @@ def _encode(value: Any, tensors: dict[str, torch.Tensor], where: str) -> Any:
 
 
 def _record_name(cls: type, where: str) -> str:
-    name = cls.__name__
-    if record_types().get(name) is not cls:
+    names = [name for name, known in record_types().items() if known is cls]
+    if not names:
         raise TypeError(f"checkpoint state {where}: {cls.__qualname__} is not an allow-listed record type")
-    return name
+    return names[0]
 
 
 def _decode(data: Any, tensors: dict[str, torch.Tensor], allowed: dict[str, type]) -> Any:

@@ -81,7 +81,7 @@ def require(module: str, needed_for: str | None = None) -> ModuleType:
     if top not in OPTIONAL:
         raise KeyError(f"{top!r} is not an optional package of pilotcommit ({sorted(OPTIONAL)})")
     try:
-        return importlib.import_module(module)
+        return importlib.import_module(module)  # safety scan: only names of OPTIONAL (checked above)
     except ImportError as err:
         if available(top):  # installed but broken (a wrong torch, a missing shared library)
             raise MissingDependency(f"{_message(top, needed_for)} (it is installed but does not import: {err})") from err

@@ -15,14 +15,14 @@ Not here: the training loop, tracking, or how benchmarks are loaded.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from pilotcommit.config import EvalConfig, TargetConfig
 from pilotcommit.rollout.protocol import RolloutEngine, SamplingParams, derive_seed
-from pilotcommit.types import RolloutKind, RolloutRequest
+from pilotcommit.types import EvalRecord, RolloutKind, RolloutRequest
 
 AVERAGE_ACCURACY = "eval/average_accuracy"
 
@@ -39,20 +39,6 @@ class EvalSet:
     levels: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass
-class EvalRecord:
-    """The evaluation after ``step`` training steps, when ``cumulative_rollouts`` were spent."""
-
-    step: int
-    cumulative_rollouts: int
-    metrics: dict[str, float]
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping) -> "EvalRecord":
-        return cls(int(data["step"]), int(data["cumulative_rollouts"]), dict(data["metrics"]))
 
 
 @dataclass

@@ -33,7 +33,8 @@ from pilotcommit.config import (
 )
 from pilotcommit.data.prepared import PROMPTS_TOO_LONG, PreparedData, read_prompt_table
 from pilotcommit.evaluation import evaluate_policy
-from pilotcommit.loop import RunResult, build_eval_sets, reward_function, train_run
+from pilotcommit.loop import RunResult, train_run
+from pilotcommit.run_parts import build_eval_sets, reward_function
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _log = logging.getLogger(__name__)
@@ -76,8 +77,8 @@ class PromptLengthFilter:
     model: object  # the PretrainedModelConfig (tokenizer revision, template)
 
     def too_long(self, problems: list[str], cfg: ExperimentConfig) -> list[bool]:
-        from pilotcommit.loop import encode_prompts
         from pilotcommit.models.loading import load_tokenizer
+        from pilotcommit.run_parts import encode_prompts
 
         tokenizer = load_tokenizer(self.tokenizer_source, self.model)
         return [len(ids) > self.max_tokens for ids in encode_prompts(problems, tokenizer, cfg)]
@@ -166,8 +167,8 @@ def evaluate_checkpoint(
     cfg: ExperimentConfig, checkpoint: str, prepared: PreparedData, *, seed: int | None = None
 ) -> dict[str, float]:
     """Evaluate a policy checkpoint on the prepared evaluation sets (``eval/*`` metrics)."""
-    from pilotcommit.loop import make_engine
     from pilotcommit.models.loading import load_policy
+    from pilotcommit.run_parts import make_engine
 
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)

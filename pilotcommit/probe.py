@@ -85,9 +85,9 @@ def probe_pass_rates(cfg: ExperimentConfig, train_path, initial_policy: str, *, 
                      samples: int, seed: int) -> tuple[list[str], list[int], list[str]]:
     """``samples`` rollouts for ``prompts`` training prompts: (prompt ids, successes, levels)."""
     from pilotcommit.data.prepared import read_prompt_table
-    from pilotcommit.loop import encode_prompts, make_engine, reward_function
     from pilotcommit.models.loading import load_policy
     from pilotcommit.rollout.protocol import SamplingParams, derive_seed
+    from pilotcommit.run_parts import encode_prompts, make_engine, reward_function
 
     if prompts < 1 or samples < 1:
         raise ValueError(f"probe needs prompts >= 1 and samples >= 1 (got {prompts}, {samples})")

@@ -8,7 +8,8 @@ model; token ids and log-probs are lists, converted to tensors by the learner.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from enum import Enum
 
 
@@ -99,3 +100,34 @@ class TrainBatch:
     @property
     def rollouts(self) -> list[Rollout]:
         return [r for g in self.groups for r in g.rollouts]
+
+
+@dataclass
+class EvalRecord:
+    """The evaluation after ``step`` training steps, when ``cumulative_rollouts`` were spent."""
+
+    step: int
+    cumulative_rollouts: int
+    metrics: dict[str, float]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "EvalRecord":
+        return cls(int(data["step"]), int(data["cumulative_rollouts"]), dict(data["metrics"]))
+
+
+@dataclass
+class LoopState:
+    """Counters of the training loop itself (the policy and learner keep their own state); a
+    checkpoint holds it (its record name there is ``_LoopState``, as runs from before it moved
+    here wrote it)."""
+
+    steps: int = 0
+    generated_tokens: int = 0
+    eval_history: list[EvalRecord] = field(default_factory=list)
+    evaluations: int = 0
+    # last observed pass rate of every training prompt sampled so far (for histograms)
+    train_pass_rates: dict[str, tuple[float, int]] = field(default_factory=dict)
+    timings: dict[str, list[float]] = field(default_factory=lambda: {"generate_s": [], "learn_s": []})

@@ -34,7 +34,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pilotcommit.allocation.base import AllocationError, is_zero_variance, pass_rate, register_policy
+from pilotcommit.allocation.base import (
+    AllocationError,
+    is_zero_variance,
+    pass_rate,
+    register_policy,
+)
 from pilotcommit.allocation.dapo import DAPOPolicy
 from pilotcommit.config import GRESOConfig
 from pilotcommit.types import Group, RequestResult, RolloutKind, RolloutRequest

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pilotcommit.allocation.base import AllocationPolicy, is_zero_variance, pass_rate, register_policy
+from pilotcommit.allocation.base import (
+    AllocationPolicy,
+    is_zero_variance,
+    pass_rate,
+    register_policy,
+)
 from pilotcommit.config import GRPOConfig
 from pilotcommit.types import Group, RequestResult, RolloutKind, RolloutRequest
 

@@ -55,7 +55,7 @@ from pilotcommit.data.schema import (
     validate_prompt_table,
 )
 from pilotcommit.data.specs import DatasetSpec
-from pilotcommit.rewards.math import extract_last_boxed
+from pilotcommit.rewards.math_answer import extract_last_boxed
 
 PROMPT_ID_HASH_CHARS = 16
 

@@ -53,6 +53,11 @@ class PreparedData:
             for name, entry in tables.items() if isinstance(entry, dict) and PROMPTS_TOO_LONG in entry
         }
 
+    def dataset_inputs(self) -> dict[str, tuple[Path, str]]:
+        """``{name: (file, context)}`` of every table, as a training run's MLflow inputs."""
+        return {"train": (self.train_path, "training"),
+                **{name: (path, "evaluation") for name, path in self.eval_paths.items()}}
+
     def exists(self) -> bool:
         paths = [self.train_path, self.manifest_path, *self.eval_paths.values()]
         return all(p.is_file() for p in paths)

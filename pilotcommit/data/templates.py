@@ -9,6 +9,14 @@ none (base models such as Qwen2.5-Math-1.5B's tokenizer do have one; the
 embedded character tokenizer does not). ``raw`` is the problem unchanged: the
 embedded arithmetic task's prompt is the expression itself.
 
+``arith_chat`` poses an arithmetic problem of the synthetic task (``"47*6-18="``,
+pilotcommit/data/synthetic.py) to a pretrained chat model as a question: "What is 47*6-18?
+Reply with only the number." (:data:`ARITH_CHAT_QUESTION`; the trailing ``=`` dropped, the
+expression otherwise as the task wrote it), through the chat template exactly as ``boxed_cot``
+(plain question text without one). It asks for the number, not a box: small chat models
+rarely box, and its reward (``arith_chat``, pilotcommit/rewards/arith.py) reads the last
+integer they write. Anything but such an expression is refused.
+
 The template is applied as text (``tokenize=False``), so the rollout engines
 tokenize prompts the same way whatever produced them. This module does not
 tokenize, truncate to a maximum prompt length, or add system prompts.
@@ -16,11 +24,16 @@ tokenize, truncate to a maximum prompt length, or add system prompts.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 BOXED_COT_INSTRUCTION = "Let's think step by step and output the final answer within \\boxed{}."
+ARITH_CHAT_QUESTION = "What is {expression}? Reply with only the number."
 
-PromptTemplate = Literal["boxed_cot", "raw"]
+PromptTemplate = Literal["boxed_cot", "raw", "arith_chat"]
+
+# the synthetic task's problems: non-negative integer operands joined by + - *, then "="
+_ARITH_PROBLEM = re.compile(r"([0-9]+(?:[-+*][0-9]+)*)=?")
 
 
 def has_chat_template(tokenizer: object | None) -> bool:
@@ -36,11 +49,28 @@ def format_prompt(
         raise ValueError(f"format_prompt: problem must be non-empty text, got {problem!r}")
     if template == "raw":
         return problem
-    if template != "boxed_cot":
-        raise ValueError(f"format_prompt: unknown template {template!r}; use 'boxed_cot' or 'raw'")
-    content = f"{problem.strip()} {BOXED_COT_INSTRUCTION}"
+    if template == "boxed_cot":
+        content = f"{problem.strip()} {BOXED_COT_INSTRUCTION}"
+    elif template == "arith_chat":
+        content = arith_chat_question(problem)
+    else:
+        raise ValueError(
+            f"format_prompt: unknown template {template!r}; use 'boxed_cot', 'arith_chat' or 'raw'"
+        )
     if not has_chat_template(tokenizer):
         return content
     return tokenizer.apply_chat_template(  # type: ignore[union-attr]
         [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
     )
+
+
+def arith_chat_question(problem: str) -> str:
+    """``"47*6-18="`` -> ``"What is 47*6-18? Reply with only the number."`` (module docstring);
+    ``ValueError`` for anything that is not an arithmetic problem of the synthetic task."""
+    match = _ARITH_PROBLEM.fullmatch(problem.strip()) if isinstance(problem, str) else None
+    if match is None:
+        raise ValueError(
+            f"format_prompt: the arith_chat template takes an arithmetic problem such as "
+            f"'47*6-18=' (ASCII digits joined by + - *), got {problem!r}"
+        )
+    return ARITH_CHAT_QUESTION.format(expression=match.group(1))

@@ -29,8 +29,22 @@ implementation (checked on transformers 5.24's Qwen2 and Qwen3, tests/unit/test_
 - anything else (``eager``, ``flex_attention``): transformers' packed mask from the position
   ids (correct; the dense cost above).
 
+A packed forward therefore passes **no attention mask** (``attention_mask=None``) under every
+implementation, with the restarting position ids and the boundaries (:func:`packed_forward_kwargs`).
+A per-layer-type mask mapping (a dict, which Qwen2/Qwen3 take as already prepared masks) is not an
+option: Llama's model forward has no such branch and hands the dict to ``create_causal_mask``
+(transformers 5.19 and 5.25: ``AttributeError: 'dict' object has no attribute 'ndim'``). So that
+the varlen implementation still builds no ``[T, T]`` mask, its *mask* function
+(:func:`varlen_sdpa_mask`, registered in ``AttentionMaskInterface``) returns no mask for a
+cache-free call without a 2-D mask: the call is either plain causal or packed, and
+:func:`varlen_sdpa_attention` keeps it causal inside each sequence, from ``cu_seq_lens_q`` or,
+when a caller passed only restarting position ids, from those. Every other call (a padding mask,
+a cache offset, a sliding window, extra mask functions) gets exactly ``sdpa_mask``.
+
 The maths is pure (:func:`pack_sequences`, :func:`token_budget_micro_batches`); the only state
 touched is the model config's ``_attn_implementation`` (:func:`enable_packed_attention`).
+Known limit: the varlen kernel treats a sliding-window layer as full causal attention inside each
+packed sequence (the window is not applied).
 
 Not here: which rows are trained or the normaliser (``update.py``), the log-probs of the
 completion positions (``logprobs.py``).
@@ -151,34 +165,82 @@ def varlen_sdpa_attention(
     """With ``cu_seq_lens_q`` (a packed forward): causal attention inside each packed sequence,
     one ``scaled_dot_product_attention`` per segment, never across. Without it (generation,
     evaluation, padded batches): transformers' own ``sdpa_attention_forward``, unchanged. The
-    signature of transformers' attention functions; returns ``[B, T, H, D]``."""
-    if cu_seq_lens_q is None:
+    signature of transformers' attention functions; returns ``[B, T, H, D]``.
+
+    A call without ``cu_seq_lens_q`` and without a mask whose ``position_ids`` restart (rows packed
+    by a caller that passed no boundaries: :func:`varlen_sdpa_mask` built no mask for it) takes
+    each row's boundaries from its position ids: never attention across sequences."""
+    if cu_seq_lens_q is not None:
+        if query_BHTD.shape[0] != 1:
+            raise ValueError(f"{VARLEN_SDPA}: a packed batch is one row, got {query_BHTD.shape[0]}")
+        bounds_B = [cu_seq_lens_q.tolist()]
+    elif attention_mask is None:
+        bounds_B = _boundaries_from_position_ids(kwargs.get("position_ids"), *query_BHTD.shape[::2])
+    else:
+        bounds_B = None
+    if bounds_B is None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         return sdpa_attention_forward(module, query_BHTD, key_BHTD, value_BHTD, attention_mask,
                                       dropout=dropout, scaling=scaling, **kwargs)
-    if query_BHTD.shape[0] != 1:
-        raise ValueError(f"{VARLEN_SDPA}: a packed batch is one row, got {query_BHTD.shape[0]}")
     groups = query_BHTD.shape[1] // key_BHTD.shape[1]
     key_BHTD, value_BHTD = _repeat_kv(key_BHTD, groups), _repeat_kv(value_BHTD, groups)
-    bounds = cu_seq_lens_q.tolist()
-    pieces = [
-        nn.functional.scaled_dot_product_attention(
-            query_BHTD[:, :, s:e], key_BHTD[:, :, s:e], value_BHTD[:, :, s:e],
-            dropout_p=dropout, is_causal=True, scale=scaling,
-        )
-        for s, e in pairwise(bounds)
+    rows = [
+        torch.cat([
+            nn.functional.scaled_dot_product_attention(
+                query_BHTD[b : b + 1, :, s:e], key_BHTD[b : b + 1, :, s:e], value_BHTD[b : b + 1, :, s:e],
+                dropout_p=dropout, is_causal=True, scale=scaling,
+            )
+            for s, e in pairwise(bounds)
+        ], dim=2)
+        for b, bounds in enumerate(bounds_B)
     ]
-    return torch.cat(pieces, dim=2).transpose(1, 2).contiguous(), None
+    return torch.cat(rows, dim=0).transpose(1, 2).contiguous(), None
+
+
+def _boundaries_from_position_ids(position_ids: Tensor | None, batch: int, length: int) -> list[list[int]] | None:
+    """Each row's sequence boundaries (``cu_seq_lens``) from position ids that restart (a new
+    sequence wherever a position is not the previous one + 1, as transformers'
+    ``find_packed_sequence_indices``); None when no row restarts or there are no position ids."""
+    if position_ids is None or position_ids.shape[-1] != length or length < 2:
+        return None
+    starts_BT = (position_ids[..., 1:] - position_ids[..., :-1]) != 1
+    if not bool(starts_BT.any()):
+        return None
+    starts_BT = starts_BT.reshape(-1, length - 1).expand(batch, -1)
+    return [[0, *(torch.nonzero(row).flatten() + 1).tolist(), length] for row in starts_BT]
+
+
+def varlen_sdpa_mask(*args, **kwargs):
+    """The mask function of :data:`VARLEN_SDPA`: no mask for a cache-free call without a 2-D mask,
+    a sliding window or extra mask functions (plain causal, or packed: the kernel keeps it causal
+    inside each sequence, module docstring), so no dense ``[T, T]`` mask is built for a packed
+    row; anything else exactly transformers' ``sdpa_mask`` (called by keyword, the same
+    signature in transformers 5.19 and 5.25)."""
+    from transformers.masking_utils import sdpa_mask
+
+    q_offset, kv_offset = kwargs.get("q_offset", 0), kwargs.get("kv_offset", 0)
+    if (
+        not args
+        and kwargs.get("attention_mask") is None
+        and kwargs.get("q_length") is not None
+        and kwargs.get("q_length") == kwargs.get("kv_length")
+        and not torch.is_tensor(q_offset) and q_offset == 0
+        and not torch.is_tensor(kv_offset) and kv_offset == 0
+        and kwargs.get("local_size") is None
+        and not kwargs.get("use_vmap", False)  # or/and mask functions (image tokens and the like)
+    ):
+        return None
+    return sdpa_mask(*args, **kwargs)
 
 
 def _register() -> None:
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(VARLEN_SDPA, varlen_sdpa_attention)
     # unpacked calls get exactly sdpa's masks (padding, causal) and kernel
-    AttentionMaskInterface.register(VARLEN_SDPA, sdpa_mask)
+    AttentionMaskInterface.register(VARLEN_SDPA, varlen_sdpa_mask)
 
 
 _register()
@@ -202,19 +264,16 @@ def packed_forward_kwargs(model: nn.Module, packed: PackedRow) -> dict:
     """The forward's keyword arguments for a packed row: no cache, the position ids, and the
     sequence boundaries that flash-attention and :func:`varlen_sdpa_attention` read.
 
-    The mask: under :func:`varlen_sdpa_attention` none is needed, so the model gets a prepared
-    (empty) mask per layer type and builds no ``[T, T]`` tensor; under any other implementation
-    no 2-D mask is passed, so transformers derives the packed mask from the position ids.
+    The mask: none, under every implementation and for every model class (module docstring):
+    under :func:`varlen_sdpa_attention` the mask function builds none either (the kernel reads the
+    boundaries); under any other implementation transformers derives the packed mask from the
+    restarting position ids. ``model`` is kept for the signature (the kwargs do not depend on it).
     """
-    if model.config._attn_implementation == VARLEN_SDPA:
-        layer_types = set(getattr(model.config, "layer_types", None) or ["full_attention"])
-        attention_mask = {layer_type: None for layer_type in layer_types}
-    else:
-        attention_mask = None
+    del model
     return {
         "input_ids": packed.input_ids_1T,
         "position_ids": packed.position_ids_1T,
-        "attention_mask": attention_mask,
+        "attention_mask": None,
         "use_cache": False,
         "cu_seq_lens_q": packed.cu_seq_lens_S,
         "cu_seq_lens_k": packed.cu_seq_lens_S,

@@ -4,12 +4,14 @@
 applies one to the engine's rollouts in place (accuracy and shaped reward).
 """
 
-from pilotcommit.rewards.arith import arith_reward, is_canonical_integer
-from pilotcommit.rewards.math import math_reward, math_verifier_timeouts
+from pilotcommit.rewards.arith import arith_chat_reward, arith_reward, chat_answer, is_canonical_integer
+from pilotcommit.rewards.math import math_reward
+from pilotcommit.rewards.math_verifier import math_verifier_timeouts
 from pilotcommit.rewards.scoring import RewardFn, overlong_penalty, score_rollouts
 
 REWARDS: dict[str, RewardFn] = {
     "arith_exact": arith_reward,
+    "arith_chat": arith_chat_reward,
     "math_verify": math_reward,
 }
 
@@ -22,7 +24,9 @@ def reward_timeouts() -> int:
 __all__ = [
     "REWARDS",
     "RewardFn",
+    "arith_chat_reward",
     "arith_reward",
+    "chat_answer",
     "is_canonical_integer",
     "math_reward",
     "overlong_penalty",

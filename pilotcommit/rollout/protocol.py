@@ -2,9 +2,10 @@
 
 The training loop, the evaluation and the benchmarks talk to "an engine" only
 through :class:`RolloutEngine`; the transformers engine (CPU/GPU), a vLLM
-engine and the test double of the loop all implement it. This module is plain
-Python on purpose (no torch): the loop's unit tests and the allocation code can
-import it without a model.
+engine and the test double of the loop all implement it; the engines share
+:func:`validated_prompts`, the checks a ``generate`` call makes on its requests
+before it samples. This module is plain Python on purpose (no torch): the loop's
+unit tests and the allocation code can import it without a model.
 
 Conventions every engine keeps (the learner relies on them):
 
@@ -135,3 +136,39 @@ def derive_seed(*parts: int) -> int:
         b",".join(str(int(p)).encode() for p in parts), digest_size=8
     ).digest()
     return int.from_bytes(digest, "little") >> 1
+
+
+def validated_prompts(
+    requests: Sequence[RolloutRequest],
+    prompt_token_ids: Mapping[str, Sequence[int]],
+    *,
+    vocab_size: int | None = None,
+) -> list[list[int]]:
+    """The prompt token ids of every request, in request order, after the checks each engine's
+    ``generate`` makes before it samples: no negative ``count``, ids for every prompt id
+    (``KeyError`` naming it, as the protocol says), at least one id per prompt, and, when the
+    engine passes its ``vocab_size``, every id in ``[0, vocab_size)``."""
+    prompts: list[list[int]] = []
+    checked: set[str] = set()
+    for index, request in enumerate(requests):
+        if request.count < 0:
+            raise ValueError(
+                f"request {index} (prompt id {request.prompt_id!r}) asks for "
+                f"{request.count} rollouts"
+            )
+        if request.prompt_id not in prompt_token_ids:
+            raise KeyError(
+                f"no prompt token ids for prompt id {request.prompt_id!r} (request {index})"
+            )
+        ids = [int(t) for t in prompt_token_ids[request.prompt_id]]
+        if request.prompt_id not in checked:
+            if not ids:
+                raise ValueError(f"prompt id {request.prompt_id!r} has no token ids")
+            if vocab_size is not None and (min(ids) < 0 or max(ids) >= vocab_size):
+                raise ValueError(
+                    f"prompt id {request.prompt_id!r} has token ids outside the model's "
+                    f"vocabulary [0, {vocab_size})"
+                )
+            checked.add(request.prompt_id)
+        prompts.append(ids)
+    return prompts

@@ -17,12 +17,12 @@ How a call runs:
    call of 32 prompts runs 32 prompt prefills, not 512).
 3. Decoding feeds one token per active row; rows that emitted a stop token
    are dropped from the batch (and the cache) so they cost nothing after.
-4. Sampling is inverse-CDF sampling on tensors with one uniform number per
-   (row, step), drawn up front in request-row order from a local
-   ``torch.Generator`` seeded with ``seed``. A row's random numbers therefore
-   do not depend on the sort order or the chunking, only on its place in the
-   call; the logits it sees may differ in the last float bits with the batch
-   composition (padding), as with any batched engine.
+4. Sampling is inverse-CDF sampling on tensors (``rollout.sampling``) with
+   one uniform number per (row, step), drawn up front in request-row order
+   from a local ``torch.Generator`` seeded with ``seed``. A row's random
+   numbers therefore do not depend on the sort order or the chunking, only on
+   its place in the call; the logits it sees may differ in the last float bits
+   with the batch composition (padding), as with any batched engine.
 
 Departures from ``model.generate`` worth knowing: no repetition penalty,
 top-k, min-p or beam search (the paper's settings need none of them); the
@@ -51,79 +51,10 @@ from pilotcommit.rollout.protocol import (
     FINISH_STOP,
     GenerationStats,
     SamplingParams,
+    validated_prompts,
 )
+from pilotcommit.rollout.sampling import left_pad, sample_next_tokens
 from pilotcommit.types import RequestResult, Rollout, RolloutRequest
-
-# --------------------------------------------------------------------------- pure sampling maths
-
-
-def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor]:
-    """Left-padded ``input_ids_BL`` and ``attention_mask_BL`` (1 on real tokens)."""
-    width = max(len(p) for p in prompts)
-    input_ids_BL = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    attention_mask_BL = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        if prompt:
-            input_ids_BL[row, width - len(prompt) :] = torch.as_tensor(prompt, dtype=torch.long)
-            attention_mask_BL[row, width - len(prompt) :] = 1
-    return input_ids_BL, attention_mask_BL
-
-
-def inverse_cdf_sample(cdf_BV: Tensor, uniforms_B: Tensor) -> Tensor:
-    """Index ``i`` with ``cdf[i-1] <= u * cdf[-1] < cdf[i]`` per row.
-
-    ``cdf_BV`` is a non-decreasing cumulative sum of non-negative weights (it
-    need not end at exactly 1). A zero-weight entry has ``cdf[i] == cdf[i-1]``
-    and can never be chosen.
-    """
-    total_B1 = cdf_BV[:, -1:]
-    target_B1 = uniforms_B.to(cdf_BV.dtype).unsqueeze(1) * total_B1
-    # u * total can round up to total; the largest float below it still lands
-    # on the last entry with non-zero weight
-    target_B1 = torch.minimum(target_B1, torch.nextafter(total_B1, torch.zeros_like(total_B1)))
-    index_B1 = torch.searchsorted(cdf_BV, target_B1, right=True)
-    return index_B1.clamp_(max=cdf_BV.shape[1] - 1).squeeze(1)
-
-
-def sample_next_tokens(
-    logits_BV: Tensor, uniforms_B: Tensor | None, temperature: float, top_p: float
-) -> tuple[Tensor, Tensor]:
-    """Draw one token per row; return ``(token_ids_B, logprobs_B)``.
-
-    ``logprobs_B`` is the log-probability of each drawn token under the
-    distribution sampled from: ``log_softmax(logits / temperature)`` restricted
-    to the top-p nucleus and renormalised. The nucleus is the smallest set of
-    most likely tokens whose mass reaches ``top_p`` (the most likely token is
-    always in it; ties broken towards the lower token id). ``temperature == 0``
-    is greedy (argmax, ``uniforms_B`` unused) and reports the plain
-    ``log_softmax`` of the chosen token (protocol convention).
-    """
-    logits_BV = logits_BV.float()
-    if temperature == 0.0:
-        logp_BV = torch.log_softmax(logits_BV, dim=-1)
-        token_ids_B = logp_BV.argmax(dim=-1)
-        return token_ids_B, logp_BV.gather(1, token_ids_B.unsqueeze(1)).squeeze(1)
-    if uniforms_B is None:
-        raise ValueError("sample_next_tokens: sampling at temperature > 0 needs uniforms_B")
-    logp_BV = torch.log_softmax(logits_BV / temperature, dim=-1)
-    if top_p >= 1.0:
-        token_ids_B = inverse_cdf_sample(logp_BV.exp().cumsum(dim=-1), uniforms_B)
-        return token_ids_B, logp_BV.gather(1, token_ids_B.unsqueeze(1)).squeeze(1)
-    # stable sort: equal probabilities keep id order, so the nucleus is deterministic
-    sorted_logp_BV, order_BV = torch.sort(logp_BV, dim=-1, descending=True, stable=True)
-    sorted_p_BV = sorted_logp_BV.exp()
-    cdf_BV = sorted_p_BV.cumsum(dim=-1)
-    # keep a token iff the mass of the more likely ones is still short of top_p
-    in_nucleus_BV = (cdf_BV - sorted_p_BV) < top_p
-    in_nucleus_BV[:, 0] = True
-    nucleus_cdf_BV = torch.where(in_nucleus_BV, sorted_p_BV, 0.0).cumsum(dim=-1)
-    rank_B = inverse_cdf_sample(nucleus_cdf_BV, uniforms_B)
-    token_ids_B = order_BV.gather(1, rank_B.unsqueeze(1)).squeeze(1)
-    logprobs_B = sorted_logp_BV.gather(1, rank_B.unsqueeze(1)).squeeze(1) - torch.log(
-        nucleus_cdf_BV[:, -1]
-    )
-    return token_ids_B, logprobs_B
-
 
 # --------------------------------------------------------------------------- engine
 
@@ -249,7 +180,7 @@ class TransformersEngine:
     ) -> list[RequestResult]:
         """Sample ``request.count`` completions per request (protocol contract)."""
         start = time.perf_counter()
-        prompts = self._validated_prompts(requests, prompt_token_ids)
+        prompts = validated_prompts(requests, prompt_token_ids, vocab_size=self._vocab_size)
         counts = [r.count for r in requests]
         total_rows = sum(counts)
         row_offsets = [0]
@@ -323,34 +254,6 @@ class TransformersEngine:
         self._cache_kwarg = "cache" if "cache" in parameters else "past_key_values"
         self._has_logits_to_keep = "logits_to_keep" in parameters
         self._vocab_size = self.model.get_input_embeddings().num_embeddings
-
-    def _validated_prompts(
-        self, requests: Sequence[RolloutRequest], prompt_token_ids: Mapping[str, list[int]]
-    ) -> list[list[int]]:
-        prompts: list[list[int]] = []
-        checked: set[str] = set()
-        for index, request in enumerate(requests):
-            if request.count < 0:
-                raise ValueError(
-                    f"request {index} (prompt id {request.prompt_id!r}) asks for "
-                    f"{request.count} rollouts"
-                )
-            if request.prompt_id not in prompt_token_ids:
-                raise KeyError(
-                    f"no prompt token ids for prompt id {request.prompt_id!r} (request {index})"
-                )
-            ids = prompt_token_ids[request.prompt_id]
-            if request.prompt_id not in checked:
-                if len(ids) == 0:
-                    raise ValueError(f"prompt id {request.prompt_id!r} has no token ids")
-                if min(ids) < 0 or max(ids) >= self._vocab_size:
-                    raise ValueError(
-                        f"prompt id {request.prompt_id!r} has token ids outside the model's "
-                        f"vocabulary [0, {self._vocab_size})"
-                    )
-                checked.add(request.prompt_id)
-            prompts.append(list(ids))
-        return prompts
 
     def _chunks(
         self,

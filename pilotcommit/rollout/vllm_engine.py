@@ -3,18 +3,14 @@
 :class:`VLLMEngine` implements :class:`pilotcommit.rollout.protocol.RolloutEngine` on a
 ``vllm.LLM`` that lives in the learner's process and on the learner's GPU(s):
 
-- **Sampling.** One vLLM request per :class:`~pilotcommit.types.RolloutRequest`: a token-id
-  prompt (``TokensPrompt``) and ``SamplingParams(n=count, temperature, top_p, max_tokens,
-  seed, logprobs=0)``. ``logprobs=0`` returns the log-probability of the sampled token only,
-  and the engine is built with ``logprobs_mode="processed_logprobs"`` so that value is taken
-  AFTER temperature and top-p (vLLM's default, ``raw_logprobs``, is the unscaled model): the
-  protocol's "log-prob under the distribution actually sampled from". For greedy decoding
-  vLLM returns the plain log-softmax, as the protocol asks. Completion ids keep the stop
-  token (vLLM appends it before it stops), the text is decoded here without special tokens.
-- **Seeds.** Request ``i`` of a call gets ``request_seed(seed, i)``; vLLM gives the ``k``-th of
-  its ``n`` samples the seed ``+ k``. A rollout therefore depends on (weights, prompt, params,
-  call seed, request position), not on how vLLM batches the call, except for the float
-  differences any batched engine has.
+- **Sampling.** One vLLM request per :class:`~pilotcommit.types.RolloutRequest`, with
+  ``logprobs=0`` (the log-probability of the sampled token only), and the engine is built
+  with ``logprobs_mode="processed_logprobs"`` so that value is taken AFTER temperature and
+  top-p (vLLM's default, ``raw_logprobs``, is the unscaled model): the protocol's "log-prob
+  under the distribution actually sampled from". For greedy decoding vLLM returns the plain
+  log-softmax, as the protocol asks. How requests become vLLM's prompts and sampling params,
+  how each request's seed is derived, and how vLLM's outputs become rollouts is
+  :mod:`pilotcommit.rollout.vllm_convert`; the engine calls it, then ``llm.generate``.
 - **Sleep mode.** With ``enable_sleep_mode`` every ``generate`` ends with ``llm.sleep(level=1)``
   (weights copied to CPU memory, KV cache freed) so the learner has the GPU; the next
   ``generate`` wakes what is asleep. ``update_weights`` wakes only the weights
@@ -31,14 +27,15 @@
   The engine runs vLLM's worker IN this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, or the
   ``external_launcher`` backend under ``torchrun``), so the tensors are passed by reference,
   never serialised. Every parameter must receive a value, checked twice: before anything is
-  loaded, the names sent must be exactly the learner model's (a partial or renamed state dict
-  fails with the missing names and leaves vLLM's weights untouched); and inside the worker,
-  every vLLM parameter must have been loaded (vLLM itself only logs a warning and keeps the
-  stale tensors). Then the prefix cache, computed with the old weights, is reset.
+  loaded, the names sent must be exactly the learner model's (``check_weight_names``: a
+  partial or renamed state dict fails with the missing names and leaves vLLM's weights
+  untouched); and inside the worker, every vLLM parameter must have been loaded (vLLM itself
+  only logs a warning and keeps the stale tensors). Then the prefix cache, computed with the
+  old weights, is reset.
 - **Parallelism.** Single process: one GPU, ``tensor_parallel_size`` 1. Under ``torchrun``
   (the FSDP learner): ``distributed_executor_backend="external_launcher"``, consecutive ranks
   form tensor-parallel groups of ``tensor_parallel_size``, each group is one replica; the
-  requests of a call are split between replicas (:func:`assign_requests_to_replicas`, whole
+  requests of a call are split between replicas (``assign_requests_to_replicas``, whole
   requests so seeds stay put), and the results are all-gathered so every rank returns the
   full, identical list (every rank's learner needs the same batch).
 
@@ -49,185 +46,55 @@ docs/paper_scale.md. CI runs every ``vllm``-marked test against the real ``vllm-
 (``.ci/run``, second environment); only the CUDA-specific parts (sleep mode, the GPU memory
 split, tensor parallelism over NCCL) have not run here.
 
-Deliberately not here: vLLM's server mode, LoRA, speculative decoding, a separate inference
-cluster, rewards, and choosing seeds (``derive_seed`` at the call site, as for every engine).
+Deliberately not here: the conversion between the protocol's records and vLLM's objects and
+the ``vllm.LLM`` argument helpers (``rollout.vllm_convert``), vLLM's server mode, LoRA,
+speculative decoding, a separate inference cluster, rewards, and choosing seeds
+(``derive_seed`` at the call site, as for every engine).
 """
 
 from __future__ import annotations
 
 import gc
-import os
 import logging
+import os
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pilotcommit.dependencies import VLLM_INSTALL, require
+from pilotcommit.dependencies import require
 from pilotcommit.memory import free_cached_blocks, memory_metrics
-
 from pilotcommit.rollout.protocol import (
     EMPTY_STATS,
-    FINISH_LENGTH,
-    FINISH_STOP,
     GenerationStats,
     SamplingParams,
-    derive_seed,
+    validated_prompts,
 )
-from pilotcommit.types import RequestResult, Rollout, RolloutRequest
+from pilotcommit.rollout.vllm_convert import (
+    _check_context_length,
+    _check_vllm_version,
+    _kv_cache_bytes,
+    _parallel_layout,
+    _platform_options,
+    assign_requests_to_replicas,
+    check_weight_names,
+    expected_weight_names,
+    generation_stats,
+    request_output_to_result,
+    stop_token_ids_of,
+    vllm_generate_inputs,
+)
+from pilotcommit.types import RequestResult, RolloutRequest
 
 if TYPE_CHECKING:
     from pilotcommit.config import ExperimentConfig
 
-SUPPORTED_VLLM = ((0, 32), (0, 33))  # [lower, upper) of (major, minor)
 SLEEP_TAGS = ("weights", "kv_cache")
 logger = logging.getLogger(__name__)
-# vLLM gives the k-th of a request's n samples the seed `seed + k`; 62 bits leave room for k
-_SEED_MASK = (1 << 62) - 1
 
 
-# --------------------------------------------------------------------------- pure helpers
-
-
-def request_seed(seed: int, request_index: int) -> int:
-    """The vLLM seed of request ``request_index`` of a ``generate(..., seed=seed)`` call."""
-    return derive_seed(seed, request_index) & _SEED_MASK
-
-
-def sampled_token_logprobs(
-    position_logprobs: Sequence[Any] | None, token_ids: Sequence[int]
-) -> list[float]:
-    """The log-prob of each sampled token from vLLM's per-position ``{token_id: Logprob}``.
-
-    With ``logprobs=0`` each position holds the sampled token only (vLLM adds the sampled
-    token to the top-k it was asked for). A ``Logprob`` object's ``.logprob`` and a bare float
-    are both accepted.
-    """
-    if position_logprobs is None:
-        raise ValueError("vLLM returned no log-probs: the request must set logprobs=0")
-    if len(position_logprobs) != len(token_ids):
-        raise ValueError(
-            f"vLLM returned {len(position_logprobs)} log-prob positions for {len(token_ids)} tokens"
-        )
-    values = []
-    for position, (token_id, entry) in enumerate(zip(token_ids, position_logprobs)):
-        if token_id not in entry:
-            raise ValueError(
-                f"vLLM log-probs at position {position} do not include the sampled token {token_id}"
-            )
-        value = entry[token_id]
-        values.append(float(getattr(value, "logprob", value)))
-    return values
-
-
-def completion_to_rollout(
-    completion: Any,
-    *,
-    request: RolloutRequest,
-    prompt_token_ids: list[int],
-    policy_step: int,
-    tokenizer: Any,
-) -> Rollout:
-    """A :class:`Rollout` from one vLLM ``CompletionOutput`` (fields ``token_ids``,
-    ``logprobs``, ``finish_reason``)."""
-    token_ids = [int(t) for t in completion.token_ids]
-    if completion.finish_reason == "stop":
-        finish = FINISH_STOP
-    elif completion.finish_reason == "length":
-        finish = FINISH_LENGTH
-    else:  # "abort" or None: the request did not finish
-        raise RuntimeError(
-            f"vLLM did not finish a completion of prompt id {request.prompt_id!r} "
-            f"(finish_reason={completion.finish_reason!r})"
-        )
-    return Rollout(
-        prompt_id=request.prompt_id,
-        kind=request.kind,
-        prompt_token_ids=list(prompt_token_ids),
-        completion_token_ids=token_ids,
-        sampler_logprobs=sampled_token_logprobs(completion.logprobs, token_ids),
-        text=tokenizer.decode(token_ids, skip_special_tokens=True),
-        finish_reason=finish,
-        policy_step=policy_step,
-    )
-
-
-def request_output_to_result(
-    output: Any,
-    request: RolloutRequest,
-    prompt_token_ids: list[int],
-    *,
-    policy_step: int,
-    tokenizer: Any,
-    replicate: int = 1,
-) -> RequestResult:
-    """The :class:`RequestResult` of one vLLM ``RequestOutput`` (its ``outputs`` in sample
-    order). ``replicate`` repeats each completion (greedy requests are sampled once)."""
-    completions = sorted(output.outputs, key=lambda c: c.index)
-    if len(completions) * replicate != request.count:
-        raise RuntimeError(
-            f"vLLM returned {len(completions)} x {replicate} completions for prompt id "
-            f"{request.prompt_id!r}, which asked for {request.count}"
-        )
-    returned_prompt = getattr(output, "prompt_token_ids", None)
-    if returned_prompt is not None and list(returned_prompt) != list(prompt_token_ids):
-        raise RuntimeError(f"vLLM answered prompt id {request.prompt_id!r} with another prompt")
-    rollouts = []
-    for completion in completions:
-        rollout = completion_to_rollout(
-            completion,
-            request=request,
-            prompt_token_ids=prompt_token_ids,
-            policy_step=policy_step,
-            tokenizer=tokenizer,
-        )
-        rollouts.append(rollout)
-        for _ in range(replicate - 1):  # each copy its own record: rewards are filled in place
-            rollouts.append(_copy_rollout(rollout))
-    return RequestResult(request=request, rollouts=rollouts)
-
-
-def assign_requests_to_replicas(counts: Sequence[int], num_replicas: int) -> list[int]:
-    """The replica of each request: largest requests first, each to the least loaded replica
-    (ties to the lower replica), so replicas get about the same number of rollouts.
-    Deterministic: every rank computes the same assignment."""
-    if num_replicas < 1:
-        raise ValueError(
-            f"assign_requests_to_replicas: num_replicas must be >= 1, got {num_replicas}"
-        )
-    load = [0] * num_replicas
-    assignment = [0] * len(counts)
-    for index in sorted(range(len(counts)), key=lambda i: (-counts[i], i)):
-        replica = min(range(num_replicas), key=lambda r: (load[r], r))
-        assignment[index] = replica
-        load[replica] += counts[index]
-    return assignment
-
-
-def generation_stats(results: Sequence[RequestResult], wall_s: float,
-                     memory: Mapping[str, float] | None = None) -> GenerationStats:
-    rollouts = [r for result in results for r in result.rollouts]
-    return GenerationStats(
-        num_rollouts=len(rollouts),
-        num_prompt_tokens=sum(len(r.prompt_token_ids) for r in rollouts),
-        num_generated_tokens=sum(r.num_completion_tokens for r in rollouts),
-        wall_s=wall_s,
-        memory=dict(memory or {}),
-    )
-
-
-def stop_token_ids_of(model: Any, tokenizer: Any) -> list[int]:
-    """The tokenizer's EOS plus the model's generation-config EOS ids (as the transformers engine)."""
-    ids: set[int] = set()
-    if getattr(tokenizer, "eos_token_id", None) is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    generation_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if isinstance(generation_eos, int):
-        ids.add(generation_eos)
-    elif generation_eos is not None:
-        ids.update(int(i) for i in generation_eos)
-    return sorted(ids)
+# --------------------------------------------------------------------------- weight streaming
 
 
 def full_parameters(weights: Any) -> Iterator[tuple[str, torch.Tensor]]:
@@ -245,35 +112,6 @@ def full_parameters(weights: Any) -> Iterator[tuple[str, torch.Tensor]]:
         raise TypeError(
             "VLLMEngine.update_weights: expected an nn.Module or a state dict, "
             f"got {type(weights).__name__}"
-        )
-
-
-def expected_weight_names(model: torch.nn.Module) -> tuple[frozenset[str], frozenset[str]]:
-    """(names every sync must send, names a sync may send) for the learner's ``model``.
-
-    Required: its parameters (a tied output head is one parameter, under the embedding's name).
-    Allowed besides: the rest of its state dict (the tied ``lm_head.weight`` alias, persistent
-    buffers), which vLLM's model classes accept and skip."""
-    required = frozenset(name for name, _ in model.named_parameters())
-    return required, required | frozenset(model.state_dict().keys())
-
-
-def check_weight_names(
-    names: Iterable[str], required: frozenset[str], allowed: frozenset[str]
-) -> None:
-    """Refuse a sync that would leave a parameter stale or send one vLLM does not know."""
-    names = set(names)
-    missing, unknown = sorted(required - names), sorted(names - allowed)
-    if missing:
-        raise ValueError(
-            f"VLLMEngine.update_weights: the weights lack {len(missing)} of the model's "
-            f"{len(required)} parameters (first: {missing[:5]}); a weight sync must carry every "
-            "parameter, nothing was loaded"
-        )
-    if unknown:
-        raise ValueError(
-            f"VLLMEngine.update_weights: {len(unknown)} weights are not parameters of the model "
-            f"(first: {unknown[:5]}); nothing was loaded"
         )
 
 
@@ -305,29 +143,6 @@ def reload_weights_on_worker(
         return None
     loaded = set().union(*seen)
     return sorted({name for name, _ in model.named_parameters()} - loaded)
-
-
-def _copy_rollout(rollout: Rollout) -> Rollout:
-    return Rollout(
-        prompt_id=rollout.prompt_id,
-        kind=rollout.kind,
-        prompt_token_ids=list(rollout.prompt_token_ids),
-        completion_token_ids=list(rollout.completion_token_ids),
-        sampler_logprobs=list(rollout.sampler_logprobs),
-        text=rollout.text,
-        finish_reason=rollout.finish_reason,
-        policy_step=rollout.policy_step,
-    )
-
-
-def _check_vllm_version(version: str) -> None:
-    parts = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
-    if not SUPPORTED_VLLM[0] <= parts < SUPPORTED_VLLM[1]:
-        raise RuntimeError(
-            f"vllm {version} is installed; this engine supports {VLLM_INSTALL}. Other "
-            "versions moved the APIs it uses (weight reload, collective_rpc, logprobs_mode, "
-            "sleep mode)"
-        )
 
 
 # --------------------------------------------------------------------------- engine
@@ -452,31 +267,22 @@ class VLLMEngine:
         """``request.count`` completions per request, in request order (protocol contract)."""
         start = time.perf_counter()
         self._memory = {}
-        prompts = _validated_prompts(requests, prompt_token_ids)
+        prompts = validated_prompts(requests, prompt_token_ids)
         assignment = assign_requests_to_replicas([r.count for r in requests], self.num_replicas)
         mine = [i for i, r in enumerate(requests) if assignment[i] == self.replica and r.count > 0]
         local: dict[int, RequestResult] = {}
         if mine:
             self._wake(SLEEP_TAGS)
-            # greedy samples are all the same: ask once, copy
-            per_request = 1 if params.greedy else None
-            sampling = [
-                self.sampling_params_cls(
-                    n=per_request or requests[i].count,
-                    temperature=params.temperature,
-                    top_p=params.top_p,
-                    max_tokens=params.max_new_tokens,
-                    seed=request_seed(seed, i),
-                    logprobs=0,
-                    stop_token_ids=self.stop_token_ids,
-                    detokenize=False,  # decoded here, with the project's tokenizer
-                )
-                for i in mine
-            ]
-            # TokensPrompt is a TypedDict: a plain dict is one
-            outputs = self.llm.generate(
-                [{"prompt_token_ids": prompts[i]} for i in mine], sampling, use_tqdm=False
+            vllm_prompts, sampling = vllm_generate_inputs(
+                requests,
+                prompts,
+                mine,
+                params,
+                seed=seed,
+                stop_token_ids=self.stop_token_ids,
+                sampling_params_cls=self.sampling_params_cls,
             )
+            outputs = self.llm.generate(vllm_prompts, sampling, use_tqdm=False)
             if len(outputs) != len(mine):
                 raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(mine)} requests")
             for i, output in zip(mine, outputs):
@@ -572,51 +378,6 @@ class VLLMEngine:
         return merged
 
 
-def _validated_prompts(
-    requests: Sequence[RolloutRequest], prompt_token_ids: Mapping[str, list[int]]
-) -> list[list[int]]:
-    prompts = []
-    for index, request in enumerate(requests):
-        if request.count < 0:
-            raise ValueError(
-                f"request {index} (prompt id {request.prompt_id!r}) asks for {request.count} rollouts"
-            )
-        if request.prompt_id not in prompt_token_ids:
-            raise KeyError(
-                f"no prompt token ids for prompt id {request.prompt_id!r} (request {index})"
-            )
-        ids = [int(t) for t in prompt_token_ids[request.prompt_id]]
-        if not ids:
-            raise ValueError(f"prompt id {request.prompt_id!r} has no token ids")
-        prompts.append(ids)
-    return prompts
-
-
-def _parallel_layout(tensor_parallel_size: int) -> tuple[int, int, str | None]:
-    """(replica, number of replicas, vLLM executor backend) for this process."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        world = dist.get_world_size()
-        if world % tensor_parallel_size:
-            raise ValueError(
-                f"rollout.vllm.tensor_parallel_size ({tensor_parallel_size}) must divide the "
-                f"torchrun world size ({world})"
-            )
-        return (
-            dist.get_rank() // tensor_parallel_size,
-            world // tensor_parallel_size,
-            "external_launcher",
-        )
-    if tensor_parallel_size > 1:
-        raise ValueError(
-            f"rollout.vllm.tensor_parallel_size is {tensor_parallel_size} but this is a single "
-            "process: start the run under `torchrun --nproc-per-node N` (N a multiple of it), "
-            "where each rank hosts one tensor-parallel shard next to its FSDP learner shard"
-        )
-    return 0, 1, None
-
-
 def _sleep_mode_available() -> bool:
     """Whether this vLLM platform has sleep mode; if not, say once that it is turned off."""
     current_platform = require("vllm.platforms").current_platform
@@ -629,35 +390,3 @@ def _sleep_mode_available() -> bool:
         current_platform.device_name,
     )
     return False
-
-
-def _platform_options() -> dict[str, Any]:
-    """``vllm.LLM`` arguments this platform needs.
-
-    CPU: no chunked prefill. vLLM 0.32 rewinds a seeded request's generator after a partial
-    prefill with ``Generator.set_offset``, which CPU generators lack ("CPU Generator does not
-    use offset"): a call whose prompts exceed one step's token budget (4096 tokens on CPU,
-    e.g. the demo's 512 rollouts of 11-token prompts) would crash. Without chunking a prompt is
-    prefilled whole or waits for the next step."""
-    current_platform = require("vllm.platforms").current_platform
-
-    return {"enable_chunked_prefill": False} if current_platform.is_cpu() else {}
-
-
-def _kv_cache_bytes(gib: float | None) -> int | None:
-    return None if gib is None else int(gib * (1 << 30))
-
-
-def _check_context_length(model: torch.nn.Module, max_model_len: int) -> None:
-    declared = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    if (
-        declared is not None
-        and max_model_len > declared
-        and not os.environ.get("VLLM_ALLOW_LONG_MAX_MODEL_LEN")
-    ):
-        raise ValueError(
-            f"model.max_prompt_length + rollout.max_new_tokens = {max_model_len} tokens exceeds "
-            f"the model's max_position_embeddings ({declared}); vLLM refuses it unless "
-            "VLLM_ALLOW_LONG_MAX_MODEL_LEN=1 is set (the paper's 1.5B run needs it, see "
-            "docs/paper_scale.md) or the lengths are lowered"
-        )

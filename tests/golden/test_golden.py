@@ -41,71 +41,72 @@ def api():
     """The functions the golden values come from, wherever they live now."""
     from pydantic import TypeAdapter
 
-    from flows import compare, stages
-    from flows.evaluate import checkpoint_fingerprint
-    from flows.reporting import MlflowLinks, comparison_markdown
-    from pilotcommit import checkpoint, config, report, study, sweep, tracking
-    from pilotcommit.pipeline import data_fingerprint
+    from pilotcommit import checkpoint, config
+    from pilotcommit.analysis import regression, render, study, summary
+    from pilotcommit.tracking.links import MlflowLinks
 
     return {
         "load_experiment": config.load_experiment_config,
         "config_hash": config.config_hash,
-        "load_sweep": sweep.load_sweep_config,
-        "cell_configs": sweep.cell_configs,
+        "load_sweep": config.load_sweep_config,
+        "cell_configs": config.cell_configs,
         "method_adapter": TypeAdapter(config.MethodConfig),
         "model_adapter": TypeAdapter(config.ModelConfig),
         "data_adapter": TypeAdapter(config.DataConfig),
         "save_checkpoint": checkpoint.save_checkpoint,
-        "summarize": report.summarize_comparison,
-        "render_summary": report.render_summary,
-        "render_details": report.render_details,
-        "summary_text": report.summary_text,
-        "check_regression": report.check_regression,
-        "RegressionTolerance": report.RegressionTolerance,
-        "RunHistory": report.RunHistory,
-        "comparison_markdown": comparison_markdown,
+        "summarize": summary.summarize_comparison,
+        "render_summary": render.render_summary,
+        "render_details": render.render_details,
+        "summary_text": render.summary_text,
+        "check_regression": regression.check_regression,
+        "RegressionTolerance": regression.RegressionTolerance,
+        "RunHistory": summary.RunHistory,
+        "comparison_markdown": render.comparison_markdown,
         "MlflowLinks": MlflowLinks,
-        "study": study,
-        "smoke_stage_keys": lambda cfg, sweep_cfg: _old_stage_keys(cfg, sweep_cfg, compare, stages, tracking,
-                                                                   data_fingerprint, checkpoint_fingerprint),
+        "RunSteps": study.RunSteps,
+        "StudyInputs": study.StudyInputs,
+        "study_cells": study.study_cells,
+        "study_markdown": render.study_markdown,
+        "smoke_stage_keys": _stage_keys,
     }
 
 
-def _old_stage_keys(cfg, sweep_cfg, compare, stages, tracking, data_fingerprint, checkpoint_fingerprint) -> dict:
-    """The keys as flows/compare.py, flows/train.py, flows/evaluate.py and flows/sweep.py
-    computed them before the rebuild (inline, three ways)."""
-    from pilotcommit.config import config_hash
-    from pilotcommit.sweep import cell_configs
+def _stage_keys(cfg, sweep_cfg) -> dict:
+    """The keys of pilotcommit/stages/table.py (before the rebuild: computed inline in
+    flows/compare.py, flows/train.py, flows/evaluate.py and flows/sweep.py, three ways)."""
+    from pilotcommit.config import cell_configs
+    from pilotcommit.stages.table import (
+        RunsLayout,
+        UpstreamKeys,
+        comparison_key,
+        evaluate_key,
+        report_key,
+        run_config,
+        run_key,
+        sweep_key,
+    )
 
-    ctx = stages.Context(Path("/runs"), "sqlite:///runs/mlflow.db", "1", CODE, "sha")
-    data_key = stages.stage_key("data", *data_fingerprint(cfg), CODE)
-    policy_key = stages.stage_key("policy", config_hash(cfg.model), data_key, CODE)
-    settings = cfg.model_dump(mode="json", include={"probe", "methods", "train_mix", "rollout"})
-    probe_key = stages.stage_key("probe", hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16],
-                                 policy_key, data_key, CODE)
-    parent_key = stages.stage_key("comparison", config_hash(cfg), CODE, "")
-    upstream = {"data_key": data_key, "policy_key": policy_key}
-    keys = {"data": data_key, "policy": policy_key, "probe": probe_key, "comparison": parent_key}
+    layout = RunsLayout(Path("/runs"))
+    upstream = UpstreamKeys.of(cfg, CODE)
+    parent_key = comparison_key(cfg, CODE, "")
+    keys = {"data": upstream.data, "policy": upstream.policy, "probe": upstream.probe(cfg, CODE),
+            "comparison": parent_key}
     train_keys = []
     for label in cfg.methods:
         for seed in cfg.seeds:
-            run_cfg = stages.run_config(cfg, label, seed)
-            train_key = compare.train_stage_key(ctx, run_cfg, upstream)
+            train_key = upstream.train(run_config(cfg, label, seed), CODE)
             train_keys.append(train_key)
             keys[f"train/{label}/{seed}"] = train_key
-            keys[f"train_dir/{label}/{seed}"] = str(ctx.train_dir(cfg.name, label, seed, train_key))
-            keys[f"mlflow_run_key/{label}/{seed}"] = tracking.run_key(parent_key, label, seed, cfg.cell_label, train_key)
-            keys[f"train_flow_run_key/{label}/{seed}"] = tracking.run_key("train", train_key, "")
-    keys["report"] = stages.stage_key("report", parent_key, "", *train_keys, REPORT_CODE)
-    checkpoint = "Qwen/Qwen2.5-0.5B"
-    keys["evaluate"] = stages.stage_key("evaluate", data_key, config_hash(cfg.eval), config_hash(cfg.rollout),
-                                        config_hash(cfg.model), checkpoint_fingerprint(checkpoint), cfg.eval.seed, CODE)
-    keys["evaluate_run_key"] = tracking.run_key(keys["evaluate"])
-    cells = cell_configs(sweep_cfg, [])
-    keys["sweep"] = stages.stage_key("sweep", config_hash(sweep_cfg), *[config_hash(c) for c in cells], CODE, "")
-    keys["data_dir"] = str(ctx.data_dir(data_key))
-    keys["policy_dir"] = str(ctx.policy_dir(policy_key))
-    keys["report_dir"] = str(ctx.report_dir(cfg.name, keys["report"]))
+            keys[f"train_dir/{label}/{seed}"] = str(layout.train_dir(cfg.name, label, seed, train_key))
+            keys[f"mlflow_run_key/{label}/{seed}"] = run_key(parent_key, label, seed, cfg.cell_label, train_key)
+            keys[f"train_flow_run_key/{label}/{seed}"] = run_key("train", train_key, "")
+    keys["report"] = report_key(parent_key, None, train_keys, REPORT_CODE)
+    keys["evaluate"] = evaluate_key(cfg, upstream.data, "Qwen/Qwen2.5-0.5B", cfg.eval.seed, CODE)
+    keys["evaluate_run_key"] = run_key(keys["evaluate"])
+    keys["sweep"] = sweep_key(sweep_cfg, cell_configs(sweep_cfg, []), CODE, "")
+    keys["data_dir"] = str(layout.data_dir(upstream.data))
+    keys["policy_dir"] = str(layout.policy_dir(upstream.policy))
+    keys["report_dir"] = str(layout.report_dir(cfg.name, keys["report"]))
     return keys
 
 
@@ -138,14 +139,21 @@ def checkpoint_bytes(a, tmp: Path) -> dict[str, str]:
     import torch
 
     from pilotcommit.allocation.buffer import BufferEntry
-    from pilotcommit.evaluation import EvalRecord
-    from pilotcommit.loop import _LoopState
-    from pilotcommit.types import Group, RequestResult, Rollout, RolloutKind, RolloutRequest, TrainBatch
+    from pilotcommit.types import (
+        EvalRecord,
+        Group,
+        LoopState,
+        RequestResult,
+        Rollout,
+        RolloutKind,
+        RolloutRequest,
+        TrainBatch,
+    )
 
     rollouts = [Rollout(f"p{i}", RolloutKind.PILOT if i % 2 else RolloutKind.COMMIT, [1, 2, 3], [4, 5 + i],
                         [-0.5, -0.25 * i], f"{i}", "stop", reward=float(i % 2), correct=float(i % 2), policy_step=i)
                 for i in range(4)]
-    loop = _LoopState(steps=3, generated_tokens=41, eval_history=[EvalRecord(0, 0, {"eval/a": 0.5}),
+    loop = LoopState(steps=3, generated_tokens=41, eval_history=[EvalRecord(0, 0, {"eval/a": 0.5}),
                                                                   EvalRecord(3, 120, {"eval/a": 0.625})],
                       evaluations=2, train_pass_rates={"p0": (0.5, 2)},
                       timings={"generate_s": [0.25], "learn_s": [0.5]})
@@ -168,7 +176,8 @@ def checkpoint_bytes(a, tmp: Path) -> dict[str, str]:
 
 
 def _history(points):
-    from pilotcommit.evaluation import AVERAGE_ACCURACY, EvalRecord
+    from pilotcommit.evaluation import AVERAGE_ACCURACY
+    from pilotcommit.types import EvalRecord
 
     return [EvalRecord(i, r, {AVERAGE_ACCURACY: acc, "eval/arith/accuracy": acc}) for i, (r, acc) in enumerate(points)]
 
@@ -210,7 +219,6 @@ def comparison_texts(a) -> dict[str, str]:
 
 
 def study_text(a) -> str:
-    study = a["study"]
     RunHistory = a["RunHistory"]
 
     def cell_runs(cell: str, pc_scale: float):
@@ -224,18 +232,18 @@ def study_text(a) -> str:
         return runs
 
     runs = cell_runs("fast", 0.5) + cell_runs("slow", 1.7)
-    steps = [study.RunSteps(r.method, r.seed, r.cell, [8, 4, 2], [24, 28, 30]) for r in runs]
+    steps = [a["RunSteps"](r.method, r.seed, r.cell, [8, 4, 2], [24, 28, 30]) for r in runs]
     probe = {"prompt_ids": ["a", "b", "c"], "successes": [0, 2, 4], "samples": 4, "estimator": "empirical_bayes",
              "spread": {"at_0": 1 / 3, "at_1": 1 / 3}, "recommendation": "as logged",
              "predictions": [{"method": m, "kind": m, "informative_groups_per_1k": v, "breakdown": {}, "note": ""}
                              for m, v in {"grpo": 20.0, "dapo": 10.0, "pilot_commit": 30.0}.items()]}
     rates = {c: {m: {"per_1k": 21.0, "early_per_1k": 19.5} for m in ("grpo", "dapo", "pilot_commit")}
              for c in ("fast", "slow")}
-    inputs = study.StudyInputs(runs, steps, {"fast": probe, "slow": probe}, rates,
+    inputs = a["StudyInputs"](runs, steps, {"fast": probe, "slow": probe}, rates,
                                [{"run_id": "x", "code_version": "v", "methods": ["dapo", "grpo", "pilot_commit"],
                                  "runs": len(runs)}])
-    cells = study.study_cells(inputs, resamples=300)
-    return study.markdown_tables(cells, header="golden study")
+    cells = a["study_cells"](inputs, resamples=300)
+    return a["study_markdown"](cells, header="golden study")
 
 
 def compute(tmp: Path) -> dict:

@@ -1,108 +1,97 @@
-"""The ``pilotcommit`` command as a user runs it (real subprocesses, ephemeral Prefect, SQLite
-MLflow, all under a temporary directory).
+"""The ``pilotcommit`` command as a user runs it.
 
-Checked: config errors and an unreachable tracking server end with a clean message and exit
-codes 2 / 3 before any compute; ``compare`` on the smoke config prints the comparison table and
-a second identical ``compare`` is served from the cache (nothing retrained; both wall times
-printed); ``report``, ``accept`` and ``train`` work on what ``compare`` left in MLflow.
+Real subprocesses where the process boundary is the point (compare, train), against the
+session's Prefect server and a SQLite MLflow store under a temporary directory; the commands
+that only read (report, accept, study) and every error case in this process, through typer's
+runner. Checked: config errors and an unreachable tracking server end with a clean message and
+exit codes 2 / 3 before any compute; ``compare`` prints the prediction, the comparison tables
+and the Prefect server it used, and a second identical ``compare`` is served from the cache
+(nothing retrained); ``report``, ``accept`` and ``train`` work on what ``compare`` left.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from pilotcommit import services
-from tests.conftest import REPO_ROOT, SMOKE_CONFIG, smoke_core_methods_override
+from pilotcommit.cli import app
+from tests.conftest import SMOKE_CONFIG
+from tests.integration.conftest import run_cli
 
 pytestmark = pytest.mark.integration
 
 
-def cli_env(tmp_path: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    for key in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "PILOTCOMMIT_RUNS_DIR"):
-        env.pop(key, None)
-    env.update(services.prefect_env(tmp_path / "prefect"))
-    env["COLUMNS"] = "160"
-    return env
-
-
-def run_cli(args: list[str], env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pilotcommit.cli", *args], check=False, cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+def invoke(args: list, **env: str):
+    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "160", **env})
 
 
 def test_config_error_exits_2_before_compute(tmp_path):
-    env = cli_env(tmp_path)
     runs = tmp_path / "runs"
-    done = run_cli(["compare", "-c", str(SMOKE_CONFIG), "--runs-dir", str(runs),
-                    "--set", "learner.lr=-1", "--set", "budget.typo=3"], env)
-    assert done.returncode == 2, done.stderr
-    assert "learner.lr" in done.stderr and "budget.typo" in done.stderr and "invalid configuration" in done.stderr
-    assert "Traceback" not in done.stderr + done.stdout
+    done = invoke(["compare", "-c", SMOKE_CONFIG, "--runs-dir", runs, "--set", "learner.lr=-1", "--set", "budget.typo=3"])
+    assert done.exit_code == 2, done.output
+    assert "learner.lr" in done.output and "budget.typo" in done.output and "invalid configuration" in done.output
+    assert "Traceback" not in done.output
     assert not runs.exists()  # nothing was computed or even created
-
-    done = run_cli(["compare", "-c", str(tmp_path / "missing.yaml")], env)
-    assert done.returncode == 2 and "config file not found" in done.stderr
+    done = invoke(["compare", "-c", tmp_path / "missing.yaml"])
+    assert done.exit_code == 2 and "config file not found" in done.output
 
 
 def test_unreachable_tracking_server_exits_3_before_compute(tmp_path):
-    env = cli_env(tmp_path)
     port = services.free_port()
-    env["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{port}"
-    done = run_cli(["compare", "-c", str(SMOKE_CONFIG), "--runs-dir", str(tmp_path / "runs")], env)
-    assert done.returncode == 3
-    assert f"http://127.0.0.1:{port} is unreachable" in done.stderr and "Traceback" not in done.stderr
+    done = invoke(["compare", "-c", SMOKE_CONFIG, "--runs-dir", tmp_path / "runs"],
+                  MLFLOW_TRACKING_URI=f"http://127.0.0.1:{port}")
+    assert done.exit_code == 3
+    assert f"http://127.0.0.1:{port} is unreachable" in done.output and "Traceback" not in done.output
     assert not (tmp_path / "runs" / "data").exists()
 
 
-@pytest.mark.slow
-def test_compare_twice_then_report_accept_train(tmp_path):
-    env = cli_env(tmp_path)
-    runs = tmp_path / "runs"
-    # GRPO, DAPO, Pilot-Commit: the commands' mechanics, not the methods, are under test here
-    common = ["-c", str(SMOKE_CONFIG), "--runs-dir", str(runs), "--set", smoke_core_methods_override()]
-
-    started = time.perf_counter()
-    first = run_cli(["compare", *common], env)
-    first_s = time.perf_counter() - started
-    assert first.returncode == 0, first.stdout + first.stderr
-    # no server running for this runs directory: the command says it starts its own
-    assert first.stdout.splitlines()[0].startswith("Prefect: an ephemeral server for this command"), first.stdout[:300]
+def test_compare_prints_the_prediction_the_tables_and_its_prefect(smoke_compare, prefect_server):
+    out = smoke_compare.stdout
+    # PREFECT_API_URL is set: the command uses that server and says so in its first line
+    assert out.splitlines()[0] == f"Prefect: the server at {prefect_server.url} (PREFECT_API_URL)", out[:300]
     for text in ("rollouts to target", "grpo", "dapo", "pilot_commit", "pilot_commit vs grpo",
                  "rollouts to target per seed", "parent run"):
-        assert text in first.stdout, text
-    results = {p: p.stat().st_mtime_ns for p in runs.glob("smoke/train/*/result.json")}
-    assert len(results) == 3  # one run per method
+        assert text in out, text
+    assert len(list(smoke_compare.runs.glob("smoke/train/*/result.json"))) == 3  # one run per method
     # the probe's prediction is printed before any training, the measured rates beside it after
-    out = first.stdout
     assert out.index("prediction for tiny-h64-l2, before training") < out.index("rollouts to target")
-    assert "informative groups per 1,000 sampled rollouts" in out
     check = out[out.index("informative groups per 1,000 sampled rollouts"):]
     assert all(label in check for label in ("grpo", "dapo", "pilot_commit"))
 
+
+@pytest.mark.slow
+def test_a_second_compare_is_served_from_the_cache(smoke_compare, smoke_outcome, prefect_server):
+    results = {p: p.stat().st_mtime_ns for p in smoke_compare.runs.glob("smoke/train/*/result.json")}
     started = time.perf_counter()
-    second = run_cli(["compare", *common], env)
-    second_s = time.perf_counter() - started
-    print(f"`pilotcommit compare` on smoke: first {first_s:.1f} s, second (cached) {second_s:.1f} s wall")
+    second = run_cli(["compare", *smoke_compare.cli_args()], prefect_server.env())
+    seconds = time.perf_counter() - started
+    print(f"`pilotcommit compare` on smoke: first {smoke_compare.seconds:.1f} s, second (cached) {seconds:.1f} s wall")
     assert second.returncode == 0, second.stdout + second.stderr
     assert {p: p.stat().st_mtime_ns for p in results} == results  # nothing retrained
-    assert second_s < first_s
+    assert seconds < smoke_compare.seconds
 
-    report = run_cli(["report", *common], env)
-    assert report.returncode == 0, report.stderr
-    assert "target eval/average_accuracy" in report.stdout and "pilot_commit" in report.stdout
 
-    accept = run_cli(["accept", *common, "--note", "cli test"], env)
-    assert accept.returncode == 0, accept.stderr
-    assert "is now the accepted baseline of 'smoke'" in accept.stdout
+def test_report_and_accept_read_the_finished_comparison(smoke_compare):
+    report = invoke(["report", *smoke_compare.cli_args()])
+    assert report.exit_code == 0, report.output
+    assert "target eval/average_accuracy" in report.output and "pilot_commit" in report.output
+    accept = invoke(["accept", *smoke_compare.cli_args(), "--note", "cli test"])
+    assert accept.exit_code == 0, accept.output
+    assert "is now the accepted baseline of 'smoke'" in accept.output
+    other = invoke(["report", "-c", SMOKE_CONFIG, "--runs-dir", smoke_compare.runs.parent / "nothing"])
+    assert other.exit_code == 1 and "run `pilotcommit compare` first" in other.output
 
+
+@pytest.mark.slow
+def test_train_reuses_the_compared_run_and_retrains_with_no_resume(smoke_compare, smoke_outcome, prefect_server):
+    """Last of the module: it retrains GRPO's run of the shared comparison (to the same weights)."""
+    env = prefect_server.env()
+    common = smoke_compare.cli_args()
+    results = {p: p.stat().st_mtime_ns for p in smoke_compare.runs.glob("smoke/train/*/result.json")}
     train = run_cli(["train", *common, "--method", "grpo"], env)
     assert train.returncode == 0, train.stdout + train.stderr
     assert "eval/average_accuracy" in train.stdout and "MLflow run" in train.stdout
@@ -120,21 +109,14 @@ def test_compare_twice_then_report_accept_train(tmp_path):
     # from the final checkpoint would have trained and logged none of them)
     from pilotcommit import tracking
 
-    client = tracking.mlflow_client(f"sqlite:///{runs / 'mlflow.db'}")  # the CLI's default store
+    client = tracking.mlflow_client(smoke_compare.tracking_uri)
     max_steps = 2  # conf/experiment/smoke.yaml budget.max_steps
     assert [m.step for m in client.get_metric_history(fresh_run, "eval/average_accuracy")] == list(range(max_steps + 1))
     assert sorted(m.step for m in client.get_metric_history(fresh_run, "loss/policy")) == list(range(1, max_steps + 1))
     assert "learner.lr" in client.get_run(fresh_run).data.params  # params are logged by a run that starts
-    # and --resume (the default, spelled out) trains nothing: the finished run on disk serves the
-    # train flow's own MLflow run of this config again
-    after_fresh = {p: p.stat().st_mtime_ns for p in results}
-    again = run_cli(["train", *common, "--method", "grpo", "--resume"], env)
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert _mlflow_run_id(again.stdout) == reused_run
-    assert {p: p.stat().st_mtime_ns for p in results} == after_fresh
 
-    bad_method = run_cli(["train", *common, "--method", "ppo"], env)
-    assert bad_method.returncode == 2 and "--method 'ppo'" in bad_method.stderr
+    bad_method = invoke(["train", *common, "--method", "ppo"])
+    assert bad_method.exit_code == 2 and "--method 'ppo'" in bad_method.output
 
 
 def _mlflow_run_id(stdout: str) -> str:
@@ -146,22 +128,21 @@ def _mlflow_run_id(stdout: str) -> str:
 
 def test_study_needs_a_finished_sweep_and_a_valid_file(tmp_path):
     """`pilotcommit study` reads a finished sweep from MLflow (its report is tested with a real
-    sweep in test_flows.py::test_sweep_as_subflows): without one it says what to run, and a
+    sweep in test_flows_reruns.py::test_sweep_as_subflows): without one it says what to run, and a
     missing sweep file is a config error, both before any compute."""
-    env = cli_env(tmp_path)
     runs = tmp_path / "runs"
-    none = run_cli(["study", "-c", "conf/sweep/regimes.yaml", "--runs-dir", str(runs)], env)
-    assert none.returncode == 1, none.stdout + none.stderr
-    text = " ".join((none.stdout + none.stderr).split())
+    none = invoke(["study", "-c", "conf/sweep/regimes.yaml", "--runs-dir", runs])
+    assert none.exit_code == 1, none.output
+    text = " ".join(none.output.split())
     assert "no finished sweep 'regimes'" in text and "pilotcommit sweep --config conf/sweep/regimes.yaml" in text
-    missing = run_cli(["study", "-c", str(tmp_path / "nope.yaml"), "--runs-dir", str(runs)], env)
-    assert missing.returncode == 2 and "nope.yaml" in missing.stdout + missing.stderr
+    missing = invoke(["study", "-c", tmp_path / "nope.yaml", "--runs-dir", runs])
+    assert missing.exit_code == 2 and "nope.yaml" in missing.output
     # a candidate that is not one of the sweep's methods, and --methods naming none: config errors
-    wrong = run_cli(["study", "-c", "conf/sweep/regimes.yaml", "--runs-dir", str(runs), "--candidate", "ppo"], env)
-    text = " ".join((wrong.stdout + wrong.stderr).split())
-    assert wrong.returncode == 2 and "--candidate 'ppo': not a method of conf/sweep/regimes.yaml" in text
+    wrong = invoke(["study", "-c", "conf/sweep/regimes.yaml", "--runs-dir", runs, "--candidate", "ppo"])
+    text = " ".join(wrong.output.split())
+    assert wrong.exit_code == 2 and "--candidate 'ppo': not a method of conf/sweep/regimes.yaml" in text
     assert "speed_rl" in text
     fresh = tmp_path / "fresh"
-    empty = run_cli(["sweep", "-c", "conf/sweep/smoke.yaml", "--runs-dir", str(fresh), "--methods", ","], env)
-    assert empty.returncode == 2 and "--methods: name at least one method" in empty.stdout + empty.stderr
+    empty = invoke(["sweep", "-c", "conf/sweep/smoke.yaml", "--runs-dir", fresh, "--methods", ","])
+    assert empty.exit_code == 2 and "--methods: name at least one method" in empty.output
     assert not fresh.exists()  # before any compute

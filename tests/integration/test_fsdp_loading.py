@@ -43,6 +43,7 @@ def _worker(rank: int, port: int, policy_dir: str, out_dir: str) -> None:
 
     from pilotcommit.learner.distributed import (
         DistributedLearner,
+        exit_distributed,
         full_model_state_dict,
         init_distributed,
         load_sharded_policy,
@@ -67,8 +68,13 @@ def _worker(rank: int, port: int, policy_dir: str, out_dir: str) -> None:
         full = full_model_state_dict(model)
         torch.save({"logits": logits, "buffers": buffers, "full": full}, Path(out_dir) / f"rank{rank}.pt")
         dist.barrier()
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    # as a torchrun worker ends (pilotcommit.learner.distributed.exit_distributed): a normal
+    # interpreter exit can abort in gloo's threads after all the work is written
+    # ("terminate called without an active exception", SIGABRT, seen here under load)
+    exit_distributed(0)
 
 
 def test_rank_zero_loads_and_every_rank_gets_the_same_weights(tmp_path):
@@ -84,7 +90,7 @@ def test_rank_zero_loads_and_every_rank_gets_the_same_weights(tmp_path):
     with torch.no_grad():
         expected_logits = reference(input_ids=torch.tensor(INPUT_IDS)).logits
     mp.start_processes(_worker, args=(_free_port(), str(policy_dir), str(tmp_path)), nprocs=WORLD_SIZE,
-                       start_method="fork", join=True)
+                       start_method="spawn", join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD_SIZE)]
 
     saved = load_file(policy_dir / "model.safetensors")

@@ -102,6 +102,7 @@ def _worker(rank: int, port: int, out_dir: str, learner_config: LearnerConfig = 
 
     from pilotcommit.learner.distributed import (
         DistributedLearner,
+        exit_distributed,
         full_model_state_dict,
         init_distributed,
         load_full_model_state_dict,
@@ -144,8 +145,13 @@ def _worker(rank: int, port: int, out_dir: str, learner_config: LearnerConfig = 
             )
         else:
             assert weights == {}  # full state dicts are gathered on rank 0 only
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    # as a torchrun worker ends (pilotcommit.learner.distributed.exit_distributed): a normal
+    # interpreter exit can abort in gloo's threads after all the work is written
+    # ("terminate called without an active exception", SIGABRT, seen here under load)
+    exit_distributed(0)
 
 
 def _free_port() -> int:
@@ -174,7 +180,9 @@ def _run_sharded(out_dir: Path, learner_config: LearnerConfig) -> dict:
         _worker,
         args=(_free_port(), str(out_dir), learner_config),
         nprocs=WORLD_SIZE,
-        start_method="fork",
+        # spawn, not fork: a pytest-xdist worker has run other tests (threads, OpenMP pools,
+        # Prefect and MLflow clients) by now, and a forked child of it can die before it starts
+        start_method="spawn",
         join=True,
     )
     return torch.load(out_dir / "sharded.pt", weights_only=False)
@@ -190,20 +198,7 @@ def sharded_packed(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sharded(tmp_path_factory):
-    import torch.multiprocessing as mp
-
-    out_dir = tmp_path_factory.mktemp("fsdp")
-    # fork, not spawn: the children inherit the imported modules (re-importing torch and
-    # transformers doubles the test's time on a 2-core machine). The tests request this fixture
-    # before `single_process`, so the fork happens before the parent runs torch computations.
-    mp.start_processes(
-        _worker,
-        args=(_free_port(), str(out_dir)),
-        nprocs=WORLD_SIZE,
-        start_method="fork",
-        join=True,
-    )
-    return torch.load(out_dir / "sharded.pt", weights_only=False)
+    return _run_sharded(tmp_path_factory.mktemp("fsdp"), LEARNER)
 
 
 def _max_difference(a: dict, b: dict) -> float:

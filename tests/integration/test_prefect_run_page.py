@@ -1,129 +1,40 @@
-"""What a user sees on the Prefect run page: the flows' run logs and artifacts, read back from a
-real Prefect API (the test harness's temporary server), and, in a browser, from a started
-``prefect server`` after ``pilotcommit compare``.
+"""What a user sees on the Prefect run page: the flows' run logs and artifacts, read back from the
+session's real Prefect server (tests/integration/conftest.py), and in headless Chromium.
 
-Smoke configs (seconds per run). Checked:
-- the compare's logs hold each stage's "computed" line, the first and final evaluation lines
-  of every training run (trained in child processes: their progress crosses a pipe and is
-  logged by the train task in this process), the summary and the MLflow links; a second
-  identical compare logs every stage as served from the cache;
-- the compare's artifacts: the markdown comparison (target, one row per method with its
-  numbers), link artifacts to the MLflow parent run and its by-rollouts chart;
-- a sweep: one comparison artifact per cell (model) and one for the sweep;
-- a nightly with an injected regression: the verdict artifact says FAILED with the per-method
-  report;
-- headless Chromium on the flow run's Artifacts and Logs tabs of a Prefect server (screenshots
-  go to docs/ with ``PILOTCOMMIT_UPDATE_DOCS_SCREENSHOT=1``).
+Read from the shared smoke comparison (``pilotcommit compare`` of GRPO, DAPO and Pilot-Commit,
+two runs at once in child processes). Checked:
+- its logs hold each stage's "computed" line, the first and final evaluation lines of every
+  training run (trained in child processes: their progress crosses a pipe and is logged by the
+  train task in the CLI's process), the summary and the MLflow links; the same comparison again
+  logs every stage as served from the cache;
+- its artifacts: the markdown comparison (target, one row per method with its numbers), link
+  artifacts to the MLflow parent run and its by-rollouts chart;
+- headless Chromium on the flow run's Logs and Artifacts tabs and the comparison artifact
+  (screenshots go to docs/ with ``PILOTCOMMIT_UPDATE_DOCS_SCREENSHOT=1``).
+The sweep's and the nightly's artifacts are checked with those flows in test_flows_reruns.py.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 
 import pytest
 
-from pilotcommit import services
-from tests.conftest import REPO_ROOT, SMOKE_CONFIG, smoke_core_methods_override
+from tests.conftest import REPO_ROOT
+from tests.integration.conftest import flow_artifacts, flow_logs, table_rows
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-SWEEP_SMOKE = REPO_ROOT / "conf" / "sweep" / "smoke.yaml"
 METHODS = ("dapo", "grpo", "pilot_commit")
 
 
-@pytest.fixture(scope="module")
-def prefect_api(tmp_path_factory):
-    from prefect.settings import (
-        PREFECT_HOME,
-        PREFECT_LOCAL_STORAGE_PATH,
-        PREFECT_SERVER_ANALYTICS_ENABLED,
-        temporary_settings,
-    )
-    from prefect.testing.utilities import prefect_test_harness
-
-    home = tmp_path_factory.mktemp("prefect-home")
-    # The run loggers' INFO lines are what this module checks: let them through even where the
-    # environment quiets Prefect (PREFECT_LOGGING_LEVEL=WARNING sets these loggers' parent).
-    loggers = [logging.getLogger(n) for n in ("prefect.flow_runs", "prefect.task_runs")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.INFO)
-    settings = {PREFECT_HOME: home, PREFECT_LOCAL_STORAGE_PATH: home / "storage",
-                PREFECT_SERVER_ANALYTICS_ENABLED: False}
-    try:
-        with temporary_settings(updates=settings), prefect_test_harness(server_startup_timeout=240):
-            yield home
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
-
-
-def flow_logs(flow_run_id) -> list[str]:
-    """Every log message of a flow run (its tasks' included), in order, once delivered."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-    from prefect.client.schemas.sorting import LogSort
-    from prefect.logging.handlers import APILogHandler
-
-    APILogHandler().flush()
-    with get_client(sync_client=True) as client:
-        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
-                                sort=LogSort.TIMESTAMP_ASC, limit=200)
-    return [log.message for log in logs]
-
-
-def flow_artifacts(flow_run_id) -> dict[str, object]:
-    """``{key: artifact}`` of the artifacts created in a flow run."""
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        return flow_artifacts_with(client, flow_run_id)
-
-
-def flow_artifacts_with(client, flow_run_id) -> dict[str, object]:
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-
-    artifacts = client.read_artifacts(
-        artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
-    return {a.key: a for a in artifacts if a.key}
-
-
-def run_flow(flow_fn, **kwargs):
-    """The flow's return value and its flow run id."""
-    state = flow_fn(**kwargs, return_state=True)
-    return state.result(), state.state_details.flow_run_id
-
-
-def table_rows(markdown: str) -> dict[str, list[str]]:
-    """``{first cell: cells}`` of every markdown table row (header and separator rows included)."""
-    rows = {}
-    for line in markdown.splitlines():
-        if line.startswith("| "):
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            rows.setdefault(cells[0], cells)
-    return rows
-
-
-@pytest.fixture(scope="module")
-def compared(prefect_api, tmp_path_factory):
-    from flows.compare import compare_flow
-
-    runs_dir = tmp_path_factory.mktemp("runs")
-    # two runs at once, each in its own process: progress reaches the log over the pipe
-    out, flow_run_id = run_flow(compare_flow, config_path=str(SMOKE_CONFIG), runs_dir=str(runs_dir),
-                                parallel_runs=2)
-    return out, flow_run_id, runs_dir
-
-
-def test_compare_logs_stages_evaluations_summary_and_links(compared):
-    out, flow_run_id, _ = compared
-    logs = flow_logs(flow_run_id)
+def test_compare_logs_stages_evaluations_summary_and_links(smoke_compare, smoke_outcome):
+    out, _ = smoke_outcome  # the same runs, read from the cache
+    logs = flow_logs(smoke_compare.flow_run_id)
     text = "\n".join(logs)
     for stage in ("prepare-data (smoke): computed", "initial-policy (tiny-h64-l2): computed", "report (smoke): computed"):
         assert stage in text, f"{stage!r} not in the run's logs:\n{text}"
@@ -145,20 +56,21 @@ def test_compare_logs_stages_evaluations_summary_and_links(compared):
     assert "speed-up pilot_commit vs grpo" in text
     assert f"MLflow parent run http://127.0.0.1:5000/#/experiments/{out['experiment_id']}/runs/{out['parent_run_id']}" in text
     assert "mlflow ui --backend-store-uri sqlite:///" in text  # how to open a local store
+    assert " | INFO " not in smoke_compare.stdout  # ...while the console stays quiet
 
 
-def test_compare_artifacts_have_the_comparison_and_mlflow_links(compared):
-    out, flow_run_id, _ = compared
-    artifacts = flow_artifacts(flow_run_id)
+def test_compare_artifacts_have_the_comparison_and_mlflow_links(smoke_compare, smoke_outcome):
+    out, _ = smoke_outcome
+    artifacts = flow_artifacts(smoke_compare.flow_run_id)
     assert set(artifacts) == {"comparison-smoke", "comparison-smoke-mlflow-run", "comparison-smoke-mlflow-chart"}
     markdown = artifacts["comparison-smoke"]
     assert markdown.type == "markdown"
     summary = out["report"]["summary"]
     assert f"eval/average_accuracy = **{summary['target']:.4f}**" in markdown.data
     rows = table_rows(markdown.data)
-    # the smoke experiment holds all five methods: PC's speed-up over each of the other four
+    # Pilot-Commit's speed-up over each of the other methods
     assert rows["method"] == ["method", "rollouts to target", "reached", "final accuracy", "speed-up vs grpo",
-                              "speed-up vs dapo", "speed-up vs greso", "speed-up vs speed_rl"]
+                              "speed-up vs dapo"]
     for method in METHODS:
         m = summary["methods"][method]
         cells = rows[method]
@@ -180,72 +92,14 @@ def test_compare_artifacts_have_the_comparison_and_mlflow_links(compared):
     assert all(r["mlflow_run_id"] in chart for r in out["runs"])
 
 
-def test_second_compare_logs_every_stage_served_from_the_cache(compared):
-    from flows.compare import compare_flow
-
-    _, _, runs_dir = compared
-    _, flow_run_id = run_flow(compare_flow, config_path=str(SMOKE_CONFIG), runs_dir=str(runs_dir))
+def test_the_cached_compare_logs_every_stage_served_from_the_cache(smoke_outcome):
+    _, flow_run_id = smoke_outcome
     text = "\n".join(flow_logs(flow_run_id))
     for stage in ["prepare-data (smoke)", "initial-policy (tiny-h64-l2)", "report (smoke)",
                   *[f"train {m} seed 0 (tiny-h64-l2)" for m in METHODS]]:
         assert f"{stage}: served from the cache" in text, f"{stage} not served from the cache:\n{text}"
     assert "evaluation at step" not in text  # nothing trained
     assert "comparison-smoke" in flow_artifacts(flow_run_id)  # the outcome on this run's page too
-
-
-def test_sweep_cells_and_sweep_have_comparison_artifacts(prefect_api, tmp_path):
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
-
-    from flows.sweep import sweep_flow
-
-    out, flow_run_id = run_flow(sweep_flow, sweep_config=str(SWEEP_SMOKE), runs_dir=str(tmp_path / "runs"),
-                                parallel_runs=2)
-    artifacts = flow_artifacts(flow_run_id)
-    assert {"sweep-sweep-smoke", "sweep-sweep-smoke-mlflow-run", "sweep-sweep-smoke-mlflow-chart"} <= set(artifacts)
-    sweep_md = artifacts["sweep-sweep-smoke"].data
-    for model in out["models"]:
-        assert f"# sweep sweep-smoke: {model}" in sweep_md
-    assert sweep_md.count("| pilot_commit |") == 2 * len(out["models"])  # summary and per-seed rows per model
-    # each cell (a subflow run) has its own model's comparison
-    with get_client(sync_client=True) as client:
-        cells = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))
-    keys = set()
-    for cell in cells:
-        cell_artifacts = flow_artifacts(cell.id)
-        keys |= set(cell_artifacts)
-        (md,) = [a for k, a in cell_artifacts.items() if not k.endswith(("-mlflow-run", "-mlflow-chart"))]
-        assert set(METHODS) <= set(table_rows(md.data))
-    assert keys == {f"sweep-sweep-smoke-cell-{m}{suffix}" for m in out["models"]
-                    for suffix in ("", "-mlflow-run", "-mlflow-chart")}
-
-
-def test_nightly_verdict_is_an_artifact(prefect_api, compared):
-    from flows.nightly import RegressionDetected, nightly_regression_flow
-    from pilotcommit import tracking
-
-    out, _, runs_dir = compared
-    tracking.accept_baseline(tracking.mlflow_client(out["tracking_uri"]), out["parent_run_id"], note="test baseline")
-    # the injected regression of tests/integration/test_flows.py: a weaker warm start
-    state = nightly_regression_flow(config_path=str(SMOKE_CONFIG), overrides=["model.warm_start.steps=40"],
-                                    runs_dir=str(runs_dir), accuracy_drop=0.01, return_state=True)
-    artifacts = flow_artifacts(state.state_details.flow_run_id)
-    assert {"nightly-smoke-verdict", "nightly-smoke", "nightly-smoke-mlflow-run", "nightly-smoke-mlflow-chart"} <= set(artifacts)
-    verdict = artifacts["nightly-smoke-verdict"].data
-    if state.is_failed():
-        with pytest.raises(RegressionDetected) as info:
-            state.result()
-        assert verdict.startswith("# Nightly regression: FAILED")
-        assert str(info.value).strip() in verdict  # the whole per-method report
-    else:
-        assert verdict.startswith("# Nightly regression: PASSED")
-    for method in METHODS:
-        assert f"  {method}: accuracy" in verdict
-    assert f"/runs/{out['parent_run_id']}" in verdict  # the accepted baseline's link
-    assert set(METHODS) <= set(table_rows(artifacts["nightly-smoke"].data))
-    logs = "\n".join(flow_logs(state.state_details.flow_run_id))
-    assert "nightly regression: " in logs and "grpo: accuracy" in logs
 
 
 # --------------------------------------------------------------------------- in a browser
@@ -333,53 +187,31 @@ class Browser:
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium package")
-def test_prefect_ui_shows_the_logs_and_artifacts_of_a_compare(tmp_path):
-    """``pilotcommit compare`` against a started Prefect server (as with ``pilotcommit serve``),
-    then headless Chromium on the flow run's Logs and Artifacts tabs."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
-
-    server = services.start_prefect_server(tmp_path / "prefect", tmp_path / "prefect.log")
+def test_prefect_ui_shows_the_logs_and_artifacts_of_a_compare(smoke_compare, prefect_server, tmp_path):
+    """The shared ``pilotcommit compare`` ran against a started Prefect server (as with
+    ``pilotcommit serve``): headless Chromium on its flow run's Logs and Artifacts tabs."""
+    run_id = smoke_compare.flow_run_id
+    artifact_id = flow_artifacts(run_id)["comparison-smoke"].id
+    ui = prefect_server.url.removesuffix("/api")
+    docs = os.environ.get("PILOTCOMMIT_UPDATE_DOCS_SCREENSHOT")
+    shots = REPO_ROOT / "docs" if docs else tmp_path
+    browser = Browser(tmp_path / "chromium-profile")
     try:
-        env = dict(os.environ)
-        for key in ("MLFLOW_TRACKING_URI", "PILOTCOMMIT_RUNS_DIR", "PREFECT_LOGGING_LEVEL"):
-            env.pop(key, None)
-        env.update(services.prefect_env(tmp_path / "client", server.url))
-        # three methods: the run page's log view shows a window of lines, and the test reads its end
-        done = subprocess.run([sys.executable, "-m", "pilotcommit.cli", "compare", "-c", str(SMOKE_CONFIG),
-                               "--set", smoke_core_methods_override(),
-                               "--runs-dir", str(tmp_path / "runs")], cwd=REPO_ROOT, env=env,
-                              capture_output=True, text=True, timeout=900, check=False)
-        assert done.returncode == 0, done.stdout + done.stderr
-        assert " | INFO " not in done.stdout + done.stderr  # the console stays quiet
-
-        from prefect.settings import PREFECT_API_URL, temporary_settings
-
-        with temporary_settings(updates={PREFECT_API_URL: server.url}), get_client(sync_client=True) as client:
-            (run,) = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["compare"])))
-            artifact_id = flow_artifacts_with(client, run.id)["comparison-smoke"].id
-        ui = server.url.removesuffix("/api")
-        docs = os.environ.get("PILOTCOMMIT_UPDATE_DOCS_SCREENSHOT")
-        shots = REPO_ROOT / "docs" if docs else tmp_path
-        browser = Browser(tmp_path / "chromium-profile")
-        try:
-            # the Logs tab (the default): the stage and evaluation lines of the run
-            browser.open(f"{ui}/runs/flow-run/{run.id}", "train grpo seed 0 (tiny-h64-l2): evaluation at step 0/2")
-            browser.wait_for_text("MLflow parent run http://127.0.0.1:5000/#/experiments/")
-            browser.scroll_to("initial-policy (tiny-h64-l2): computed")
-            browser.screenshot(shots / "prefect_run_logs.png")
-            browser.click("Artifacts")
-            text = browser.wait_for_text("comparison-smoke-mlflow-chart")
-            assert "comparison-smoke-mlflow-run" in text and "comparison-smoke" in text
-            browser.screenshot(shots / "prefect_run_artifacts.png")
-            # the markdown artifact itself: the comparison table
-            browser.open(f"{ui}/artifacts/artifact/{artifact_id}", "Rollouts to target per seed")
-            text = browser.text()
-            assert "pilot_commit" in text and "speed-up vs grpo" in text
-            browser.screenshot(shots / "prefect_artifact_comparison.png")
-        finally:
-            browser.close()
-        for name in ("prefect_run_logs.png", "prefect_run_artifacts.png", "prefect_artifact_comparison.png"):
-            assert (shots / name).stat().st_size > 10_000
+        # the Logs tab (the default): the stage and evaluation lines of the run
+        browser.open(f"{ui}/runs/flow-run/{run_id}", "train grpo seed 0 (tiny-h64-l2): evaluation at step 0/2")
+        browser.wait_for_text("MLflow parent run http://127.0.0.1:5000/#/experiments/")
+        browser.scroll_to("initial-policy (tiny-h64-l2): computed")
+        browser.screenshot(shots / "prefect_run_logs.png")
+        browser.click("Artifacts")
+        text = browser.wait_for_text("comparison-smoke-mlflow-chart")
+        assert "comparison-smoke-mlflow-run" in text and "comparison-smoke" in text
+        browser.screenshot(shots / "prefect_run_artifacts.png")
+        # the markdown artifact itself: the comparison table
+        browser.open(f"{ui}/artifacts/artifact/{artifact_id}", "Rollouts to target per seed")
+        text = browser.text()
+        assert "pilot_commit" in text and "speed-up vs grpo" in text
+        browser.screenshot(shots / "prefect_artifact_comparison.png")
     finally:
-        server.stop()
+        browser.close()
+    for name in ("prefect_run_logs.png", "prefect_run_artifacts.png", "prefect_artifact_comparison.png"):
+        assert (shots / name).stat().st_size > 10_000

@@ -1,9 +1,11 @@
 """The CLI uses an already running Prefect server instead of starting the ephemeral one.
 
-A real ``prefect server start`` on 127.0.0.1 (a free port, its own database under tmp_path),
+The session's real ``prefect server start`` on 127.0.0.1 (tests/integration/conftest.py),
 recorded the way ``pilotcommit serve`` records it; a fresh Python process runs the CLI's
 start-up step (``pilotcommit.cli._connect_prefect``) and then a real flow, and the flow run is
-looked up on that server. The server is stopped by the test; the stale record is then ignored.
+looked up on that server. A record of a server that has gone (nothing answers at its URL) is
+ignored: the command says it starts an ephemeral server (which tests/integration/
+test_prefect_home.py runs).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def probe():
     from prefect.runtime import flow_run
     return flow_run.id
 
-run_id = probe()
+run_id = probe() if url else None
 found = None
 if url:
     from prefect.client.orchestration import get_client
@@ -46,7 +48,7 @@ print(json.dumps({"url": url, "setting": PREFECT_API_URL.value(), "run_id": str(
 
 
 def _child(runs_dir: Path, env_extra: dict[str, str] | None = None) -> tuple[dict, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(services.prefect_env(runs_dir / "client-home"))  # never the user's ~/.prefect
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env.update(env_extra or {})
@@ -55,26 +57,23 @@ def _child(runs_dir: Path, env_extra: dict[str, str] | None = None) -> tuple[dic
     return json.loads(out.stdout.strip().splitlines()[-1]), out.stdout
 
 
-def test_the_cli_uses_the_running_server_and_says_so(tmp_path):
+def test_the_cli_uses_the_running_server_and_says_so(prefect_server, tmp_path):
     runs = tmp_path / "runs"
     home = runs / "prefect"
-    server = services.start_prefect_server(home, tmp_path / "server.log")
-    try:
-        services.record_prefect_server(home, server.url, server.process.pid)
-        assert services.running_prefect_server(home) == server.url
-        got, stdout = _child(runs)
-        assert got["url"] == got["setting"] == server.url
-        assert got["found"] == got["run_id"]  # the flow ran against that server
-        assert f"Prefect: the running server at {server.url} (pilotcommit serve" in stdout
-        # PREFECT_API_URL wins over the record, and is named as the reason
-        got, stdout = _child(runs, {"PREFECT_API_URL": server.url})
-        assert got["found"] == got["run_id"] and f"Prefect: the server at {server.url} (PREFECT_API_URL)" in stdout
-    finally:
-        server.stop()
-    # a record left by a stopped server is ignored: the ephemeral server runs the flow
+    services.record_prefect_server(home, prefect_server.url, os.getpid())
+    assert services.running_prefect_server(home) == prefect_server.url
+    got, stdout = _child(runs)
+    assert got["url"] == got["setting"] == prefect_server.url
+    assert got["found"] == got["run_id"]  # the flow ran against that server
+    assert f"Prefect: the running server at {prefect_server.url} (pilotcommit serve" in stdout
+    # PREFECT_API_URL wins over the record, and is named as the reason
+    got, stdout = _child(runs, {"PREFECT_API_URL": prefect_server.url})
+    assert got["found"] == got["run_id"] and f"Prefect: the server at {prefect_server.url} (PREFECT_API_URL)" in stdout
+    # a record left by a server that has stopped (nothing listens at its URL) is ignored
+    services.record_prefect_server(home, f"http://127.0.0.1:{services.free_port()}/api", 999_999)
     assert services.running_prefect_server(home) is None
     got, stdout = _child(runs)
-    assert got["url"] is None and got["run_id"]
+    assert got["url"] is None
     assert "Prefect: an ephemeral server for this command" in stdout
 
 

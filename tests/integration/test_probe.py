@@ -1,5 +1,6 @@
-"""``pilotcommit probe`` end to end: the smoke config's initial policy, a real ephemeral Prefect,
-a real SQLite MLflow store, the real transformers engine; and the probe library's sampling."""
+"""``pilotcommit probe`` end to end: the smoke config's initial policy, the session's real Prefect
+server, a real SQLite MLflow store, the real transformers engine; and the probe library's
+sampling."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import SMOKE_CONFIG
-from tests.integration.test_cli import cli_env, run_cli
+from tests.integration.conftest import run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -40,12 +41,11 @@ def test_probe_samples_the_training_prompts_reproducibly(smoke_config, smoke_pre
     assert 0 < everything.spread["at_0"] < 1 and 0 < everything.spread["at_1"] < 1
 
 
-def test_probe_cli_prints_the_prediction_and_logs_an_mlflow_run(tmp_path):
+def test_probe_cli_prints_the_prediction_and_logs_an_mlflow_run(prefect_server, fresh_runs, tmp_path):
     from pilotcommit import tracking
 
-    env = cli_env(tmp_path)
-    env["COLUMNS"] = "80"
-    runs = tmp_path / "runs"
+    env = prefect_server.env(COLUMNS="80")
+    runs = fresh_runs  # the smoke config's data and initial policy already there
     done = run_cli(["probe", "-c", str(SMOKE_CONFIG), "--runs-dir", str(runs), "--prompts", "40",
                     "--samples", "8"], env)
     assert done.returncode == 0, done.stderr + done.stdout
@@ -72,8 +72,8 @@ def test_probe_cli_prints_the_prediction_and_logs_an_mlflow_run(tmp_path):
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "probe")}
     assert {"probe/pass_rate_histogram.png", "probe/prompts.csv", "probe/predictions.csv",
             "probe/probe.json"} <= artifacts
-    table = list(csv.DictReader(open(client.download_artifacts(run.info.run_id, "probe/prompts.csv",
-                                                               str(tmp_path)))))
+    with open(client.download_artifacts(run.info.run_id, "probe/prompts.csv", str(tmp_path))) as f:
+        table = list(csv.DictReader(f))
     assert len(table) == 40
     at_zero = np.mean([int(row["successes"]) == 0 for row in table])
     assert metrics["probe/at_0"] == pytest.approx(at_zero)
@@ -87,7 +87,7 @@ def test_probe_cli_prints_the_prediction_and_logs_an_mlflow_run(tmp_path):
 
 def test_measured_informative_group_rates_from_a_real_mlflow_store(tmp_path):
     from pilotcommit import tracking
-    from pilotcommit.report import informative_group_rates
+    from pilotcommit.analysis.reads import informative_group_rates
 
     client = tracking.mlflow_client(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = tracking.ensure_experiment(client, "rates", str(tmp_path / "artifacts"))
@@ -148,7 +148,7 @@ def _qwen3_math_config(tmp_path):
     return path
 
 
-def test_probe_runs_on_math_data_with_a_qwen3_config(tmp_path):
+def test_probe_runs_on_math_data_with_a_qwen3_config(prefect_server, tmp_path):
     """`pilotcommit probe` on the math path: a Qwen3 architecture loaded as a pretrained model,
     the DeepMath loader, the boxed_cot template and the math verifier; the paper's n = 64
     methods predicted. A random model solves nothing: every prompt at pass rate 0, no method buys
@@ -159,8 +159,7 @@ def test_probe_runs_on_math_data_with_a_qwen3_config(tmp_path):
     config = _qwen3_math_config(tmp_path)
     cfg = load_experiment_config(config)
     assert cfg.methods["grpo"].n == 64 and cfg.methods["pilot_commit"].n_pilot == 16
-    env = cli_env(tmp_path)
-    env["COLUMNS"] = "80"
+    env = prefect_server.env(COLUMNS="80")
     runs = tmp_path / "runs"
     done = run_cli(["probe", "-c", str(config), "--runs-dir", str(runs), "--prompts", "12", "--samples", "4",
                     "--estimator", "plug_in"], env)  # at face value: 0 of 4 is a pass rate of 0

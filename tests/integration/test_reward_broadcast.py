@@ -52,8 +52,9 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 
     from pilotcommit.config import load_experiment_config
     from pilotcommit.learner.distributed import init_distributed
-    from pilotcommit.loop import _Sharding, score_once, score_results
+    from pilotcommit.loop import _Sharding
     from pilotcommit.rewards.math import math_reward
+    from pilotcommit.run_parts import score_once, score_results
     from tests.conftest import SMOKE_CONFIG
 
     init_distributed(timeout_s=120)  # a hang fails the test instead of blocking it

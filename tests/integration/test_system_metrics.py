@@ -1,6 +1,6 @@
 """Every training run gets MLflow system metrics (``system/*``) in a real MLflow store.
 
-A short smoke run goes through the training task's body (``train_and_track``) with a sampling
+A short smoke run goes through the tracked training of a flow's task (``train_tracked``) with a sampling
 interval of 0.2 s, logging into a SQLite store; the run must then hold MLflow's CPU and memory
 series (psutil). GPU series need pynvml and a GPU, neither of which this machine has.
 """
@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import pytest
 
-from flows.stages import train_and_track
 from pilotcommit import tracking
 from pilotcommit.config import load_experiment_config
+from pilotcommit.runner.training import TrainRequest, train_tracked
+from pilotcommit.stages.table import run_config
 from tests.conftest import SMOKE_CONFIG
 
 pytestmark = [pytest.mark.integration]
@@ -23,8 +24,9 @@ def _run(tmp_path, smoke_prepared, smoke_policy, interval: str):
     client = tracking.mlflow_client(uri)
     run_id = client.create_run(client.create_experiment("system-metrics")).info.run_id
     label = next(iter(cfg.methods))
-    train_and_track(cfg, label, 0, smoke_prepared.to_dict(), smoke_policy, str(tmp_path / "run"), uri, run_id,
-                    fresh=True, progress=lambda event: None)
+    request = TrainRequest(run_config(cfg, label, 0), label, 0, smoke_prepared.to_dict(), smoke_policy,
+                           str(tmp_path / "run"), uri, run_id)
+    train_tracked(request, fresh=True, progress=lambda event: None)
     return client.get_run(run_id)
 
 

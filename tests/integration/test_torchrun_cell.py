@@ -4,7 +4,9 @@
 ``resources.nproc_per_node=2``: the flow, the data and policy stages and the MLflow run
 creation happen once, in the CLI's process; the cell starts ``torchrun`` with two CPU (gloo)
 processes; rank 0 logs into the cell's MLflow run (tag ``pilotcommit.world_size`` = 2, every
-step once), and the cell marks the run finished. Real subprocesses, real Prefect, real MLflow.
+step once), and the cell marks the run finished. Real subprocesses, the session's real Prefect
+server, real MLflow; the compare on the smoke config's data and initial policy copied in
+(``fresh_runs``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import yaml
 
 from pilotcommit import tracking
 from tests.conftest import SMOKE_CONFIG
-from tests.integration.test_cli import cli_env, run_cli
+from tests.integration.conftest import run_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow,
               pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not on PATH")]
@@ -40,9 +42,9 @@ def _assert_trained_by_two_processes(client, run, run_dirs):
     assert (run_dirs[0] / "final_policy" / "model.safetensors").is_file()
 
 
-def test_pilotcommit_train_launches_two_processes(tmp_path):
-    env = cli_env(tmp_path)
-    runs = tmp_path / "runs"
+def test_pilotcommit_train_launches_two_processes(prefect_server, tmp_path):
+    runs = tmp_path / "runs"  # empty: the stages are built here, once, not on every rank
+    env = prefect_server.env()
     done = run_cli(["train", "-c", str(SMOKE_CONFIG), "--runs-dir", str(runs), "--method", "grpo",
                     *[a for s in SETTINGS for a in ("--set", s)]], env)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -52,14 +54,14 @@ def test_pilotcommit_train_launches_two_processes(tmp_path):
     _assert_trained_by_two_processes(client, found[0], list(runs.glob("smoke/train/grpo-seed0-*")))
 
 
-def test_a_compare_cell_launches_two_processes(tmp_path):
+def test_a_compare_cell_launches_two_processes(prefect_server, fresh_runs, tmp_path):
     raw = yaml.safe_load(SMOKE_CONFIG.read_text())
     raw["methods"] = {"grpo": raw["methods"]["grpo"]}
     raw["name"] = "smoke-torchrun"
     config = tmp_path / "smoke-torchrun.yaml"
     config.write_text(yaml.safe_dump(raw))
-    env = cli_env(tmp_path)
-    runs = tmp_path / "runs"
+    env = prefect_server.env()
+    runs = fresh_runs  # the data and policy stages do not depend on the experiment's name
     done = run_cli(["compare", "-c", str(config), "--runs-dir", str(runs), *[a for s in SETTINGS for a in ("--set", s)]],
                    env)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -1,6 +1,7 @@
 """A real browser check of the MLflow UI on a finished comparison.
 
-``pilotcommit compare`` on the smoke config, then ``mlflow server`` on 127.0.0.1 over its store,
+The shared smoke comparison (tests/integration/conftest.py: ``pilotcommit compare`` of GRPO,
+DAPO and Pilot-Commit), then ``mlflow server`` on 127.0.0.1 over its store,
 then headless Chromium (Debian's ``chromium``) on the UI page that charts
 ``by_rollouts/eval/average_accuracy`` for the comparison's child runs: the three methods' runs
 must be on the rendered page. A screenshot is written to the test's directory, or to
@@ -13,13 +14,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 
 import pytest
 
 from pilotcommit import services, tracking
-from pilotcommit.config import load_experiment_config
-from tests.conftest import REPO_ROOT, SMOKE_CONFIG, listening_addresses
+from tests.conftest import REPO_ROOT, listening_addresses
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 needs_chromium = pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium package")
@@ -49,17 +48,8 @@ def test_a_started_mlflow_server_listens_on_127_0_0_1_only(tmp_path):
 
 
 @needs_chromium
-def test_mlflow_ui_shows_the_three_methods_by_rollouts(tmp_path):
-    env = dict(os.environ)
-    for key in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "PILOTCOMMIT_RUNS_DIR"):
-        env.pop(key, None)
-    env.update(services.prefect_env(tmp_path / "prefect"))
-    runs = tmp_path / "runs"
-    done = subprocess.run([sys.executable, "-m", "pilotcommit.cli", "compare", "-c", str(SMOKE_CONFIG),
-                           "--runs-dir", str(runs)], check=False, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0, done.stdout + done.stderr
-
+def test_mlflow_ui_shows_the_three_methods_by_rollouts(smoke_compare, tmp_path):
+    runs = smoke_compare.runs
     store = f"sqlite:///{runs / 'mlflow.db'}"
     client = tracking.mlflow_client(store)
     experiment = client.get_experiment_by_name("smoke")
@@ -67,9 +57,9 @@ def test_mlflow_ui_shows_the_three_methods_by_rollouts(tmp_path):
     parent = tracking.latest_parent_run(client, experiment.experiment_id, "smoke")
     children = tracking.child_runs(client, experiment.experiment_id, parent.info.run_id)
     names = sorted(r.info.run_name for r in children)
-    assert len(names) == len(load_experiment_config(SMOKE_CONFIG).methods)  # every method of the smoke config
+    assert sorted(r.data.tags["method"] for r in children) == ["dapo", "grpo", "pilot_commit"]
 
-    server = services.start_mlflow_server(store, runs / "mlartifacts", tmp_path / "mlflow.log")
+    server = services.start_mlflow_server(store, tmp_path / "mlartifacts", tmp_path / "mlflow.log")
     try:
         _assert_loopback_only(server)
         url = tracking.metric_chart_url(server.url, experiment.experiment_id, [r.info.run_id for r in children])

@@ -302,7 +302,7 @@ def test_worker_side_check_names_vllm_parameters_left_stale(setup):
 def test_a_call_larger_than_one_scheduler_step(setup):
     # the demo's GRPO step: 32 prompts x 16 rollouts, more prompt tokens (about 5600) than one
     # vLLM step takes on CPU (4096): vLLM must spread the prefills over steps, and seeded
-    # sampling must still repeat (pilotcommit.rollout.vllm_engine._platform_options)
+    # sampling must still repeat (pilotcommit.rollout.vllm_convert._platform_options)
     engine, model, tokenizer, learner, _, _ = setup
     prompts = {f"r{i}": tokenizer(f"{10 + i}*{1 + i % 9}+{20 + i}=")["input_ids"] for i in range(32)}
     first = engine.generate(uniform(prompts, 16), prompts, TRAIN_PARAMS, seed=51)

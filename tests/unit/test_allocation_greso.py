@@ -110,6 +110,36 @@ def test_skip_rule_draws_once_per_prompt_on_a_streak_against_one_minus_the_keep_
     assert policy.rng.values == []
 
 
+def test_easy_and_hard_streaks_are_skipped_at_their_own_exploration_rates():
+    """p_easy and p_hard differ (as they do after adapting): an all-correct streak keeps with
+    p_easy ** k, an all-wrong one with p_hard ** k, each against its own rate."""
+    policy = make(prompt_ids(8), p_easy=0.8, p_hard=0.3)
+    policy.easy_streak = {"e1": 1}
+    policy.hard_streak = {"h1": 1}
+    # e1 keeps with 0.8 (skip below 0.2); h1 keeps with 0.3 (skip below 0.7)
+    policy.rng = ScriptedRandom([0.19, 0.21, 0.69, 0.71])
+    assert policy.skip_kind("e1") == "easy"
+    assert policy.skip_kind("e1") is None
+    assert policy.skip_kind("h1") == "hard"  # against p_easy (skip below 0.2) it would be kept
+    assert policy.skip_kind("h1") is None
+    assert policy.rng.values == []
+
+
+def test_a_skipped_prompt_keeps_its_streak():
+    """The reference records history only for groups it rolled out: a prompt skipped before
+    rollout keeps its streak (and so its skip probability) for the next time it comes up."""
+    ids = prompt_ids(12)
+    policy = make(ids, gen_batch_size=4)
+    order = PromptStream(ids, seed=0)._order
+    policy.easy_streak = {order[0]: 2}
+    policy.hard_streak = {order[2]: 3}
+    policy.rng = ScriptedRandom([0.0, 0.0])  # both skipped
+    plan = policy.plan()
+    assert order[0] not in [r.prompt_id for r in plan] and order[2] not in [r.prompt_id for r in plan]
+    policy.observe(exact_rate_scorer({p: 0.5 for p in ids})(plan))  # the rolled-out ones: mixed
+    assert policy.easy_streak.get(order[0]) == 2 and policy.hard_streak.get(order[2]) == 3
+
+
 def test_skipped_prompts_cost_no_rollouts_and_a_round_holds_gen_batch_size_rolled_out_prompts():
     ids = prompt_ids(12)
     policy = make(ids, gen_batch_size=4)

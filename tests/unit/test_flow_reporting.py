@@ -11,17 +11,23 @@ import re
 
 from rich.console import Console
 
-from flows.reporting import (
-    AllocationTally,
-    TrainingLog,
-    artifact_key,
-    budget_fraction,
+from flows.ui import artifact_key
+from pilotcommit.analysis.render import (
     comparison_markdown,
     comparison_rows,
-    evaluation_due,
-    mlflow_links,
+    render_details,
+    render_summary,
 )
-from pilotcommit.report import ComparisonSummary, MethodSummary, SpeedUp, render_details, render_summary
+from pilotcommit.analysis.summary import ComparisonSummary, MethodSummary, SpeedUp
+from pilotcommit.runner.progress import (
+    AllocationTally,
+    EvaluationProgress,
+    RunIdentity,
+    TrainingLog,
+    budget_fraction,
+    evaluation_due,
+)
+from pilotcommit.tracking.links import mlflow_links
 
 
 def _summary(seeds: int = 5, big: bool = True) -> ComparisonSummary:
@@ -68,9 +74,10 @@ def test_evaluation_lines_are_thinned_to_a_readable_rate():
     lines: list[str] = []
     log = TrainingLog("train grpo seed 0 (m)", 1000, None, "eval/average_accuracy", sink=lambda e: None,
                       logger=type("L", (), {"info": lambda self, msg: lines.append(msg)})())
+    run = RunIdentity("grpo", 0, "m", "m")
     for step in range(0, 1001, 5):
-        log({"event": "evaluation", "step": step, "rollouts": step * 64, "metrics": {"eval/average_accuracy": 0.5},
-             "alloc": AllocationTally(5 if step else 0, {"alloc/informative": 10.0}, {}).to_dict()})
+        log(EvaluationProgress(run, step, step * 64, {"eval/average_accuracy": 0.5},
+                               AllocationTally(5 if step else 0, {"alloc/informative": 10.0}, {})))
     assert 20 <= len(lines) <= 22, len(lines)
     assert "evaluation at step 0/1000 (0% of the budget)" in lines[0]
     assert "evaluation at step 1000/1000 (100% of the budget), 64,000 rollouts, eval/average_accuracy 0.5000" in lines[-1]
@@ -97,7 +104,6 @@ def test_allocation_tally_sums_counts_and_keeps_latest_gauges():
     text = tally.describe()
     assert "2 steps, 3.0 sampling rounds/step" in text and "8 informative / 1 too hard / 2 too easy" in text
     assert "buffer 7" in text
-    assert AllocationTally.from_dict(tally.to_dict()) == tally
 
 
 def test_comparison_markdown_has_the_target_rows_intervals_and_links():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from pilotcommit.config import ConfigError, load_experiment_config
-from pilotcommit.launch import InsufficientGPUsError, check_gpus, gpus_needed
+from pilotcommit.runner.torchrun import InsufficientGPUsError, check_gpus, gpus_needed
 from tests.conftest import REPO_ROOT, SMOKE_CONFIG
 
 CONF = REPO_ROOT / "conf"

@@ -177,6 +177,33 @@ def test_the_update_equals_a_hand_written_ppo_step_with_decay_warmup_and_clippin
     _assert_same_weights(got, expected)
 
 
+def test_the_update_equals_the_hand_written_step_without_gradient_clipping():
+    """Clipping off: the gradient's scale reaches AdamW, so the token-mean normaliser must be
+    every response token of the mini-batch, zero-advantage rows included (with clipping on, a
+    wrong normaliser only rescales a gradient that clipping rescales anyway)."""
+    config = _config(grad_clip=1e9, weight_decay=0.0, warmup_steps=0)
+    model, pad_id = _model()
+    reference = copy.deepcopy(model)
+    learner = Learner(model, config, pad_id=pad_id)
+    for step in range(3):
+        learner.update(_batch(step), seed=3 + step)
+    _hand_reference(reference, config, [_batch(s) for s in range(3)], [3, 4, 5], 1.0)
+    _assert_same_weights(model.state_dict(), reference.state_dict())
+
+
+def test_the_loss_is_the_mean_over_every_token_of_the_minibatch():
+    """One mini-batch, first pass (ratio 1): the policy loss is -sum(A_i * tokens_i) over all
+    tokens of the batch, the zero-advantage group's tokens in the denominator too."""
+    model, pad_id = _model()
+    batch = _batch()
+    metrics = Learner(model, _config(optimizer_steps_per_batch=1), pad_id=pad_id).update(batch, seed=3)
+    advantages = _hand_advantages(batch, 1e-6)
+    lengths = [len(r.completion_token_ids) for r in batch.rollouts]
+    assert any(a == 0 for a in advantages)  # the all-correct group is in the denominator
+    expected = -sum(a * n for a, n in zip(advantages, lengths)) / sum(lengths)
+    assert metrics["loss/policy"] == pytest.approx(expected, rel=1e-4, abs=1e-6)
+
+
 def test_later_minibatches_see_ratios_away_from_one_and_clip():
     model, pad_id = _model()
     metrics = Learner(model, _config(), pad_id=pad_id).update(_batch(), seed=3)

@@ -16,11 +16,11 @@ import pytest
 from pilotcommit.data.loaders import load_prompt_table
 from pilotcommit.data.specs import read_dataset_specs
 from pilotcommit.rewards import REWARDS
-from pilotcommit.rewards.math import (
+from pilotcommit.rewards.math import math_reward
+from pilotcommit.rewards.math_answer import (
     extract_answer,
     extract_last_boxed,
     has_power_tower,
-    math_reward,
     normalise_ground_truth,
     normalise_latex_string,
     parse_plain_number,

@@ -4,16 +4,26 @@ Tolerance, float32 on CPU: per-token log-probs agree to 1e-5 absolute, gradients
 relative + 1e-7 absolute (the packed row runs the same arithmetic as the padded rows, in matmuls
 of other shapes, so only the summation order differs); weights after whole updates to the
 learner tests' own 2e-4 / 1e-3 (Adam divides rounding noise on near-zero gradients by their
-own small scale). Tiny Qwen2- and Qwen3-shaped models with grouped-query attention, built here.
+own small scale). Tiny Qwen2-, Qwen3- and Llama-shaped models with grouped-query attention, built
+here; the Llama one ties its output head to the embedding, as SmolLM2 does (Llama has no per-layer-
+type mask mapping: a packed forward must pass no mask at all, pilotcommit/learner/packing.py).
 """
 
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
 
 from pilotcommit.config import LearnerConfig, demo_config_path, load_experiment_config
 from pilotcommit.learner.logprobs import completion_logprobs_from_model
@@ -22,6 +32,7 @@ from pilotcommit.learner.packing import (
     VARLEN_SDPA,
     enable_packed_attention,
     pack_sequences,
+    packed_forward_kwargs,
     token_budget_micro_batches,
 )
 from pilotcommit.learner.update import Learner, pack_batch
@@ -41,8 +52,13 @@ def _qwen(kind: str) -> torch.nn.Module:
         torch.manual_seed(0)
         if kind == "qwen2":
             model = Qwen2ForCausalLM(Qwen2Config(**common))
-        else:
+        elif kind == "qwen3":
             model = Qwen3ForCausalLM(Qwen3Config(head_dim=8, **common))
+        elif kind == "llama":
+            model = LlamaForCausalLM(LlamaConfig(head_dim=8, tie_word_embeddings=True, **common))
+            assert model.lm_head.weight is model.model.embed_tokens.weight
+        else:
+            raise ValueError(kind)
     assert model.config._attn_implementation == "sdpa"  # what the learner meets by default
     return model.train()
 
@@ -96,15 +112,23 @@ def test_token_budget_micro_batches_keep_order_and_respect_the_budget():
         token_budget_micro_batches(rows, tokens, budget=6)
 
 
-@pytest.mark.parametrize("attention", ["varlen", "transformers-mask"])
-@pytest.mark.parametrize("kind", ["qwen2", "qwen3"])
+KINDS = ["qwen2", "qwen3", "llama"]
+
+
+@pytest.mark.parametrize("attention", ["varlen", "transformers-mask", "eager"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_packed_logprobs_loss_and_gradients_equal_the_padded_ones(kind, attention):
     """``varlen``: the learner's attention (one sdpa call per sequence); ``transformers-mask``:
-    a plain sdpa model, whose packed mask transformers builds from the position ids."""
+    a plain sdpa model, whose packed mask transformers builds from the position ids; ``eager``:
+    the same from the position ids, as an additive float mask."""
     model = _qwen(kind)
     if attention == "varlen":
         enable_packed_attention(model)
         assert model.config._attn_implementation == VARLEN_SDPA
+    elif attention == "eager":
+        model.set_attn_implementation("eager")
+        enable_packed_attention(model)  # leaves a non-sdpa model alone
+        assert model.config._attn_implementation == "eager"
     ids, att, mask = _rows()
     advantages = torch.tensor([1.0, -0.5, 0.7, -1.2])
     results = {}
@@ -123,7 +147,7 @@ def test_packed_logprobs_loss_and_gradients_equal_the_padded_ones(kind, attentio
         torch.testing.assert_close(g1[name], g0[name], atol=1e-7, rtol=1e-5, msg=name)
 
 
-@pytest.mark.parametrize("kind", ["qwen2", "qwen3"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_transformers_sdpa_honours_restarting_position_ids_without_a_mask(kind):
     """The claim packing relies on where no varlen kernel is used: with no 2-D mask and no
     cache, sdpa models keep attention inside each sequence from the position ids alone."""
@@ -136,9 +160,51 @@ def test_transformers_sdpa_honours_restarting_position_ids_without_a_mask(kind):
     torch.testing.assert_close(packed, padded[att.bool()], atol=1e-5, rtol=0)
 
 
-def test_the_varlen_attention_leaves_unpacked_calls_to_sdpa():
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_varlen_packed_forward_builds_no_dense_mask(kind):
+    """The learner's packed forward: every attention layer gets no mask (no ``[T, T]`` tensor
+    is built); the kernel keeps attention inside each sequence from the boundaries."""
+    model = _qwen(kind).eval()
+    enable_packed_attention(model)
+    row = pack_sequences(*_rows())
+    masks = []
+    hooks = [layer.self_attn.register_forward_pre_hook(lambda m, a, kw: masks.append(kw.get("attention_mask", "absent")),
+                                                       with_kwargs=True)
+             for layer in model.model.layers]
+    try:
+        with torch.no_grad():
+            model(**packed_forward_kwargs(model, row))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert masks == [None] * len(model.model.layers)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_varlen_attention_keeps_restarting_position_ids_apart_without_boundaries(kind):
+    """A caller that packs rows but passes only the restarting position ids (no ``cu_seq_lens``):
+    no mask is built for it, so the kernel takes the boundaries from the position ids."""
+    model = _qwen(kind).eval()
+    enable_packed_attention(model)
+    ids, att, mask = _rows()
+    row = pack_sequences(ids, att, mask)
+    with torch.no_grad():
+        packed = model(input_ids=row.input_ids_1T, position_ids=row.position_ids_1T, use_cache=False).logits[0]
+        padded = model(input_ids=ids, attention_mask=att).logits
+    torch.testing.assert_close(packed, padded[att.bool()], atol=1e-5, rtol=0)
+    # two packed rows with boundaries of their own
+    other = pack_sequences(ids.flip(0), att.flip(0), mask.flip(0))
+    with torch.no_grad():
+        both = model(input_ids=torch.cat([row.input_ids_1T, other.input_ids_1T]),
+                     position_ids=torch.cat([row.position_ids_1T, other.position_ids_1T]), use_cache=False).logits
+    torch.testing.assert_close(both[0], packed, atol=1e-5, rtol=0)
+    torch.testing.assert_close(both[1], padded.flip(0)[att.flip(0).bool()], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["qwen3", "llama"])
+def test_the_varlen_attention_leaves_unpacked_calls_to_sdpa(kind):
     """Generation and evaluation on a packing learner's model: the same logits and tokens."""
-    model = _qwen("qwen3").eval()
+    model = _qwen(kind).eval()
     reference = copy.deepcopy(model)
     enable_packed_attention(model)
     ids, att, _ = _rows()
@@ -230,3 +296,32 @@ def test_the_budget_is_checked_against_the_longest_sequence_at_load_time(tmp_pat
         load_experiment_config(demo_config_path(), [f"learner.max_tokens_per_micro_batch={positions - 1}"])
     with pytest.raises(ValueError):
         LearnerConfig(max_tokens_per_micro_batch=0)
+
+
+SMOLLM2_FOLDER = Path("/work/cache/smollm2/SmolLM2-135M-Instruct-hf")
+
+
+@pytest.mark.real_model
+@pytest.mark.skipif(not (SMOLLM2_FOLDER / "model.safetensors").is_file(), reason=f"{SMOLLM2_FOLDER} is absent")
+def test_smollm2_packed_logprobs_equal_the_padded_ones():
+    """The real 30-layer Llama (SmolLM2-135M-Instruct, converted from its GGUF): packed and padded
+    log-probs under the three attention paths, to 1e-4 (30 layers of float32 summation-order
+    differences; /work/research/smollm2.md measured up to 1.4e-5)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(SMOLLM2_FOLDER), dtype=torch.float32).eval()
+    generator = torch.Generator().manual_seed(0)
+    lengths = [(5, 9), (12, 3), (4, 20), (7, 7)]
+    width = max(p + c for p, c in lengths)
+    ids = torch.zeros((len(lengths), width), dtype=torch.long)
+    att, mask = torch.zeros_like(ids), torch.zeros((len(lengths), width - 1))
+    for row, (p, c) in enumerate(lengths):
+        ids[row, : p + c] = torch.randint(10, 49000, (p + c,), generator=generator)
+        att[row, : p + c] = 1
+        mask[row, p - 1 : p - 1 + c] = 1.0
+    for implementation in ("sdpa", "eager", VARLEN_SDPA):
+        model.config._attn_implementation = implementation
+        with torch.no_grad():
+            padded = completion_logprobs_from_model(model, ids, att, mask, packed=False)
+            packed = completion_logprobs_from_model(model, ids, att, mask, packed=True)
+        torch.testing.assert_close(packed, padded, atol=1e-4, rtol=0, msg=implementation)

@@ -20,10 +20,12 @@ from pilotcommit.config import (
     ModelConfig,
     PilotCommitConfig,
     PretrainedModelConfig,
+    SweepConfig,
+    cell_configs,
     load_experiment_config,
+    load_sweep_config,
 )
 from pilotcommit.rewards import overlong_penalty
-from pilotcommit.sweep import SweepConfig, cell_configs, load_sweep_config
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 PAPER_FILES = sorted((CONF_DIR / "experiment").glob("paper-*.yaml"))

@@ -12,13 +12,13 @@ from pilotcommit.allocation.predict import (
     expected_rounds,
     fit_beta_prior,
     outcome_pmf,
+    pool_exhaustion,
     predict_dapo,
+    predict_greso,
     predict_grpo,
     predict_methods,
-    predict_greso,
     predict_pilot_commit,
     predict_speed_rl,
-    pool_exhaustion,
     recommend,
 )
 from pilotcommit.config import DAPOConfig, GRESOConfig, GRPOConfig, PilotCommitConfig, SpeedRLConfig

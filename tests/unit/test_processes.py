@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from flows.processes import TrainingProcessDied, auto_parallel_runs, run_in_child
+from pilotcommit.runner.processes import TrainingProcessDied, auto_parallel_runs, run_in_child
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -68,7 +68,7 @@ def test_an_error_in_the_progress_handler_stops_the_child():
 
 
 def test_auto_parallel_runs(monkeypatch):
-    import flows.processes as processes
+    import pilotcommit.runner.processes as processes
 
     monkeypatch.setattr(processes, "available_cores", lambda: 8)
     assert auto_parallel_runs(1, 9) == 8
@@ -76,3 +76,28 @@ def test_auto_parallel_runs(monkeypatch):
     assert auto_parallel_runs(1, 3) == 3  # never more than there are runs
     assert auto_parallel_runs(16, 9) == 1
     assert auto_parallel_runs(None, 9) == 1  # torch takes every core itself
+
+
+def test_a_window_runs_in_process_with_one_worker_and_is_found_by_the_tasks_it_runs():
+    """One worker: the target runs in the caller's thread; the window is what the code inside
+    the ``with`` block finds (no window: one run at a time, in process), also in a thread that
+    copies the context, as Prefect's task runner does."""
+    import contextvars
+    import threading
+
+    from pilotcommit.runner.processes import RunWindow, current_window
+
+    assert current_window().max_workers == 1 and not current_window().in_children
+    with RunWindow(3) as window:
+        seen = {}
+        context = contextvars.copy_context()
+        thread = threading.Thread(target=context.run, args=(lambda: seen.update(window=current_window()),))
+        thread.start()
+        thread.join()
+        assert seen["window"] is window and window.in_children
+    assert current_window() is not window
+    here = RunWindow(1)
+    assert here.run(lambda n, progress: (progress(n), threading.get_ident()), {"n": 1}, progress=lambda e: None,
+                    describe="x")[1] == threading.get_ident()
+    with pytest.raises(ValueError, match="parallel_runs must be at least 1"):
+        RunWindow(0)

@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from pilotcommit.config import load_experiment_config
-from pilotcommit.loop import encode_prompts
 from pilotcommit.models.tokenizer import build_char_tokenizer
 from pilotcommit.pipeline import data_fingerprint, prepare_data, read_prompt_table
+from pilotcommit.run_parts import encode_prompts
 from tests.conftest import REPO_ROOT
 
 CONF_DIR = REPO_ROOT / "conf"

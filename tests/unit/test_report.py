@@ -8,17 +8,11 @@ import math
 
 import pytest
 
+from pilotcommit.analysis.regression import RegressionTolerance, check_regression
+from pilotcommit.analysis.render import render_summary, summary_text
+from pilotcommit.analysis.summary import RunHistory, accuracy_band, summarize_comparison
 from pilotcommit.config import TargetConfig
 from pilotcommit.evaluation import EvalRecord
-from pilotcommit.report import (
-    RegressionTolerance,
-    RunHistory,
-    accuracy_band,
-    check_regression,
-    render_summary,
-    summarize_comparison,
-    summary_text,
-)
 
 ACC = "eval/average_accuracy"
 
@@ -155,7 +149,7 @@ def test_regression_on_accuracy_drop_and_missing_method():
 def test_summary_round_trips_through_json():
     import json
 
-    from pilotcommit.report import ComparisonSummary
+    from pilotcommit.analysis.summary import ComparisonSummary
 
     summary = summarize_comparison(make_runs(), TargetConfig())
     again = ComparisonSummary.from_dict(json.loads(json.dumps(summary.to_dict())))
@@ -173,7 +167,7 @@ def test_target_met_before_training_is_not_called_unreached():
 
 
 def test_scale_frame_one_row_per_cell_and_method():
-    from pilotcommit.report import scale_frame
+    from pilotcommit.analysis.summary import scale_frame
 
     small = summarize_comparison(make_runs(), TargetConfig())
     large = summarize_comparison(make_runs(), TargetConfig(accuracy=0.6))
@@ -184,7 +178,7 @@ def test_scale_frame_one_row_per_cell_and_method():
 
 
 def test_seed_spread_tolerance_hand_cases():
-    from pilotcommit.report import seed_spread_tolerance
+    from pilotcommit.analysis.regression import seed_spread_tolerance
 
     assert seed_spread_tolerance([0.5]) is None  # one seed: no spread to measure
     assert seed_spread_tolerance([0.5, 0.5, 0.5]) == 0.0

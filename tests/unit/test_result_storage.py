@@ -17,7 +17,7 @@ import pytest
 from prefect._internal.result_records import ResultRecord, ResultRecordMetadata
 from prefect.serializers import JSONSerializer, PickleSerializer
 
-from flows.results import TrustedResultStorage, UntrustedResultError
+from pilotcommit.stages.result_storage import TrustedResultStorage, UntrustedResultError
 
 
 class _RunsCodeWhenUnpickled:

@@ -6,10 +6,10 @@ import math
 
 import pytest
 
-from pilotcommit import stats
+from pilotcommit.analysis import stats
+from pilotcommit.analysis.summary import RunHistory
 from pilotcommit.config import TargetConfig
 from pilotcommit.evaluation import AVERAGE_ACCURACY, EvalRecord
-from pilotcommit.report import RunHistory
 
 
 def _history(points: list[tuple[int, float]]) -> list[EvalRecord]:

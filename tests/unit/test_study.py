@@ -7,10 +7,10 @@ import math
 
 import pytest
 
-from pilotcommit import study
+from pilotcommit.analysis import figures, render, study
+from pilotcommit.analysis.summary import RunHistory, summarize_comparison
 from pilotcommit.config import TargetConfig
 from pilotcommit.evaluation import AVERAGE_ACCURACY, EvalRecord
-from pilotcommit.report import RunHistory, summarize_comparison
 
 
 def _history(points):
@@ -99,7 +99,7 @@ def test_probe_predictions_enter_the_cell_and_the_tables():
     assert cell.measured_ranking == [["pilot_commit"], ["grpo"], ["dapo"]]
     assert cell.ranking_pairs_agree == (3, 3)
     assert math.isnan(cell.zero_variance.value)  # no step metrics given
-    text = study.markdown_tables([cell])
+    text = render.study_markdown([cell])
     assert "| c | grpo | 20.0 | 22.0 | 21.0 |" in text
     assert "| c | pilot_commit > grpo > dapo | pilot_commit > grpo > dapo | 3/3 | use pilot_commit: ... |" in text
     assert "2.00x [2.00, 2.00]" in text
@@ -108,7 +108,7 @@ def test_probe_predictions_enter_the_cell_and_the_tables():
 def test_speedup_figure_draws_one_marker_per_defined_cell_and_target():
     cells = study.study_cells(study.StudyInputs(_cell("a", 0.5) + _cell("b", 2.0),
                                                 _steps("a", {0: (8, 24), 1: (16, 16)})), resamples=50)
-    fig = study.speedup_figure(cells)
+    fig = figures.speedup_figure(cells)
     (ax,) = fig.axes
     assert len(ax.containers) == 4  # 2 cells x 2 targets, each an errorbar container
     import matplotlib.pyplot as plt
@@ -134,7 +134,7 @@ def test_equal_steps_compare_accuracy_per_optimizer_step():
     # at equal budgets PC is behind: at 1,000 rollouts it is halfway to its step-10 accuracy
     assert [r["rollouts"] for r in cell.equal_budget] == [250, 500, 750, 1000]
     assert cell.equal_budget[-1]["diff_vs_grpo"] == pytest.approx(-0.05 + 0.005)
-    assert "### Accuracy at equal optimizer steps" in study.markdown_tables([cell])
+    assert "### Accuracy at equal optimizer steps" in render.study_markdown([cell])
 
 
 def _probe(methods: dict[str, float], successes=(0, 2, 4)):
@@ -179,16 +179,16 @@ def test_two_sweeps_of_the_same_cells_report_as_one():
     assert cell.speedups["best"]["grpo"]["speedup"] == pytest.approx(2.0)
     assert cell.predicted_ranking == ["greso", "pilot_commit", "grpo", "dapo"]
     assert cell.rollouts_to_target["best"]["greso"] is None and cell.reached["best"]["greso"] == "0/3"
-    text = study.markdown_tables([cell], header=study.provenance_text(merged))
+    text = render.study_markdown([cell], header=render.provenance_text(merged))
     assert text.startswith("The runs of 2 sweeps")
     assert "3 runs appear in more than one of them and are identical" in text
     assert "| c | greso > pilot_commit > grpo > dapo |" in text  # no two predicted alike here
     assert "| c | best | - (0/3) | - (0/3) | 2,000 (3/3) | 1,000 (3/3) |" in text  # dapo greso grpo pc
     # no shared run: the report says nothing checks the two sweeps against each other
     alone = study.merge_study_inputs([("p1", first), ("p2", _sweep("c", {"greso": 40.0}))])
-    assert alone.shared_runs == 0 and "No run appears in more than one of them" in study.provenance_text(alone)
+    assert alone.shared_runs == 0 and "No run appears in more than one of them" in render.provenance_text(alone)
     # one sweep: nothing to merge, no provenance paragraph
-    assert study.merge_study_inputs([("p1", first)]) is first and study.provenance_text(first) == ""
+    assert study.merge_study_inputs([("p1", first)]) is first and render.provenance_text(first) == ""
 
 
 def test_a_run_two_sweeps_trained_differently_stops_the_merge():
@@ -221,9 +221,9 @@ def test_another_candidate_gets_its_speedups_over_every_other_method():
     assert cell.candidate == "grpo"
     assert set(cell.speedups["best"]) == {"dapo", "pilot_commit"}
     assert cell.speedups["best"]["pilot_commit"]["speedup"] == pytest.approx(0.5)
-    text = study.markdown_tables([cell])
+    text = render.study_markdown([cell])
     assert "### Speed-up of grpo in rollouts to target" in text and "| grpo - pilot_commit |" in text
-    fig = study.speedup_figure([cell], baseline="pilot_commit")
+    fig = figures.speedup_figure([cell], baseline="pilot_commit")
     assert fig.axes[0].get_ylabel() == "grpo speed-up over pilot_commit (rollouts)"
     import matplotlib.pyplot as plt
 
@@ -235,5 +235,5 @@ def test_methods_predicted_alike_are_shown_tied():
     inputs = _sweep("c", {"grpo": 20.0, "dapo": 10.0, "greso": 10.0})
     (cell,) = study.study_cells(inputs, resamples=50)
     assert set(cell.predicted_ranking[1:]) == {"dapo", "greso"}
-    row = next(line for line in study.markdown_tables([cell]).splitlines() if line.startswith("| c | grpo >"))
+    row = next(line for line in render.study_markdown([cell]).splitlines() if line.startswith("| c | grpo >"))
     assert row.split(" | ")[1] in ("grpo > dapo = greso", "grpo > greso = dapo")

@@ -7,8 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from pilotcommit.config import ConfigError, load_experiment_config
-from pilotcommit.sweep import SweepConfig, cell_config, cell_configs, load_sweep_config
+from pilotcommit.config import (
+    ConfigError,
+    SweepConfig,
+    cell_config,
+    cell_configs,
+    load_experiment_config,
+    load_sweep_config,
+)
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 

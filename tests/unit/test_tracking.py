@@ -58,9 +58,12 @@ def test_source_hash_sees_result_code_not_presentation(tmp_path):
     pkg = tmp_path / "pkg"
     pkg.mkdir()
     (pkg / "loop.py").write_text("x = 1\n")
-    (pkg / "report.py").write_text("y = 1\n")
+    (pkg / "analysis").mkdir()
+    (pkg / "analysis" / "render.py").write_text("y = 1\n")
+    (pkg / "cli.py").write_text("z = 1\n")
     before = tracking.source_hash(pkg)
-    (pkg / "report.py").write_text("y = 2\n")  # how results are shown: same cache key
+    (pkg / "analysis" / "render.py").write_text("y = 2\n")  # how results are shown: same cache key
+    (pkg / "cli.py").write_text("z = 2\n")
     assert tracking.source_hash(pkg) == before
     (pkg / "loop.py").write_text("x = 2\n")  # what results are: new key
     assert tracking.source_hash(pkg) != before
@@ -77,16 +80,20 @@ def test_flatten_params():
 
 
 def test_run_key_is_stable_and_distinguishes_parts():
-    assert tracking.run_key("abc", "grpo", 0) == tracking.run_key("abc", "grpo", 0)
-    assert tracking.run_key("abc", "grpo", 0) != tracking.run_key("abc", "grpo", 1)
+    from pilotcommit.stages.table import run_key
+
+    assert run_key("abc", "grpo", 0) == run_key("abc", "grpo", 0)
+    assert run_key("abc", "grpo", 0) != run_key("abc", "grpo", 1)
 
 
 def test_prompt_stats_figure_and_missing_column():
+    from pilotcommit.analysis.figures import prompt_stats_figure
+
     frame = pd.DataFrame({"prompt_id": ["a", "b"], "pass_rate": [0.0, 0.5], "reward_variance": [0.0, 0.25]})
-    fig = tracking.prompt_stats_figure(frame, "eval")
+    fig = prompt_stats_figure(frame, "eval")
     assert len(fig.axes) == 2
     with pytest.raises(ValueError, match="missing column 'reward_variance'"):
-        tracking.prompt_stats_figure(frame.drop(columns="reward_variance"), "eval")
+        prompt_stats_figure(frame.drop(columns="reward_variance"), "eval")
 
 
 def test_gap_summary():

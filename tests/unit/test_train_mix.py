@@ -58,8 +58,8 @@ def test_config_load_checks_the_mix_against_the_synthetic_levels():
 
 
 def test_train_run_trains_on_the_mix_only(smoke_config, smoke_prepared, smoke_policy, tmp_path):
-    from pilotcommit.loop import train_run
     from pilotcommit.data.prepared import read_prompt_table
+    from pilotcommit.loop import train_run
     from pilotcommit.tracking import MemoryTracker
 
     cfg = smoke_config.model_copy(update={

@@ -20,13 +20,10 @@ from pilotcommit.rollout.protocol import (
     FINISH_STOP,
     RolloutEngine,
     SamplingParams,
+    validated_prompts,
 )
-from pilotcommit.rollout.transformers_engine import (
-    TransformersEngine,
-    inverse_cdf_sample,
-    left_pad,
-    sample_next_tokens,
-)
+from pilotcommit.rollout.sampling import inverse_cdf_sample, left_pad, sample_next_tokens
+from pilotcommit.rollout.transformers_engine import TransformersEngine
 from pilotcommit.types import RequestResult, RolloutKind, RolloutRequest
 
 PROBLEMS = {
@@ -408,6 +405,18 @@ def test_bad_prompts_are_rejected_with_their_id(model, tokenizer):
         engine.generate(_requests(("empty", 1)), {"empty": []}, SamplingParams(), seed=0)
     with pytest.raises(ValueError, match="'huge'.*vocabulary"):
         engine.generate(_requests(("huge", 1)), {"huge": [1, 10_000]}, SamplingParams(), seed=0)
+
+
+def test_the_request_checks_both_engines_share():
+    # protocol.validated_prompts; the vLLM engine passes no vocabulary size (it never checked one)
+    requests = _requests(("a", 2), ("b", 0), ("a", 1))
+    assert validated_prompts(requests, {"a": (3, 4), "b": [5]}) == [[3, 4], [5], [3, 4]]
+    beyond = {"a": [3, 10_000], "b": [5]}
+    assert validated_prompts(requests, beyond) == [[3, 10_000], [5], [3, 10_000]]
+    with pytest.raises(ValueError, match=r"'a'.*vocabulary \[0, 100\)"):
+        validated_prompts(requests, beyond, vocab_size=100)
+    with pytest.raises(ValueError, match=r"request 1 \(prompt id 'b'\) asks for -1 rollouts"):
+        validated_prompts(_requests(("a", 1), ("b", -1)), {"a": [3], "b": [5]})
 
 
 @pytest.mark.parametrize("max_new_tokens", [1, 3, 9])

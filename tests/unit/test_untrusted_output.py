@@ -16,8 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import pilotcommit.rewards.math as math_module
-from pilotcommit.rewards.math import math_reward, start_math_verifier
+import pilotcommit.rewards.math_verifier as verifier_module
+from pilotcommit.rewards.math import math_reward
+from pilotcommit.rewards.math_verifier import start_math_verifier
 
 TIMEOUT_S = 2.0
 BOUND_S = 5.0
@@ -128,14 +129,14 @@ def test_code_in_the_answer_is_never_executed(template: str, code: str, tmp_path
 def test_a_worker_that_overruns_is_killed_and_replaced(monkeypatch) -> None:
     # Let the worker's own deadline lie far beyond the caller's, as it would for work that no
     # signal can interrupt (a C-level loop): the caller must then kill the process itself.
-    monkeypatch.setattr(math_module, "WORKER_SOFT_DEADLINE_FRACTION", 50.0)
-    kills_before = math_module._VERIFIER.kills
+    monkeypatch.setattr(verifier_module, "WORKER_SOFT_DEADLINE_FRACTION", 50.0)
+    kills_before = verifier_module._VERIFIER.kills
     reward, seconds = _timed_reward("\\boxed{(10^{100})!}", timeout_s=1.0)
     assert reward == 0.0
     # The worker's own deadline is 50 s here and the factorial never ends: returning within the
     # caller's 1 s plus a margin for the kill on a loaded machine shows the caller killed it.
     assert seconds < 1.0 + 9.0, f"{seconds:.2f} s"
-    assert math_module._VERIFIER.kills == kills_before + 1
+    assert verifier_module._VERIFIER.kills == kills_before + 1
     monkeypatch.undo()
     # the replacement answers (its start-up is paid here, not by the killed call)
     reward, seconds = _timed_reward("\\boxed{x+1}", truth="1+x")

@@ -29,9 +29,7 @@ from pilotcommit.config import TinyModelConfig, load_experiment_config
 from pilotcommit.models.tiny import build_tiny_model
 from pilotcommit.models.tokenizer import build_char_tokenizer
 from pilotcommit.rollout.protocol import RolloutEngine, SamplingParams
-from pilotcommit.rollout.vllm_engine import (
-    SLEEP_TAGS,
-    VLLMEngine,
+from pilotcommit.rollout.vllm_convert import (
     _check_context_length,
     _check_vllm_version,
     _parallel_layout,
@@ -41,7 +39,9 @@ from pilotcommit.rollout.vllm_engine import (
     request_output_to_result,
     request_seed,
     sampled_token_logprobs,
+    vllm_generate_inputs,
 )
+from pilotcommit.rollout.vllm_engine import SLEEP_TAGS, VLLMEngine
 from pilotcommit.types import RolloutKind, RolloutRequest
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
@@ -285,6 +285,21 @@ def test_request_seeds_are_stable_distinct_and_leave_room_for_the_samples():
     assert len(seeds) == 250
     # vLLM seeds sample k with seed + k: stays a 63-bit integer for any group size we use
     assert max(seeds) + 10_000 < 2**63
+
+
+def test_vllm_inputs_carry_the_request_seed_and_sample_greedy_requests_once():
+    requests = [RolloutRequest(pid, 3, RolloutKind.PILOT) for pid in ("a", "b", "c")]
+    prompts = [PROMPTS["a"], PROMPTS["b"], PROMPTS["c"]]
+    for params, n in ((PARAMS, 3), (SamplingParams(temperature=0.0, max_new_tokens=6), 1)):
+        vllm_prompts, sampling = vllm_generate_inputs(
+            requests, prompts, [0, 2], params, seed=11, stop_token_ids=[EOS],
+            sampling_params_cls=FakeSamplingParams,
+        )
+        assert vllm_prompts == [{"prompt_token_ids": PROMPTS[pid]} for pid in ("a", "c")]
+        # a request's seed follows its place in the call, not in this replica's share
+        assert [p.seed for p in sampling] == [request_seed(11, 0), request_seed(11, 2)]
+        fields = {(p.n, p.logprobs, p.max_tokens, p.detokenize) for p in sampling}
+        assert fields == {(n, 0, 6, False)}
 
 
 def test_replica_assignment_balances_rollouts_and_is_deterministic():

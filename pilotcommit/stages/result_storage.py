@@ -11,8 +11,8 @@ file, before Prefect parses it; a cache lookup then counts as a miss, the stage 
 the file is overwritten. Writes are checked the same way, so a task that returned an object
 (a ``Path``, a dataclass) fails loudly instead of persisting a class name.
 
-Not here: which results are cached (flows/stages.py). The runs directory is still a trust
-boundary for everything else in it (docs/reliability.md).
+Not here: which results are cached (the flows' tasks, keyed by pilotcommit/stages/table.py).
+The runs directory is still a trust boundary for everything else in it (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -86,8 +86,21 @@ class TrustedResultStorage(LocalFileSystem):
 def trusted_storage(results_dir: Path) -> TrustedResultStorage:
     """The :class:`TrustedResultStorage` of ``results_dir``, saved as a block on the Prefect API
     (Prefect takes only saved blocks as a task's result storage). One block per directory,
-    named by its path's hash; saving again updates it, so concurrent workers agree."""
+    named by its path's hash; saving again updates it, so concurrent workers agree.
+
+    Two flow runs starting at once on a fresh server (a sweep's cells dispatched to a worker)
+    race to register the block type and the block: Prefect reads "absent", the other process
+    creates it, and this create fails with ``ObjectAlreadyExists``. Saving again then finds it
+    and updates it."""
+    from prefect.exceptions import ObjectAlreadyExists
+
     storage = TrustedResultStorage(basepath=str(results_dir))
     name = "pilotcommit-results-" + hashlib.sha256(str(results_dir).encode()).hexdigest()[:16]
-    storage.save(name, overwrite=True, _sync=True)
+    for attempt in range(3):
+        try:
+            storage.save(name, overwrite=True, _sync=True)
+            return storage
+        except ObjectAlreadyExists:
+            if attempt == 2:
+                raise
     return storage

@@ -73,9 +73,9 @@ LAUNCH_LOG_FILE = "torchrun.log"
 
 
 def torchrun_command(nproc_per_node: int, spec_path: Path) -> list[str]:
-    """``torchrun --standalone --nproc-per-node N -m pilotcommit.launch <spec>`` (this Python)."""
+    """``torchrun --standalone --nproc-per-node N -m pilotcommit.runner.torchrun <spec>`` (this Python)."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc_per_node}",
-            "-m", "pilotcommit.launch", str(spec_path)]
+            "-m", "pilotcommit.runner.torchrun", str(spec_path)]
 
 
 def train_under_torchrun(
@@ -84,7 +84,7 @@ def train_under_torchrun(
 ) -> dict:
     """Train one run in ``cfg.resources.nproc_per_node`` processes launched by ``torchrun``.
 
-    Called by the training cell (flows/stages.py) when a run asks for more than one process: the
+    Called by the training cell (pilotcommit/runner/training.py) when a run asks for more than one process: the
     flow, the data stages and the MLflow run stay in the caller's process and run once; the
     child processes only train. Rank 0 writes the run's metrics into ``mlflow_run_id``, the
     checkpoints, the final policy and ``result.json``; the caller sets the run's final status.
@@ -166,5 +166,5 @@ TAG_WORLD_SIZE = "pilotcommit.world_size"
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        raise SystemExit("usage: torchrun ... -m pilotcommit.launch <launch-spec.json>")
+        raise SystemExit("usage: torchrun ... -m pilotcommit.runner.torchrun <launch-spec.json>")
     _worker_main(Path(sys.argv[1]))

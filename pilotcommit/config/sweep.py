@@ -5,9 +5,11 @@ entry is what an experiment file's ``model:`` key accepts (a name under ``conf/m
 ``{base: name, field: value}``, or a full inline mapping). :func:`cell_config` builds the
 validated :class:`~pilotcommit.config.ExperimentConfig` of one model by putting that entry in
 place of the experiment's own ``model`` before references are resolved, so a sweep cell is
-exactly what ``pilotcommit compare`` would run with that model.
+exactly what ``pilotcommit compare`` would run with that model. Files are read, overridden and
+validated by the same functions as experiment files (pilotcommit/config/loading.py).
 
-Deliberately not here: scheduling the cells (flows/sweep.py) or summarising them (report.py).
+Deliberately not here: scheduling the cells (flows/sweep.py) or summarising them
+(pilotcommit/analysis/).
 """
 
 from __future__ import annotations
@@ -15,14 +17,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pilotcommit.config import (
-    ConfigError,
-    ExperimentConfig,
+from pilotcommit.config.base import ConfigError
+from pilotcommit.config.experiment import ExperimentConfig
+from pilotcommit.config.loading import (
     apply_overrides,
+    conf_dir_of,
     default_conf_dir,
+    format_validation_error,
+    read_yaml,
     resolve_references,
     validate_experiment,
 )
@@ -91,23 +95,13 @@ def load_sweep_config(path: str | Path, overrides: list[str] | None = None,
     """Read and validate a sweep file (``overrides`` as for experiments: ``seeds=[0,1]``;
     ``methods``: run these of the experiment's methods only, in place of the file's ``methods``)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"sweep config not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: invalid YAML: {err}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    raw = apply_overrides(raw, list(overrides or []))
+    raw = apply_overrides(read_yaml(path, "sweep config"), list(overrides or []))
     if methods is not None:
         raw["methods"] = list(methods)
     try:
         return SweepConfig.model_validate(raw)
     except ValidationError as err:
-        lines = [f"{path}: invalid sweep configuration ({err.error_count()} error(s))"]
-        lines += [f"  {'.'.join(map(str, e['loc'])) or '<top level>'}: {e['msg']}" for e in err.errors()]
-        raise ConfigError("\n".join(lines)) from None
+        raise ConfigError(format_validation_error(err, str(path), "sweep configuration")) from None
 
 
 def experiment_path(sweep: SweepConfig, conf_dir: Path | None = None) -> Path:
@@ -125,12 +119,10 @@ def cell_config(
     if not 0 <= model_index < len(sweep.models):
         raise ConfigError(f"sweep {sweep.name}: model index {model_index} out of range 0..{len(sweep.models) - 1}")
     path = experiment_path(sweep, conf_dir)
-    conf_dir = Path(conf_dir) if conf_dir else (
-        path.resolve().parent.parent if path.resolve().parent.name == "experiment" else default_conf_dir()
-    )
+    conf_dir = Path(conf_dir) if conf_dir else conf_dir_of(path)
     if not path.is_file():
         raise ConfigError(f"sweep {sweep.name}: experiment file not found: {path}")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_yaml(path)
     model_entry, cell_overrides, label = sweep.cell_entry(model_index)
     raw["model"] = model_entry
     if label is not None:

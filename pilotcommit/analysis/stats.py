@@ -1,8 +1,8 @@
 """Statistics over seeds for comparisons: bootstrap intervals of speed-ups and accuracy at equal
-budgets (pure functions of :class:`pilotcommit.report.RunHistory` lists).
+budgets (pure functions of :class:`~pilotcommit.analysis.summary.RunHistory` lists).
 
-Used by ``bench/sample_efficiency.py`` and by the sweep study report (:mod:`pilotcommit.study`).
-The speed-up itself is :func:`pilotcommit.report.summarize_comparison`'s; this module only
+Used by ``bench/sample_efficiency.py`` and by the sweep study report (:mod:`pilotcommit.analysis.study`).
+The speed-up itself is :func:`pilotcommit.analysis.summary.summarize_comparison`'s; this module only
 resamples seeds around it.
 
 - :func:`bootstrap_speedups`: a 95% percentile bootstrap of the ratio of mean rollouts to target.
@@ -23,9 +23,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pilotcommit import report
-from pilotcommit.evaluation import EvalRecord
-from pilotcommit.report import RunHistory
+from pilotcommit.analysis.summary import (
+    BASELINE_METHODS,
+    CANDIDATE_METHOD,
+    RunHistory,
+    summarize_comparison,
+)
+from pilotcommit.types import EvalRecord
 
 
 def bootstrap_speedups(
@@ -34,21 +38,21 @@ def bootstrap_speedups(
     *,
     resamples: int,
     seed: int = 0,
-    candidate: str = report.CANDIDATE_METHOD,
-    baselines: Sequence[str] = report.BASELINE_METHODS,
+    candidate: str = CANDIDATE_METHOD,
+    baselines: Sequence[str] = BASELINE_METHODS,
 ) -> dict[str, dict[str, float]]:
     """95% percentile bootstrap of ``report``'s speed-up (ratio of mean rollouts to target).
 
     Each resample draws seeds with replacement, the same draw for every method (runs of one
     seed share their data order), relabels the draw 0..k-1 so that ``report`` sees distinct
     seeds, recomputes the target from the resampled reference runs and calls
-    :func:`pilotcommit.report.summarize_comparison`. Returns per baseline the point estimate,
+    :func:`pilotcommit.analysis.summary.summarize_comparison`. Returns per baseline the point estimate,
     the interval, and the fraction of resamples with an undefined ratio (left out).
     """
     by_method_seed = {(r.method, r.seed): r for r in runs}
     seeds = sorted({r.seed for r in runs})
     methods = sorted({r.method for r in runs})
-    point = report.summarize_comparison(runs, target_cfg, candidate=candidate, baselines=baselines)
+    point = summarize_comparison(runs, target_cfg, candidate=candidate, baselines=baselines)
     rng = np.random.default_rng(seed)
     samples: dict[str, list[float]] = {b: [] for b in baselines}
     undefined = {b: 0 for b in baselines}
@@ -61,7 +65,7 @@ def bootstrap_speedups(
             if (m, old_seed) in by_method_seed
         ]
         try:
-            summary = report.summarize_comparison(
+            summary = summarize_comparison(
                 resampled, target_cfg, candidate=candidate, baselines=baselines
             )
         except ValueError:
@@ -105,7 +109,7 @@ def equal_budget_table(
     *,
     resamples: int,
     seed: int = 0,
-    candidate: str = report.CANDIDATE_METHOD,
+    candidate: str = CANDIDATE_METHOD,
 ) -> list[dict]:
     """Accuracy of every method at the same cumulative budgets (seed means), and the paired
     difference candidate - other per budget with a 95% bootstrap interval over seeds. The

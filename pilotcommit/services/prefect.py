@@ -1,184 +1,28 @@
-"""Local services the pipeline can use: an MLflow tracking server, a Prefect server and a process
-worker, started as child processes on 127.0.0.1, health-checked, and stopped again.
-
-``pilotcommit serve`` uses these to give a laptop the same shape as a cluster (a tracking
-server, an orchestration server, a work pool); the integration tests use them to exercise the
-real servers. Every service binds 127.0.0.1 unless the caller passes another host on purpose,
-runs in its own process group (so stopping it also stops the children it spawns, e.g. the
-flow-run processes of a worker), and writes its output to a log file that the error messages
-name.
-
-Deliberately not here: anything about what the flows compute, or how runs are tracked.
-"""
+"""Prefect for this project: where its run history lives (``<runs>/prefect``, never the shared
+``~/.prefect``), the check that a newer Prefect did not write that database, which server a
+command uses, and a local server, work pool, worker and deployments."""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
 
-LOCALHOST = "127.0.0.1"
+from pilotcommit.services.processes import (
+    LOCALHOST,
+    ManagedProcess,
+    ServiceError,
+    free_port,
+    http_ok,
+    start_process,
+)
+
 DEFAULT_WORK_POOL = "pilotcommit-local"
-
-
-class ServiceError(RuntimeError):
-    """A service did not start or answer in time; the message names its log file."""
-
-
-def free_port(host: str = LOCALHOST) -> int:
-    """A TCP port that was free a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def http_ok(url: str, timeout_s: float = 2.0) -> bool:
-    """True when ``GET url`` answers 200 within ``timeout_s``."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError, TimeoutError, ValueError):
-        return False
-
-
-@dataclass
-class ManagedProcess:
-    """A started service: its process, the URL it answers on (if any) and its log file."""
-
-    name: str
-    process: subprocess.Popen
-    log_path: Path
-    url: str | None = None
-    health_url: str | None = None
-    _log_handle: object = field(default=None, repr=False)
-
-    @property
-    def running(self) -> bool:
-        return self.process.poll() is None
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "<no log>"
-
-    def wait_healthy(self, timeout_s: float) -> None:
-        """Block until ``health_url`` answers 200; fail (naming the log) if the process exits
-        or the deadline passes."""
-        if self.health_url is None:
-            return
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if not self.running:
-                raise ServiceError(
-                    f"{self.name} exited with code {self.process.returncode} before it answered "
-                    f"{self.health_url}; log {self.log_path}:\n{self.log_tail()}"
-                )
-            if http_ok(self.health_url):
-                return
-            time.sleep(0.5)
-        raise ServiceError(
-            f"{self.name} did not answer {self.health_url} within {timeout_s:.0f} s; "
-            f"log {self.log_path}:\n{self.log_tail()}"
-        )
-
-    def stop(self, timeout_s: float = 15.0) -> None:
-        """SIGTERM to the process group, then SIGKILL after ``timeout_s``."""
-        if self.running:
-            _signal_group(self.process, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                _signal_group(self.process, signal.SIGKILL)
-                self.process.wait(timeout=timeout_s)
-        else:
-            # The leader is gone; its children (gunicorn/uvicorn workers) may not be.
-            _signal_group(self.process, signal.SIGKILL)
-        if self._log_handle is not None:
-            self._log_handle.close()  # type: ignore[attr-defined]
-            self._log_handle = None
-
-
-def _signal_group(process: subprocess.Popen, sig: int) -> None:
-    try:
-        os.killpg(process.pid, sig)  # the process leads its own group (start_new_session)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def start_process(
-    name: str,
-    args: list[str],
-    log_path: Path,
-    *,
-    env: Mapping[str, str] | None = None,
-    cwd: Path | None = None,
-    url: str | None = None,
-    health_url: str | None = None,
-) -> ManagedProcess:
-    """Start ``args`` in a new session with stdout/stderr to ``log_path``."""
-    log_path = Path(log_path)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    handle = log_path.open("ab")
-    full_env = dict(os.environ)
-    full_env.update(env or {})
-    try:
-        process = subprocess.Popen(
-            args, stdout=handle, stderr=subprocess.STDOUT, env=full_env, cwd=cwd,
-            start_new_session=True,
-        )
-    except OSError as err:
-        handle.close()
-        raise ServiceError(f"cannot start {name} ({' '.join(args)}): {err}") from err
-    return ManagedProcess(name, process, log_path, url, health_url, handle)
-
-
-# --------------------------------------------------------------------------- MLflow
-
-
-def start_mlflow_server(
-    backend_store_uri: str,
-    artifacts_dir: Path,
-    log_path: Path,
-    *,
-    host: str = LOCALHOST,
-    port: int | None = None,
-    timeout_s: float = 120.0,
-) -> ManagedProcess:
-    """``mlflow server`` on ``host:port`` (a free port by default) with the given SQLite store;
-    artifacts are served through the server (``--serve-artifacts``) from ``artifacts_dir``."""
-    port = port or free_port(host)
-    url = f"http://{host}:{port}"
-    artifacts_dir = Path(artifacts_dir)
-    artifacts_dir.mkdir(parents=True, exist_ok=True)
-    args = [
-        sys.executable, "-m", "mlflow", "server",
-        "--host", host, "--port", str(port),
-        "--backend-store-uri", backend_store_uri,
-        "--artifacts-destination", str(artifacts_dir.resolve()),
-        "--serve-artifacts",
-        "--workers", "1",
-    ]
-    service = start_process("mlflow server", args, log_path, url=url, health_url=f"{url}/health")
-    try:
-        service.wait_healthy(timeout_s)
-    except ServiceError:
-        service.stop()
-        raise
-    return service
-
-
-# --------------------------------------------------------------------------- Prefect
 
 
 def prefect_env(home: Path, api_url: str | None = None) -> dict[str, str]:
@@ -321,6 +165,52 @@ def running_prefect_server(home: Path) -> str | None:
     return url if http_ok(f"{url}/health") else None
 
 
+@dataclass(frozen=True)
+class PrefectChoice:
+    """The Prefect a CLI command's flows run against, and the line that says so."""
+
+    url: str | None  # None: an ephemeral server started by the command
+    line: str
+
+
+def choose_prefect(runs_root: Path) -> PrefectChoice:
+    """``PREFECT_API_URL`` if set; else the server ``pilotcommit serve`` recorded for this runs
+    directory (``<runs>/prefect/server.json``) if it answers now; else Prefect's ephemeral
+    server, with its run history in ``<runs>/prefect`` (or ``$PREFECT_HOME``), never the
+    ``~/.prefect`` every project shares. Sets the environment Prefect reads at its first import
+    (call before that); :class:`PrefectDatabaseError` before any compute when a newer Prefect
+    wrote that database."""
+    url = os.environ.get("PREFECT_API_URL")
+    if url:
+        return PrefectChoice(url, f"Prefect: the server at {url} (PREFECT_API_URL)")
+    url = running_prefect_server(runs_root / "prefect")
+    if url:
+        os.environ["PREFECT_API_URL"] = url
+        return PrefectChoice(url, f"Prefect: the running server at {url} (pilotcommit serve, {runs_root})")
+    home = use_local_prefect_home(runs_root)
+    check_prefect_database(prefect_database_path(home))
+    return PrefectChoice(None, f"Prefect: an ephemeral server for this command, run history in {home} "
+                               "(`pilotcommit serve` keeps one running)")
+
+
+def quiet_prefect_console(verbose: bool) -> None:
+    """What Prefect prints on the console: everything with ``verbose``, else nothing (the CLI
+    prints failures itself; Prefect's engine would log each one with a traceback). Only the
+    console handlers change, so the run logs still reach the Prefect API."""
+    import logging
+
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    level = logging.INFO if verbose else logging.CRITICAL
+    for name in ("", "uvicorn", "fastapi"):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, PrefectConsoleHandler):
+                handler.setLevel(level)
+    if not verbose:
+        for name in ("prefect.server", "httpx", "mlflow"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
 def prefect_cli(
     args: list[str], home: Path, api_url: str, *, cwd: Path | None = None, timeout_s: float = 300.0,
     extra_env: Mapping[str, str] | None = None,
@@ -370,28 +260,23 @@ def deploy_all(home: Path, api_url: str, project_dir: Path, extra_env: Mapping[s
     return done.stdout
 
 
-class ServiceStack:
-    """Services started together and stopped together (in reverse order); a context manager."""
+def wait_for_flow_runs(flow_run_ids: list, timeout_s: float, poll_s: float = 5.0) -> dict[str, str]:
+    """Poll the Prefect API until every flow run (a sweep's cells handed to a deployment) is final;
+    ``{id: state name}``."""
+    from prefect.client.orchestration import get_client
 
-    def __init__(self) -> None:
-        self.services: list[ManagedProcess] = []
-
-    def add(self, service: ManagedProcess) -> ManagedProcess:
-        self.services.append(service)
-        return service
-
-    def stop(self) -> None:
-        """SIGTERM to every service at once, then wait for each (SIGKILL after its timeout):
-        the stack stops in about the time of its slowest service, not the sum."""
-        services, self.services = list(reversed(self.services)), []
-        for service in services:
-            if service.running:
-                _signal_group(service.process, signal.SIGTERM)
-        for service in services:
-            service.stop()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+    deadline = time.monotonic() + timeout_s
+    states: dict[str, str] = {}
+    with get_client(sync_client=True) as client:
+        pending = list(flow_run_ids)
+        while pending:
+            for run_id in list(pending):
+                run = client.read_flow_run(run_id)
+                if run.state is not None and run.state.is_final():
+                    states[str(run_id)] = run.state.name
+                    pending.remove(run_id)
+            if pending:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"sweep: cells {pending} not finished after {timeout_s:.0f} s")
+                time.sleep(poll_s)
+    return states

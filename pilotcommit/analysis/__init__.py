@@ -1,0 +1,1 @@
+"""Analysis of finished runs: what the pipeline reports, and nothing it computes for training."""
