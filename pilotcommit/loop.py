@@ -192,9 +192,11 @@ def _train_run(
     train_df = apply_train_mix(read_prompt_table(prepared.train_path), cfg.train_mix, str(prepared.train_path))
     if sharding is None:
         model, tokenizer = load_policy(initial_policy, cfg.model)
-        learner = Learner(model, cfg.learner, pad_id=tokenizer.pad_token_id, temperature=cfg.rollout.temperature)
+        learner = Learner(model, cfg.learner_for(method_label), pad_id=tokenizer.pad_token_id,
+                          temperature=cfg.rollout.temperature,
+                          minibatch_sequences=cfg.minibatch_sequences(method_label))
     else:  # rank 0 reads the weights, the shards are broadcast (FSDP2); every rank builds the same batches
-        model, tokenizer, learner = sharding.load_and_shard(initial_policy, cfg)
+        model, tokenizer, learner = sharding.load_and_shard(initial_policy, cfg, method_label)
     train_ids = train_df["prompt_id"].tolist()
     prompt_token_ids = dict(zip(train_ids, encode_prompts(train_df["problem"].tolist(), tokenizer, cfg)))
     answers = dict(zip(train_ids, train_df["answer"].tolist()))
@@ -398,11 +400,13 @@ class _Sharding:
         return cls(context.rank, context.device)
 
     @staticmethod
-    def load_and_shard(initial_policy: str, cfg: ExperimentConfig):
+    def load_and_shard(initial_policy: str, cfg: ExperimentConfig, method_label: str):
         """``(model, tokenizer, learner)``: read on rank 0, sharded and broadcast (FSDP2)."""
         from pilotcommit.learner.distributed import load_sharded_policy
 
-        return load_sharded_policy(initial_policy, cfg.model, cfg.learner, temperature=cfg.rollout.temperature)
+        return load_sharded_policy(initial_policy, cfg.model, cfg.learner_for(method_label),
+                                   temperature=cfg.rollout.temperature,
+                                   minibatch_sequences=cfg.minibatch_sequences(method_label))
 
 
 def _full_weights(model: torch.nn.Module, sharding: _Sharding | None) -> dict:
@@ -475,5 +479,13 @@ def _flat_params(cfg: ExperimentConfig, method_label: str, seed: int) -> dict[st
 
     dumped = cfg.model_dump(mode="json")
     dumped["method"] = dumped.pop("methods")[method_label]
+    dumped["method"].pop("learner", None)  # its mini-batch rule is in learner.* below
+    dumped["learner"] = cfg.learner_for(method_label).model_dump(mode="json")
     walk("", dumped)
+    # the mini-batch rule of this run and its optimizer steps per (full) training step, always
+    # (the config dump leaves the default rule out to keep old config hashes)
+    learner = cfg.learner_for(method_label)
+    flat["learner.minibatch_rule"] = learner.minibatch_rule
+    flat["learner.minibatch_prompts"] = learner.minibatch_prompts
+    flat["learner.optimizer_steps_per_training_step"] = cfg.optimizer_steps(method_label)
     return flat

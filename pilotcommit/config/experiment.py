@@ -107,6 +107,16 @@ class ExperimentConfig(StrictModel):
                 f"(train_batch_size {rollouts_per_step[0]} x group size {rollouts_per_step[1]}); "
                 "mini-batches must be equal"
             )
+        for label in self.methods:
+            sequences = self.minibatch_sequences(label)
+            if sequences is not None and sequences > rollouts_per_step[0] * rollouts_per_step[1]:
+                where = "learner" if self.methods[label].learner is None else f"methods.{label}.learner"
+                raise ValueError(
+                    f"{where}.minibatch_prompts: a mini-batch of {sequences} sequences "
+                    f"(minibatch_prompts x {label}'s rollout.n {self.methods[label].verl_rollout_n}) "
+                    f"is more than the {rollouts_per_step[0] * rollouts_per_step[1]} rollouts of a "
+                    "training step"
+                )
         if self.rollout.temperature <= 0:
             raise ValueError(
                 "rollout.temperature: training rollouts need a temperature > 0 (at 0 every "
@@ -125,6 +135,34 @@ class ExperimentConfig(StrictModel):
                 f"methods {sorted(self.methods)}; add it or set target.accuracy"
             )
         return self
+
+    def learner_for(self, label: str) -> LearnerConfig:
+        """The learner settings of method ``label``'s runs: the experiment's, with the method's
+        own mini-batch rule (``methods.<label>.learner``) where it has one."""
+        override = self.methods[label].learner
+        if override is None:
+            return self.learner
+        update = {"minibatch_rule": override.minibatch_rule, "minibatch_prompts": override.minibatch_prompts}
+        if override.minibatch_rule == "reference":
+            update["optimizer_steps_per_batch"] = 1  # the reference rule's steps follow from the batch
+        return self.learner.model_copy(update=update)
+
+    def minibatch_sequences(self, label: str) -> int | None:
+        """The reference rule's mini-batch size in sequences for method ``label``
+        (``minibatch_prompts x rollout.n``, as verl); None under the equal rule."""
+        learner = self.learner_for(label)
+        if learner.minibatch_rule != "reference":
+            return None
+        return learner.minibatch_prompts * self.methods[label].verl_rollout_n
+
+    def optimizer_steps(self, label: str) -> int:
+        """Optimizer steps of one full training step of method ``label`` (every batch of the
+        equal rule; under the reference rule a batch of ``train_batch_size`` groups)."""
+        sequences = self.minibatch_sequences(label)
+        if sequences is None:
+            return self.learner_for(label).optimizer_steps_per_batch
+        method = self.methods[label]
+        return -(-(method.train_batch_size * method.group_size) // sequences)
 
     @property
     def model_label(self) -> str:

@@ -6,12 +6,53 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import Field, model_validator
+from pydantic import Field, model_serializer, model_validator
 
 from pilotcommit.config.base import StrictModel
+from pilotcommit.config.sections import check_minibatch_rule
 
 
-class GRPOConfig(StrictModel):
+class MinibatchOverride(StrictModel):
+    """One method's own mini-batch rule, in place of the experiment's ``learner`` one: how a
+    study compares the reference rule with the equal rule inside one experiment (its arms are
+    methods with their own labels, paired by seed)."""
+
+    minibatch_rule: Literal["equal", "reference"] = Field(
+        description="equal or reference (LearnerConfig.minibatch_rule)."
+    )
+    minibatch_prompts: int | None = Field(
+        None, ge=1, description="The reference rule's mini-batch size in prompts."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> "MinibatchOverride":
+        check_minibatch_rule(self.minibatch_rule, self.minibatch_prompts, "learner")
+        return self
+
+
+class MethodBase(StrictModel):
+    """What every method's settings share: an optional mini-batch rule of its own."""
+
+    learner: MinibatchOverride | None = Field(
+        None, description="This method's mini-batch rule (None: the experiment's learner's)."
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_learner(self, handler):
+        # absent unless set, so configs without it keep their hashes (and their cached runs)
+        data = handler(self)
+        if self.learner is None:
+            data.pop("learner", None)
+        return data
+
+    @property
+    def verl_rollout_n(self) -> int:
+        """verl's ``rollout.n`` for this method: what the reference multiplies its mini-batch
+        size in prompts by (``ppo_mini_batch_size * rollout.n`` sequences)."""
+        return self.group_size
+
+
+class GRPOConfig(MethodBase):
     """Uniform allocation: every drawn prompt gets ``n`` rollouts, all trained on."""
 
     name: Literal["grpo"] = "grpo"
@@ -23,7 +64,7 @@ class GRPOConfig(StrictModel):
         return self.n
 
 
-class DAPOConfig(StrictModel):
+class DAPOConfig(MethodBase):
     """Dynamic sampling: over-sample prompts, drop zero-variance groups, fill the batch."""
 
     name: Literal["dapo"] = "dapo"
@@ -62,7 +103,7 @@ def pass_band_verdict(p: float, *, p_low: float, p_high: float) -> PilotVerdict:
     return "informative"
 
 
-class PilotCommitConfig(StrictModel):
+class PilotCommitConfig(MethodBase):
     """Pilot-Commit: a few pilot rollouts per prompt, the rest only for informative prompts."""
 
     name: Literal["pilot_commit"] = "pilot_commit"
@@ -131,6 +172,11 @@ class PilotCommitConfig(StrictModel):
         return p >= self.p_evict - PASS_RATE_TOLERANCE
 
     @property
+    def verl_rollout_n(self) -> int:
+        """The reference sets ``rollout.n = n_commit`` (the pilots run under their own n)."""
+        return self.n_commit
+
+    @property
     def pilots_in_group(self) -> int:
         return self.n_pilot if self.n_pilot_effective is None else self.n_pilot_effective
 
@@ -139,7 +185,7 @@ class PilotCommitConfig(StrictModel):
         return self.pilots_in_group + self.n_commit
 
 
-class GRESOConfig(StrictModel):
+class GRESOConfig(MethodBase):
     """GRESO (Zheng et al. 2025): DAPO's dynamic sampling plus a probabilistic pre-rollout skip
     of prompts whose latest groups all had zero reward variance (docs/algorithms.md, "GRESO").
 
@@ -202,7 +248,7 @@ class GRESOConfig(StrictModel):
         return self.n
 
 
-class SpeedRLConfig(StrictModel):
+class SpeedRLConfig(MethodBase):
     """SPEED-RL (Zhang et al. 2025): screen every new prompt with a few rollouts, continue only
     those with a screening pass rate strictly between 0 and 1, and train on the screening plus
     continuation rollouts (docs/algorithms.md, "SPEED-RL").
@@ -225,6 +271,11 @@ class SpeedRLConfig(StrictModel):
     max_num_gen_batches: int = Field(
         10, ge=1, description="Sampling rounds allowed per step before the step fails."
     )
+
+    @property
+    def verl_rollout_n(self) -> int:
+        """The public code's ``rollout.n`` is the screening count."""
+        return self.n_screen
 
     @property
     def group_size(self) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_serializer, model_validator
 
 from pilotcommit.config.base import StrictModel
 from pilotcommit.data.specs import DatasetSpec
@@ -49,6 +49,21 @@ class LearnerConfig(StrictModel):
         "reference code scales the mini-batch by "
         "n_commit, giving PC more steps than GRPO; we keep it equal for a fair comparison.",
     )
+    minibatch_rule: Literal["equal", "reference"] = Field(
+        "equal",
+        description="How a training step's batch is split into optimizer steps. equal (the "
+        "default): optimizer_steps_per_batch equal mini-batches in a seeded order, the same for "
+        "every method. reference: verl's rule, as the paper's code runs it: mini-batches of "
+        "minibatch_prompts x the method's rollout.n sequences (n_commit for Pilot-Commit, "
+        "n_screen for SPEED-RL, n otherwise), cut in the batch's order with every pilot first, "
+        "the last one partial with its loss scaled by its share of a full mini-batch; so "
+        "Pilot-Commit takes more optimizer steps per batch than GRPO (docs/algorithms.md).",
+    )
+    minibatch_prompts: int | None = Field(
+        None, ge=1,
+        description="The reference rule's mini-batch size in prompts (verl's "
+        "ppo_mini_batch_size); required by minibatch_rule: reference, refused otherwise.",
+    )
     micro_batch_size: int = Field(
         64, ge=1, description="Sequences per forward/backward pass (gradient accumulation) of "
         "the padded learner; unused when max_tokens_per_micro_batch is set."
@@ -75,6 +90,44 @@ class LearnerConfig(StrictModel):
         "computes log-probs (each chunk is recomputed in backward); the log-prob peak is about "
         "4 float32 [chunk, vocab] tensors, independent of the sequence length.",
     )
+
+    @model_validator(mode="after")
+    def _check_minibatch_rule(self) -> "LearnerConfig":
+        check_minibatch_rule(self.minibatch_rule, self.minibatch_prompts, "learner")
+        if self.minibatch_rule == "reference" and self.optimizer_steps_per_batch != 1:
+            raise ValueError(
+                f"learner.optimizer_steps_per_batch: {self.optimizer_steps_per_batch} counts the "
+                "equal rule's mini-batches; under minibatch_rule: reference the steps follow from "
+                "minibatch_prompts, so leave it at 1"
+            )
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_default_rule(self, handler):
+        # the equal rule is how every run before the reference rule existed was trained: leaving
+        # its fields out keeps their config hashes, and with them every cached stage and run
+        data = handler(self)
+        if self.minibatch_rule == "equal":
+            data.pop("minibatch_rule", None)
+        if self.minibatch_prompts is None:
+            data.pop("minibatch_prompts", None)
+        return data
+
+
+def check_minibatch_rule(rule: str, prompts: int | None, where: str) -> None:
+    """The reference rule needs its mini-batch size; the equal rule refuses one (it would be
+    silently unused)."""
+    if rule == "reference" and prompts is None:
+        raise ValueError(
+            f"{where}.minibatch_prompts: minibatch_rule: reference needs verl's mini-batch size in "
+            "prompts (ppo_mini_batch_size), e.g. minibatch_prompts: 32"
+        )
+    if rule == "equal" and prompts is not None:
+        raise ValueError(
+            f"{where}.minibatch_prompts: {prompts} is only used by minibatch_rule: reference (the "
+            "equal rule splits the batch into optimizer_steps_per_batch mini-batches); set "
+            "minibatch_rule: reference or remove it"
+        )
 
 
 # --------------------------------------------------------------------------- data

@@ -182,7 +182,8 @@ def shard_model(
 
 
 def make_learner(
-    model: nn.Module, config: LearnerConfig, *, pad_id: int, temperature: float = 1.0
+    model: nn.Module, config: LearnerConfig, *, pad_id: int, temperature: float = 1.0,
+    minibatch_sequences: int | None = None,
 ) -> Learner:
     """The learner for this process: under ``torchrun`` with more than one process, shard
     ``model`` (in place) and return a :class:`DistributedLearner`; otherwise a plain
@@ -193,9 +194,10 @@ def make_learner(
     """
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         return DistributedLearner(
-            shard_model(model, mp_policy=_mixed_precision(config)), config, pad_id=pad_id, temperature=temperature
+            shard_model(model, mp_policy=_mixed_precision(config)), config, pad_id=pad_id, temperature=temperature,
+            minibatch_sequences=minibatch_sequences,
         )
-    return Learner(model, config, pad_id=pad_id, temperature=temperature)
+    return Learner(model, config, pad_id=pad_id, temperature=temperature, minibatch_sequences=minibatch_sequences)
 
 
 def _mixed_precision(config: LearnerConfig) -> MixedPrecisionPolicy | None:
@@ -204,7 +206,8 @@ def _mixed_precision(config: LearnerConfig) -> MixedPrecisionPolicy | None:
     return None
 
 
-def load_sharded_policy(name_or_path, model_config, learner_config: LearnerConfig, *, temperature: float = 1.0):
+def load_sharded_policy(name_or_path, model_config, learner_config: LearnerConfig, *, temperature: float = 1.0,
+                        minibatch_sequences: int | None = None):
     """``(model, tokenizer, learner)`` for this rank, the checkpoint read by rank 0 ALONE.
 
     Every rank builds the architecture on the meta device (no memory), shards it
@@ -253,7 +256,7 @@ def load_sharded_policy(name_or_path, model_config, learner_config: LearnerConfi
     model.eval()
     # the optimizer is built on the materialised shards
     return model, tokenizer, DistributedLearner(model, learner_config, pad_id=tokenizer.pad_token_id,
-                                                temperature=temperature)
+                                                temperature=temperature, minibatch_sequences=minibatch_sequences)
 
 
 def partition_rows(rows_N: Tensor, rank: int, world_size: int) -> Tensor:
@@ -283,6 +286,7 @@ class DistributedLearner(Learner):
         pad_id: int,
         temperature: float = 1.0,
         group: dist.ProcessGroup | None = None,
+        minibatch_sequences: int | None = None,
     ) -> None:
         if not dist.is_initialized():
             raise RuntimeError(
@@ -293,7 +297,8 @@ class DistributedLearner(Learner):
                 "DistributedLearner: the model is not sharded; call shard_model(model) before "
                 "building the learner (the optimizer must see the sharded parameters)"
             )
-        super().__init__(model, config, pad_id=pad_id, temperature=temperature)
+        super().__init__(model, config, pad_id=pad_id, temperature=temperature,
+                         minibatch_sequences=minibatch_sequences)
         self.group = group
         self.rank = dist.get_rank(group)
         self.world_size = dist.get_world_size(group)

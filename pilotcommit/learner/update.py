@@ -31,7 +31,8 @@ What one training step does (ALGORITHMS.md, "Shared learner"):
    mini-batches get a no-grad pass before the first optimizer step.
 4. The batch is split into ``optimizer_steps_per_batch`` equal mini-batches
    (default 1; a batch that does not divide is a config error) in a seeded
-   order; each mini-batch is one AdamW step after gradient accumulation over
+   order (``minibatch_rule: equal``; ``reference`` cuts verl's mini-batches
+   instead: :func:`reference_minibatches`); each mini-batch is one AdamW step after gradient accumulation over
    micro-batches, with the token-mean normaliser of the whole mini-batch so
    accumulation equals the full-batch gradient. A mini-batch whose rows all
    have zero advantage still takes its AdamW step, with zero gradients (as
@@ -42,9 +43,11 @@ What one training step does (ALGORITHMS.md, "Shared learner"):
 6. The learning rate follows verl's constant schedule with linear warm-up:
    0 in the first training step, the full lr from step ``warmup_steps`` on.
 
-Deliberate departure from the reference code: the number of optimizer steps
-per training step is the same for every method (the reference scales the
-mini-batch by ``n_commit``, giving Pilot-Commit 6 steps versus GRPO's 4).
+Deliberate departure from the reference code, by default: the number of
+optimizer steps per training step is the same for every method (the reference
+scales the mini-batch by ``n_commit``, giving Pilot-Commit 6 steps versus
+GRPO's 4). ``learner.minibatch_rule: reference`` reproduces the reference's
+rule, opt-in, so the difference can be measured (docs/regimes.md).
 
 Rollouts whose advantage is exactly zero (groups with equal rewards) carry no
 gradient; they still count in the token-mean denominator, as in the paper, but
@@ -67,7 +70,7 @@ from pilotcommit.learner.advantages import group_advantages
 from pilotcommit.learner.logprobs import completion_logprobs_from_model
 from pilotcommit.learner.loss import policy_loss
 from pilotcommit.learner.packing import enable_packed_attention, token_budget_micro_batches
-from pilotcommit.types import TrainBatch
+from pilotcommit.types import RolloutKind, TrainBatch
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -135,6 +138,26 @@ def _check_sequence_lengths(batch: TrainBatch, budget: int) -> None:
             )
 
 
+def reference_minibatches(kinds: list[RolloutKind], size: int) -> list[tuple[Tensor, float]]:
+    """verl's mini-batches of a batch whose rows have rollout kinds ``kinds``: ``(rows, scale)``.
+
+    The reference trainer concatenates the pilots of every trained group before the other
+    rollouts (its batch is the pilot batch, then the commit batch), and cuts that order into
+    consecutive mini-batches of ``size`` sequences (``ppo_mini_batch_size x rollout.n``),
+    without shuffling. The last one may be partial: verl keeps it, and its loss is scaled by
+    ``rows / size`` (its gradient-accumulation factor counts the configured mini-batch), so
+    ``scale`` is 1 for full mini-batches and ``rows / size`` for a partial last one. With 128
+    groups of 16 pilots + 48 commits and 32 prompts per mini-batch (1,536 sequences): five full
+    mini-batches and one of 512 at scale 1/3, six optimizer steps.
+    """
+    if size < 1:
+        raise ValueError(f"reference_minibatches: the mini-batch size must be >= 1, got {size}")
+    pilots = [i for i, kind in enumerate(kinds) if kind == RolloutKind.PILOT]
+    others = [i for i, kind in enumerate(kinds) if kind != RolloutKind.PILOT]
+    order_N = torch.tensor(pilots + others, dtype=torch.long)
+    return [(rows, len(rows) / size) for rows in order_N.split(size)]
+
+
 def warmup_constant_lr(step: int, warmup_steps: int) -> float:
     """Multiplier of the peak lr in training step ``step`` (0-based): linear warm-up, then constant.
 
@@ -152,12 +175,21 @@ class Learner:
     """AdamW policy-gradient learner over a causal LM (a ``transformers`` model)."""
 
     def __init__(
-        self, model: torch.nn.Module, config: LearnerConfig, *, pad_id: int, temperature: float = 1.0
+        self, model: torch.nn.Module, config: LearnerConfig, *, pad_id: int, temperature: float = 1.0,
+        minibatch_sequences: int | None = None,
     ) -> None:
         if not temperature > 0:
             raise ValueError(
                 f"Learner: the training temperature must be > 0 (rollout.temperature), got {temperature}"
             )
+        if (config.minibatch_rule == "reference") != (minibatch_sequences is not None):
+            raise ValueError(
+                "Learner: minibatch_sequences (minibatch_prompts x the method's rollout.n, "
+                "ExperimentConfig.minibatch_sequences) is required by minibatch_rule: reference "
+                f"and only by it; got rule {config.minibatch_rule!r} with {minibatch_sequences}"
+            )
+        # the reference rule's mini-batch in sequences; None under the equal rule
+        self.minibatch_sequences = minibatch_sequences
         self.model = model
         self.config = config
         self.pad_id = pad_id
@@ -270,16 +302,28 @@ class Learner:
         n = packed.input_ids_BT.shape[0]
         if self.packing:
             _check_sequence_lengths(batch, config.max_tokens_per_micro_batch)
-        # a seeded order (the same on every rank, so every rank sees the same mini-batches)
-        order_N = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-        k = config.optimizer_steps_per_batch
-        if n % k:  # the config check (ExperimentConfig) makes this unreachable from a run
-            raise ValueError(
-                f"training step {batch.step}: {n} rollouts cannot be split into "
-                f"optimizer_steps_per_batch={k} equal mini-batches"
+        if self.minibatch_sequences is not None:  # verl's rule: pilots first, positional cuts
+            cut = reference_minibatches([r.kind for r in batch.rollouts], self.minibatch_sequences)
+            minibatches, scales = [rows for rows, _ in cut], [scale for _, scale in cut]
+        else:
+            # a seeded order (the same on every rank, so every rank sees the same mini-batches)
+            order_N = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+            k = config.optimizer_steps_per_batch
+            if n % k:  # the config check (ExperimentConfig) makes this unreachable from a run
+                raise ValueError(
+                    f"training step {batch.step}: {n} rollouts cannot be split into "
+                    f"optimizer_steps_per_batch={k} equal mini-batches"
+                )
+            minibatches = list(order_N.tensor_split(k))  # k mini-batches of n / k rows each
+            scales = [1.0] * k
+        # a partial last mini-batch of the reference rule weighs rows / size: its token mean is
+        # taken over size / rows times its own tokens (verl's normaliser, docs/algorithms.md)
+        plans = [
+            (normalizer / scale, micro, padding)
+            for (normalizer, micro, padding), scale in zip(
+                (self._plan_minibatch(packed, rows, batch.step) for rows in minibatches), scales, strict=True
             )
-        minibatches = list(order_N.tensor_split(k))  # k mini-batches of n / k rows each
-        plans = [self._plan_minibatch(packed, rows, batch.step) for rows in minibatches]
+        ]
         self.model.train()
         # Old log-probs are the weights of the start of the step for EVERY mini-batch: the
         # first mini-batch takes them from its own gradient pass (module docstring, point 3);

@@ -137,3 +137,25 @@ def test_speed_rl_steps_from_carried_over_groups_need_no_sampling(smoke_prepared
         if m["alloc/rounds"] == 0:
             assert m["rollouts/sampled"] == 0 and m["alloc/staleness_mean"] >= 1
     assert result.cumulative_rollouts == cumulative
+
+
+def test_a_reference_rule_run_takes_and_records_its_optimizer_steps(smoke_config, smoke_prepared, smoke_policy,
+                                                                    tmp_path):
+    """Pilot-Commit under the reference rule (issue 26) beside GRPO at 2 equal mini-batches:
+    4 groups of 2 pilots + 2 commits in mini-batches of 3 prompts x n_commit 2 = 6 sequences,
+    so 6 + 6 + 4, three optimizer steps per training step; the run records its rule and steps."""
+    cfg = smoke_config.model_validate({
+        **smoke_config.model_dump(),
+        "learner": {**smoke_config.learner.model_dump(), "optimizer_steps_per_batch": 2},
+        "methods": {**smoke_config.model_dump()["methods"],
+                    "pc_ref": {**smoke_config.methods["pilot_commit"].model_dump(),
+                               "learner": {"minibatch_rule": "reference", "minibatch_prompts": 3}}},
+    })
+    _, ref = _run(cfg, "pc_ref", smoke_prepared, smoke_policy, tmp_path / "ref")
+    _, grpo = _run(cfg, "grpo", smoke_prepared, smoke_policy, tmp_path / "grpo")
+    assert [m["learner/optimizer_steps"] for _, m in ref.metrics] == [3, 3]
+    assert [m["learner/optimizer_steps"] for _, m in grpo.metrics] == [2, 2]
+    assert ref.params["learner.minibatch_rule"] == "reference" and ref.params["learner.minibatch_prompts"] == 3
+    assert ref.params["learner.optimizer_steps_per_training_step"] == 3
+    assert grpo.params["learner.minibatch_rule"] == "equal" and grpo.params["learner.minibatch_prompts"] is None
+    assert grpo.params["learner.optimizer_steps_per_training_step"] == 2
