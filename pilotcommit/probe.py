@@ -15,7 +15,7 @@ Not here: Prefect, MLflow (flows/probe.py logs the result), the CLI's printing.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -27,6 +27,7 @@ from pilotcommit.allocation.predict import (
     predict_methods,
     recommend,
 )
+from pilotcommit.allocation.steps import recommend_by_steps, step_predictions
 from pilotcommit.config import ExperimentConfig
 from pilotcommit.types import RolloutKind, RolloutRequest
 
@@ -47,6 +48,10 @@ class ProbeResult:
     wall_s: float = 0.0
     levels: list[str] = field(default_factory=list)
     pool_size: int = 0  # training prompts a run draws from (after train_mix); 0: unknown
+    # the step-aware prediction (pilotcommit/allocation/steps.py): one dict per method of
+    # StepPrediction's fields, and its recommendation; empty in probes made before it existed
+    step_predictions: list[dict] = field(default_factory=list)
+    step_recommendation: str = ""
 
     def prompt_table(self) -> pd.DataFrame:
         p = np.array(self.successes) / self.samples
@@ -69,6 +74,7 @@ class ProbeResult:
             "prompt_ids": self.prompt_ids, "successes": self.successes, "samples": self.samples,
             "estimator": self.estimator, "recommendation": self.recommendation, "spread": self.spread,
             "wall_s": self.wall_s, "levels": self.levels, "pool_size": self.pool_size,
+            "step_predictions": self.step_predictions, "step_recommendation": self.step_recommendation,
             "predictions": [{"method": p.method, "kind": p.kind,
                              "informative_groups_per_1k": p.informative_groups_per_1k,
                              "breakdown": p.breakdown, "note": p.note} for p in self.predictions],
@@ -142,8 +148,12 @@ def predict_from_counts(cfg: ExperimentConfig, ids: list[str], successes: list[i
     predictions = predict_methods(cfg.methods, counts, estimator, pool_size=pool_size or None,
                                   budget_rollouts=cfg.budget.max_rollouts, budget_steps=cfg.budget.max_steps)
     spread = counts.spread()
+    steps = step_predictions(predictions, {label: cfg.optimizer_steps(label) for label in cfg.methods})
+    exhausted = [p.method for p in predictions if "pool_exhausted_after_rollouts" in p.breakdown]
     return ProbeResult(ids, list(successes), samples, estimator, predictions,
-                       recommend(predictions, spread), spread, wall_s, list(levels or []), pool_size)
+                       recommend(predictions, spread), spread, wall_s, list(levels or []), pool_size,
+                       [{**asdict(s), "rollouts_per_optimizer_step": s.rollouts_per_optimizer_step} for s in steps],
+                       recommend_by_steps(steps, exhausted))
 
 
 def histogram_figure(result: ProbeResult, title: str):

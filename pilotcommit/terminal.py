@@ -89,11 +89,14 @@ def print_where(tracking_uri: str, experiment_id: str, parent_run_id: str, run_i
 
 def print_probe(result) -> None:
     """The probe's spread, per-method predictions and recommendation (fits 80 columns)."""
-    from pilotcommit.analysis.render import probe_spread_line, probe_table
+    from pilotcommit.analysis.render import probe_spread_line, probe_steps_table, probe_table
 
     console.print(probe_spread_line(result))
     console.print(probe_table(result))
-    console.print(result.recommendation)
+    console.print(f"by informative groups per rollout: {result.recommendation}")
+    if result.step_predictions:
+        console.print(probe_steps_table(result))
+        console.print(f"by optimizer steps: {result.step_recommendation}")
 
 
 def print_services(local) -> None:

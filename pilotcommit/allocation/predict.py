@@ -188,7 +188,9 @@ def predict_grpo(label: str, cfg: GRPOConfig, counts: PassRateCounts,
         label, "grpo", groups_per_1k * (1.0 - zero_variance),
         {"trained_groups_per_1k": groups_per_1k,
          "zero_variance_groups_per_1k": groups_per_1k * zero_variance,
-         "zero_variance_fraction": zero_variance},
+         "zero_variance_fraction": zero_variance,
+         "rollouts_per_step": float(cfg.train_batch_size * cfg.n),
+         "informative_share": 1.0 - zero_variance},
     )
 
 
@@ -239,7 +241,8 @@ def predict_dapo(label: str, cfg: DAPOConfig, counts: PassRateCounts,
         label, "dapo", cfg.train_batch_size * scale,
         {"dropped_groups_per_1k": sampled_groups * (1.0 - kept) * scale,
          "discarded_groups_per_1k": (sampled_groups * kept - cfg.train_batch_size) * scale,
-         "kept_fraction": kept, "rounds_per_step": rounds, "step_failure_probability": fail},
+         "kept_fraction": kept, "rounds_per_step": rounds, "step_failure_probability": fail,
+         "rollouts_per_step": sampled_groups * cfg.n, "informative_share": 1.0},
     )
 
 
@@ -292,7 +295,8 @@ def predict_pilot_commit(label: str, cfg: PilotCommitConfig, counts: PassRateCou
          "informative_pilot_fraction": p_band,
          "rounds_per_step": rounds,
          "rounds_exceed_limit": float(rounds > cfg.max_num_gen_batches),
-         "pilot_share_of_rollouts": rounds * g * n_p / rollouts_per_step},
+         "pilot_share_of_rollouts": rounds * g * n_p / rollouts_per_step,
+         "rollouts_per_step": rollouts_per_step, "informative_share": informative_given_band},
     )
 
 
@@ -323,7 +327,8 @@ def predict_speed_rl(label: str, cfg: SpeedRLConfig, counts: PassRateCounts,
          "qualified_fraction": qualified,
          # a step's rounds on average (below 1: some steps train carried-over groups only)
          "rounds_per_step": cfg.train_batch_size / (cfg.gen_batch_size * qualified),
-         "screen_share_of_rollouts": cfg.n_screen / qualified / rollouts_per_group},
+         "screen_share_of_rollouts": cfg.n_screen / qualified / rollouts_per_group,
+         "rollouts_per_step": cfg.train_batch_size * rollouts_per_group, "informative_share": 1.0},
     )
 
 

@@ -305,6 +305,26 @@ def probe_table(result):
     return table
 
 
+def probe_steps_table(result):
+    """The step-aware prediction (pilotcommit/allocation/steps.py): optimizer steps and rollouts
+    per optimizer step, and predicted rollouts to target relative to the cheapest method."""
+    from rich.table import Table
+
+    from pilotcommit.allocation.steps import STEP_MODEL
+
+    table = Table(title=(f"predicted by optimizer steps (progress per step = steps^{STEP_MODEL.steps_exponent:.2f}"
+                         f" x informative share^{STEP_MODEL.share_exponent:.2f})"))
+    table.add_column("method")
+    table.add_column("optimizer steps per step", justify="right")
+    table.add_column("rollouts per optimizer step", justify="right")
+    table.add_column("informative share", justify="right")
+    table.add_column("rollouts to target (x best)", justify="right")
+    for row in result.step_predictions:
+        table.add_row(row["method"], str(row["optimizer_steps"]), f"{row['rollouts_per_optimizer_step']:,.0f}",
+                      f"{row['informative_share']:.0%}", f"{row['relative_rollouts_to_target']:.2f}")
+    return table
+
+
 def prediction_check_table(probe: Mapping, measured: Mapping, early_steps: int):
     """Predicted (before training) beside measured informative groups per 1,000 rollouts."""
     from rich.table import Table
