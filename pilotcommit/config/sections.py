@@ -101,7 +101,11 @@ class ArithDataConfig(StrictModel):
     levels: list[ArithLevelConfig] | None = Field(
         None, description="Levels to generate (None: the default mix in pilotcommit.data.synthetic)."
     )
-    reward: Literal["arith_exact"] = Field("arith_exact", description="Reward function name.")
+    reward: Literal["arith_exact", "arith_chat"] = Field(
+        "arith_exact", description="arith_exact: the completion is exactly the integer (the tiny "
+        "policy); arith_chat: the last integer of a chat model's reply, a boxed one first "
+        "(pilotcommit/rewards/arith.py). A pretrained model on this task needs arith_chat and "
+        "model.prompt_template: arith_chat.")
 
     def to_spec(self):
         """The generator's own spec (a frozen dataclass) for these settings."""
