@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_serializer, model_validator
 
 from pilotcommit.config.base import StrictModel
 from pilotcommit.data.specs import DatasetSpec
@@ -245,6 +245,18 @@ class EvalConfig(StrictModel):
     prompt_stats_every_evals: int = Field(
         1, ge=1, description="Log per-prompt pass-rate / variance histograms every k evaluations."
     )
+    chunk_prompts: int | None = Field(
+        None, ge=1, description="Sample each held-out set in chunks of this many prompts: progress "
+        "is logged after each, and SIGTERM or Ctrl-C stops between chunks (a slow real model). "
+        "None: one call per set, as before (chunks after the first draw their own seeds)."
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_chunks(self, handler):
+        data = handler(self)  # absent unless set: existing configs keep their hashes
+        if self.chunk_prompts is None:
+            data.pop("chunk_prompts", None)
+        return data
 
 
 class BudgetConfig(StrictModel):
