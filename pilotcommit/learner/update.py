@@ -288,8 +288,8 @@ class Learner:
         old_later = [self._old_logprobs(packed, micro) for _, micro, _ in plans[1:]]
         old_per_minibatch: list[list[Tensor] | None] = [None, *old_later]
         # loss, clip*tokens, kl*tokens, ratio*tokens, tokens, trained rows, |old - sampler| logp sum,
-        # dual-clip*tokens
-        totals = [0.0] * 8
+        # dual-clip*tokens, -logp sum (the entropy estimate)
+        totals = [0.0] * 9
         grad_norms = []
         for (normalizer, micro, padding), old in zip(plans, old_per_minibatch, strict=True):
             self.optimizer.zero_grad(set_to_none=True)
@@ -330,6 +330,7 @@ class Learner:
                 totals[4] += tokens
                 totals[5] += len(rows)
                 totals[7] += float(out.dual_clip_fraction) * tokens
+                totals[8] += float((-old_BT * mask).sum())
             # A mini-batch of zero-advantage rows only (or parameters the loss never reached)
             # leaves gradients None, and AdamW would skip those parameters: no moment update, no
             # weight decay. verl steps with zero gradients there; so do we.
@@ -351,7 +352,7 @@ class Learner:
         lr = self.optimizer.param_groups[0]["lr"]  # the lr this step used (logged as verl does)
         self.scheduler.step()
         self.model.eval()
-        loss, clip, kl, ratio, tokens_trained, trained_rows, sampler_gap, dual_clip = (
+        loss, clip, kl, ratio, tokens_trained, trained_rows, sampler_gap, dual_clip, neg_logp = (
             self._sum_over_ranks(totals)
         )
         tokens = max(tokens_trained, 1.0)
@@ -362,6 +363,10 @@ class Learner:
             "loss/approx_kl": kl / tokens,
             "loss/ratio_mean": ratio / tokens if tokens_trained else 1.0,
             "loss/sampler_logp_gap": sampler_gap / tokens,
+            # the policy's per-token entropy (verl's name), estimated as the mean -log pi of the
+            # sampled tokens it trains on at the step's start (E[-log p(x)] = H for x ~ p; verl
+            # computes it exactly from the logits, which would cost a vocabulary-wide pass here)
+            "actor/entropy": neg_logp / tokens,
             "grad/norm": float(max(grad_norms)) if grad_norms else 0.0,
             "learner/lr": lr,
             "learner/optimizer_steps": float(len(minibatches)),
