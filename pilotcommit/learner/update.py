@@ -356,17 +356,18 @@ class Learner:
             self._sum_over_ranks(totals)
         )
         tokens = max(tokens_trained, 1.0)
-        return {
+        # the policy's per-token entropy (verl's name), estimated as the mean -log pi of the
+        # sampled tokens it trains on at the step's start (E[-log p(x)] = H for x ~ p; verl
+        # computes it exactly from the logits, which would cost a vocabulary-wide pass here);
+        # absent from a step that trained no token (every group without an advantage)
+        entropy = {"actor/entropy": neg_logp / tokens} if tokens_trained else {}
+        return entropy | {
             "loss/policy": loss / max(len(minibatches), 1),
             "loss/clip_fraction": clip / tokens,
             "loss/dual_clip_fraction": dual_clip / tokens,
             "loss/approx_kl": kl / tokens,
             "loss/ratio_mean": ratio / tokens if tokens_trained else 1.0,
             "loss/sampler_logp_gap": sampler_gap / tokens,
-            # the policy's per-token entropy (verl's name), estimated as the mean -log pi of the
-            # sampled tokens it trains on at the step's start (E[-log p(x)] = H for x ~ p; verl
-            # computes it exactly from the logits, which would cost a vocabulary-wide pass here)
-            "actor/entropy": neg_logp / tokens,
             "grad/norm": float(max(grad_norms)) if grad_norms else 0.0,
             "learner/lr": lr,
             "learner/optimizer_steps": float(len(minibatches)),
