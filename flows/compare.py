@@ -86,7 +86,7 @@ def train_cells(ctx: Context, cfg: ExperimentConfig, parent_run_id: str, parent_
         p = cfg.probe
         probe = tasks.run_stage(tasks.probe_task.with_options(**tasks.stage_options(ctx, refresh)),
                                 f"probe ({cfg.cell_label})", cfg, keys.probe(cfg, ctx.code_version), prepared,
-                                policy, p.prompts, p.samples, 0, p.estimator)
+                                policy, p.prompts, p.samples, 0, p.estimator, str(ctx.runs_root / "probe-chunks"))
         tasks.run_logger().info("probe (%s): %s", cfg.cell_label, probe["recommendation"])
         emit(ProbeProgress(cfg.cell_label, probe))
     runs, calls = [], []

@@ -33,7 +33,7 @@ def probe_flow(config_path: str | None = None, overrides: list[str] | None = Non
                               parent_tags(ctx, cfg, "probe", seed=str(seed)), config=cfg)
     with parent_run(ctx, run["run_id"]):
         data = tasks.probe_task.with_options(persist_result=False, refresh_cache=True)(
-            cfg, key, prepared, policy, prompts, samples, seed, estimator)
+            cfg, key, prepared, policy, prompts, samples, seed, estimator, str(ctx.runs_root / "probe-chunks"))
         log_probe(ctx.client(), run["run_id"], ProbeResult.from_dict(data), f"{cfg.name}: probe of the initial policy")
     return {"probe": data, "mlflow_run_id": run["run_id"], "experiment_id": ctx.experiment_id,
             "tracking_uri": ctx.tracking_uri}

@@ -86,12 +86,13 @@ def train_task(request: TrainRequest, stage_key: str, fresh: bool = False) -> di
 
 @task(name="probe", **_CACHED)
 def probe_task(cfg: ExperimentConfig, stage_key: str, prepared: dict, initial_policy: str, prompts: int,
-               samples: int, seed: int = 0, estimator: str = "empirical_bayes") -> dict:
+               samples: int, seed: int = 0, estimator: str = "empirical_bayes", keep_dir: str | None = None) -> dict:
+    """``keep_dir``: where finished chunks of prompts are kept, so a stopped probe resumes."""
     from pilotcommit.probe import run_probe
 
     run_logger().info("probe: running (%s, %d prompts x %d rollouts)", stage_key, prompts, samples)
     return run_probe(cfg, PreparedData.from_dict(prepared).train_path, initial_policy, prompts=prompts,
-                     samples=samples, seed=seed, estimator=estimator).to_dict()
+                     samples=samples, seed=seed, estimator=estimator, keep_dir=keep_dir).to_dict()
 
 
 @task(name="evaluate", **_CACHED)

@@ -118,18 +118,16 @@ def _connect_prefect(runs_dir: Path | None) -> str | None:
     return choice.url
 
 
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
 def _run_flow(call, verbose: bool):
     """Run a flow; print a failure's message (not Prefect's traceback) and exit 1."""
+    from pilotcommit.runner.progress import interrupt
     from pilotcommit.services import quiet_prefect_console
 
     quiet_prefect_console(verbose)
     # SIGTERM (a scheduler, `kill`) unwinds like Ctrl-C: runs are marked FAILED, the last
     # checkpoint stays, Prefect's ephemeral server is stopped; rerunning resumes.
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
     try:
         return call()
     except KeyboardInterrupt:

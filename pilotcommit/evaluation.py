@@ -14,6 +14,8 @@ Not here: the training loop, tracking, or how benchmarks are loaded.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -25,6 +27,8 @@ from pilotcommit.rollout.protocol import RolloutEngine, SamplingParams, derive_s
 from pilotcommit.types import EvalRecord, RolloutKind, RolloutRequest
 
 AVERAGE_ACCURACY = "eval/average_accuracy"
+logger = logging.getLogger(__name__)
+_CHUNK_SEED_TAG = 4_242
 
 
 @dataclass
@@ -56,6 +60,26 @@ def _score(results, answers: Mapping[str, str], reward_fn: Callable[[str, str], 
     return rewards
 
 
+def _generate(engine: RolloutEngine, requests: list[RolloutRequest], token_ids, params: SamplingParams, seed: int,
+              chunk_prompts: int | None, what: str) -> tuple[list, int]:
+    """``engine.generate`` over ``requests``, in chunks of ``chunk_prompts`` prompts when set
+    (progress logged after each, a stop request honoured before each; the first chunk keeps
+    ``seed``, so a set that fits in one chunk samples as an unchunked one); (results, tokens)."""
+    from pilotcommit.runner.progress import check_stop  # (runner.progress imports this module)
+
+    size = chunk_prompts or len(requests) or 1
+    results, tokens, started = [], 0, time.perf_counter()
+    for index, first in enumerate(range(0, len(requests), size)):
+        check_stop(f"evaluation ({what})")
+        results += engine.generate(requests[first:first + size], token_ids, params,
+                                   seed=seed if index == 0 else derive_seed(seed, index, _CHUNK_SEED_TAG))
+        tokens += engine.last_stats.num_generated_tokens
+        if chunk_prompts:
+            logger.info("evaluation (%s): %d/%d prompts (%.0f s)", what, len(results), len(requests),
+                        time.perf_counter() - started)
+    return results, tokens
+
+
 def evaluate_policy(
     engine: RolloutEngine,
     eval_sets: Sequence[EvalSet],
@@ -74,10 +98,9 @@ def evaluate_policy(
             RolloutRequest(pid, eval_set.samples_per_prompt, RolloutKind.UNIFORM)
             for pid in eval_set.prompt_ids
         ]
-        results = engine.generate(
-            requests, eval_set.prompt_token_ids, sampled, seed=derive_seed(config.seed, index)
-        )
-        tokens += engine.last_stats.num_generated_tokens
+        results, used = _generate(engine, requests, eval_set.prompt_token_ids, sampled,
+                                  derive_seed(config.seed, index), config.chunk_prompts, eval_set.name)
+        tokens += used
         rewards = _score(results, eval_set.answers, reward_fn)
         pass_rate_N = np.array([np.mean(rewards[p]) for p in eval_set.prompt_ids])
         frame = pd.DataFrame(
@@ -92,10 +115,10 @@ def evaluate_policy(
         metrics[f"eval/{eval_set.name}/accuracy"] = float(pass_rate_N.mean())
         if config.greedy:
             greedy_requests = [RolloutRequest(p, 1, RolloutKind.UNIFORM) for p in eval_set.prompt_ids]
-            greedy_results = engine.generate(
-                greedy_requests, eval_set.prompt_token_ids, greedy, seed=derive_seed(config.seed, index, 1)
-            )
-            tokens += engine.last_stats.num_generated_tokens
+            greedy_results, used = _generate(engine, greedy_requests, eval_set.prompt_token_ids, greedy,
+                                             derive_seed(config.seed, index, 1), config.chunk_prompts,
+                                             f"{eval_set.name}, greedy")
+            tokens += used
             greedy_rewards = _score(greedy_results, eval_set.answers, reward_fn)
             correct_N = np.array([greedy_rewards[p][0] for p in eval_set.prompt_ids])
             frame["greedy_correct"] = correct_N

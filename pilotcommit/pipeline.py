@@ -90,7 +90,9 @@ def prompt_length_filter(cfg: ExperimentConfig) -> PromptLengthFilter | None:
     if not isinstance(cfg.data, MathDataConfig) or not isinstance(model, PretrainedModelConfig):
         return None
     parts = [model.name_or_path, model.revision, model.prompt_template, model.max_prompt_length]
-    return PromptLengthFilter(model.max_prompt_length, model.name_or_path, json.dumps(parts), model)
+    if model.gguf is not None:  # the tokenizer comes from that file (hub models keep their keys)
+        parts.append(model.gguf.sha256)
+    return PromptLengthFilter(model.max_prompt_length, model.load_path, json.dumps(parts), model)
 
 
 def data_fingerprint(cfg: ExperimentConfig) -> list[str]:
@@ -151,7 +153,7 @@ def build_initial_policy(cfg: ExperimentConfig, prepared: PreparedData, out_dir:
     """The policy every method starts from: the tiny model's warm start, or a hub model."""
     model = cfg.model
     if not isinstance(model, TinyModelConfig):
-        return model.name_or_path
+        return model.load_path
     from pilotcommit.models.tokenizer import build_char_tokenizer
     from pilotcommit.models.warm_start import run_warm_start
 

@@ -14,8 +14,12 @@ Not here: Prefect, MLflow (flows/probe.py logs the result), the CLI's printing.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -29,8 +33,10 @@ from pilotcommit.allocation.predict import (
 )
 from pilotcommit.allocation.steps import recommend_by_steps, step_predictions
 from pilotcommit.config import ExperimentConfig
+from pilotcommit.runner.progress import check_stop
 from pilotcommit.types import RolloutKind, RolloutRequest
 
+logger = logging.getLogger(__name__)
 _PROBE_SEED_TAG = 31_337  # the probe's sampling stream, apart from training's (seed, step, round)
 
 
@@ -88,8 +94,9 @@ class ProbeResult:
 
 
 def probe_pass_rates(cfg: ExperimentConfig, train_path, initial_policy: str, *, prompts: int,
-                     samples: int, seed: int) -> tuple[list[str], list[int], list[str]]:
-    """``samples`` rollouts for ``prompts`` training prompts: (prompt ids, successes, levels)."""
+                     samples: int, seed: int, keep_dir=None) -> tuple[list[str], list[int], list[str]]:
+    """``samples`` rollouts for ``prompts`` training prompts: (prompt ids, successes, levels).
+    With ``keep_dir``, each finished chunk of prompts is kept there and reused by a rerun."""
     from pilotcommit.data.prepared import read_prompt_table
     from pilotcommit.models.loading import load_policy
     from pilotcommit.rollout.protocol import SamplingParams, derive_seed
@@ -104,33 +111,76 @@ def probe_pass_rates(cfg: ExperimentConfig, train_path, initial_policy: str, *, 
     take = min(prompts, len(table))
     chosen = table.iloc[np.sort(rng.choice(len(table), size=take, replace=False))]
     model, tokenizer = load_policy(initial_policy, cfg.model)
-    engine = make_engine(cfg, model, tokenizer)
+    opened: dict = {}
+
+    def engine():  # built on first use: a probe whose chunks were all kept starts none
+        if "engine" not in opened:
+            opened["engine"] = make_engine(cfg, model, tokenizer)
+        return opened["engine"]
+
     try:
         ids = chosen["prompt_id"].tolist()
         token_ids = dict(zip(ids, encode_prompts(chosen["problem"].tolist(), tokenizer, cfg)))
         answers = dict(zip(ids, chosen["answer"].tolist()))
         reward_fn = reward_function(cfg)
         params = SamplingParams(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.max_new_tokens)
-        requests = [RolloutRequest(p, samples, RolloutKind.UNIFORM) for p in ids]
-        results = engine.generate(requests, token_ids, params, seed=derive_seed(seed, 0, _PROBE_SEED_TAG),
-                                  policy_step=0)
+        # chunks of at most rollout.max_rollouts_per_batch rollouts: progress after each, a stop
+        # request honoured between them, each finished chunk kept in keep_dir (a rerun after a
+        # stop or a crash samples only the rest); chunk 0's seed is the one-call probe's, so a
+        # probe that fits in one chunk samples exactly as before chunking existed
+        per_chunk = max(1, cfg.rollout.max_rollouts_per_batch // samples)
+        counts: dict[str, int] = {}
+        started = time.perf_counter()
+        for index, first in enumerate(range(0, len(ids), per_chunk)):
+            check_stop("probe")
+            chunk_ids = ids[first:first + per_chunk]
+            kept = _kept_chunk(keep_dir, cfg, initial_policy, chunk_ids, samples, seed, index)
+            if kept is not None and kept.is_file():
+                counts.update(json.loads(kept.read_text()))
+                source = "kept"
+            else:
+                chunk = [RolloutRequest(p, samples, RolloutKind.UNIFORM) for p in chunk_ids]
+                results = engine().generate(chunk, token_ids, params,
+                                            seed=derive_seed(seed, index, _PROBE_SEED_TAG), policy_step=0)
+                # the 0/1 correctness, never a shaped reward: the predictor models what filtering sees
+                done = {res.request.prompt_id: int(sum(float(reward_fn(r.text, answers[res.request.prompt_id])) > 0.5
+                                                       for r in res.rollouts)) for res in results}
+                if kept is not None:
+                    kept.parent.mkdir(parents=True, exist_ok=True)
+                    partial = kept.with_suffix(".partial")
+                    partial.write_text(json.dumps(done))
+                    partial.replace(kept)
+                counts.update(done)
+                source = "sampled"
+            logger.info("probe: %d/%d prompts x %d samples (%.0f s; chunk %d %s)", len(counts), len(ids),
+                        samples, time.perf_counter() - started, index, source)
     finally:
-        close = getattr(engine, "close", None)
+        close = getattr(opened.get("engine"), "close", None)
         if close is not None:
             close()
-    # the 0/1 correctness, never a shaped reward: the predictor models what filtering sees
-    successes = [int(sum(float(reward_fn(r.text, answers[res.request.prompt_id])) > 0.5 for r in res.rollouts))
-                 for res in results]
+    successes = [counts[p] for p in ids]
     levels = ([("" if v is None else str(v)) for v in chosen["level"]] if "level" in chosen.columns else [])
-    return [res.request.prompt_id for res in results], successes, levels
+    return ids, successes, levels
+
+
+def _kept_chunk(keep_dir, cfg: ExperimentConfig, initial_policy: str, chunk_ids: list[str], samples: int,
+                seed: int, index: int) -> Path | None:
+    """Where a finished probe chunk is kept: named by everything its counts depend on (the policy,
+    the model, data and rollout settings, the prompts, samples, seed and chunk index)."""
+    if keep_dir is None:
+        return None
+    settings = cfg.model_dump(mode="json", include={"model", "data", "rollout"})
+    digest = hashlib.sha256(json.dumps([initial_policy, settings, chunk_ids, samples, seed, index],
+                                       sort_keys=True).encode()).hexdigest()[:24]
+    return Path(keep_dir) / f"chunk-{digest}.json"
 
 
 def run_probe(cfg: ExperimentConfig, train_path, initial_policy: str, *, prompts: int, samples: int,
-              seed: int = 0, estimator: Estimator = "empirical_bayes") -> ProbeResult:
+              seed: int = 0, estimator: Estimator = "empirical_bayes", keep_dir=None) -> ProbeResult:
     """Probe the training prompts and predict every configured method's informative-group rate."""
     started = time.perf_counter()
     ids, successes, levels = probe_pass_rates(cfg, train_path, initial_policy, prompts=prompts,
-                                              samples=samples, seed=seed)
+                                              samples=samples, seed=seed, keep_dir=keep_dir)
     from pilotcommit.data.mix import apply_train_mix
     from pilotcommit.data.prepared import read_prompt_table
 

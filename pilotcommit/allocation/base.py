@@ -195,6 +195,7 @@ class AllocationPolicy(ABC):
                 raise AssertionError(f"group of {len(group.rollouts)} rollouts, expected {group_size}")
         rewards = [r.reward for g in groups for r in g.rollouts]
         correct = [r.correct for g in groups for r in g.rollouts]
+        lengths = [len(r.completion_token_ids) for g in groups for r in g.rollouts]
         c = self.counters
         metrics: dict[str, float] = {
             "rollouts/sampled": c.sampled,
@@ -218,6 +219,12 @@ class AllocationPolicy(ABC):
             "reward/zero_variance_groups": sum(is_zero_variance(g.rewards) for g in groups),
             # groups with a learning signal, the quantity pilotcommit probe predicts per rollout
             "reward/informative_groups": sum(not is_zero_variance(g.rewards) for g in groups),
+            # the trained responses' lengths in tokens, under verl's names; clip_ratio: the share
+            # cut at rollout.max_new_tokens (a real model's answers can be truncated)
+            "response_length/mean": float(np.mean(lengths)),
+            "response_length/max": float(max(lengths)),
+            "response_length/clip_ratio": float(np.mean(
+                [r.finish_reason == "length" for g in groups for r in g.rollouts])),
         }
         metrics.update(self._extra_metrics(groups))
         batch = TrainBatch(step=self.step, groups=groups, metrics=metrics)

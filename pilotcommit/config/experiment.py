@@ -117,6 +117,15 @@ class ExperimentConfig(StrictModel):
                     f"is more than the {rollouts_per_step[0] * rollouts_per_step[1]} rollouts of a "
                     "training step"
                 )
+        if isinstance(self.data, ArithDataConfig):
+            chat_model = getattr(self.model, "prompt_template", None) == "arith_chat"
+            if chat_model != (self.data.reward == "arith_chat"):
+                raise ValueError(
+                    f"data.reward: {self.data.reward!r} with model {self.model.label!r} "
+                    f"(prompt_template {getattr(self.model, 'prompt_template', 'none: the tiny model')!r}): "
+                    "a pretrained chat model on the arithmetic task needs model.prompt_template: "
+                    "arith_chat and data.reward: arith_chat; the tiny model needs arith_exact"
+                )
         if self.rollout.temperature <= 0:
             raise ValueError(
                 "rollout.temperature: training rollouts need a temperature > 0 (at 0 every "

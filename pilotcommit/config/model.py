@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_serializer, model_validator
 
 from pilotcommit.config.base import StrictModel
 
@@ -90,8 +90,25 @@ class TinyModelConfig(StrictModel):
         return f"tiny-h{self.hidden_size}-l{self.num_layers}"
 
 
+class GGUFFileConfig(StrictModel):
+    """A model shipped as one GGUF file, converted once into an ordinary safetensors folder
+    (pilotcommit/models/gguf.py) that both engines and the learner load."""
+
+    file: str = Field(
+        min_length=1,
+        description="The GGUF file: a path, or a name in the model cache "
+        "($PILOTCOMMIT_MODEL_CACHE, default ~/.cache/pilotcommit/models), where "
+        "`python -m pilotcommit.models.fetch` puts the files it knows.",
+    )
+    sha256: str = Field(
+        pattern=r"^[0-9a-f]{64}$",
+        description="The file's sha256: checked before conversion; it also names the converted "
+        "folder, so a different file can never be mistaken for this one.",
+    )
+
+
 class PretrainedModelConfig(StrictModel):
-    """A causal LM loaded with transformers (hub name or local directory)."""
+    """A causal LM loaded with transformers (hub name or local directory, or a GGUF file)."""
 
     kind: Literal["pretrained"] = "pretrained"
     name_or_path: str = Field(description="Hub name (e.g. Qwen/Qwen3-8B-Base) or local directory.")
@@ -108,9 +125,32 @@ class PretrainedModelConfig(StrictModel):
         "this are dropped when the data are prepared; the manifest and the training run's "
         "`data.*.prompts_too_long` parameters count them.",
     )
-    prompt_template: Literal["boxed_cot", "raw"] = Field(
-        "boxed_cot", description="boxed_cot: chat template + the paper's instruction."
+    prompt_template: Literal["boxed_cot", "raw", "arith_chat"] = Field(
+        "boxed_cot", description="boxed_cot: chat template + the paper's instruction; arith_chat: "
+        "an arithmetic problem of the synthetic task as a chat question (\"What is 3+4? Reply "
+        "with only the number.\"), scored by the arith_chat reward."
     )
+    gguf: GGUFFileConfig | None = Field(
+        None, description="Load the model from this GGUF file (converted once into the model "
+        "cache) instead of name_or_path, which then only names the model."
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_gguf(self, handler):
+        data = handler(self)  # absent unless set: hub models keep their config hashes
+        if self.gguf is None:
+            data.pop("gguf", None)
+        return data
+
+    @property
+    def load_path(self) -> str:
+        """What transformers and vLLM load: the converted folder of a GGUF model (made by
+        ``pilotcommit.models.gguf.ensure_converted``), else ``name_or_path``."""
+        if self.gguf is None:
+            return self.name_or_path
+        from pilotcommit.models.fetch import converted_folder
+
+        return str(converted_folder(self.gguf.file, self.gguf.sha256))
 
     @model_validator(mode="before")
     @classmethod

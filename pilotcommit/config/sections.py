@@ -154,7 +154,11 @@ class ArithDataConfig(StrictModel):
     levels: list[ArithLevelConfig] | None = Field(
         None, description="Levels to generate (None: the default mix in pilotcommit.data.synthetic)."
     )
-    reward: Literal["arith_exact"] = Field("arith_exact", description="Reward function name.")
+    reward: Literal["arith_exact", "arith_chat"] = Field(
+        "arith_exact", description="arith_exact: the completion is exactly the integer (the tiny "
+        "policy); arith_chat: the last integer of a chat model's reply, a boxed one first "
+        "(pilotcommit/rewards/arith.py). A pretrained model on this task needs arith_chat and "
+        "model.prompt_template: arith_chat.")
 
     def to_spec(self):
         """The generator's own spec (a frozen dataclass) for these settings."""
@@ -294,6 +298,18 @@ class EvalConfig(StrictModel):
     prompt_stats_every_evals: int = Field(
         1, ge=1, description="Log per-prompt pass-rate / variance histograms every k evaluations."
     )
+    chunk_prompts: int | None = Field(
+        None, ge=1, description="Sample each held-out set in chunks of this many prompts: progress "
+        "is logged after each, and SIGTERM or Ctrl-C stops between chunks (a slow real model). "
+        "None: one call per set, as before (chunks after the first draw their own seeds)."
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_chunks(self, handler):
+        data = handler(self)  # absent unless set: existing configs keep their hashes
+        if self.chunk_prompts is None:
+            data.pop("chunk_prompts", None)
+        return data
 
 
 class BudgetConfig(StrictModel):

@@ -332,8 +332,8 @@ class Learner:
         old_later = [self._old_logprobs(packed, micro) for _, micro, _ in plans[1:]]
         old_per_minibatch: list[list[Tensor] | None] = [None, *old_later]
         # loss, clip*tokens, kl*tokens, ratio*tokens, tokens, trained rows, |old - sampler| logp sum,
-        # dual-clip*tokens
-        totals = [0.0] * 8
+        # dual-clip*tokens, -logp sum (the entropy estimate)
+        totals = [0.0] * 9
         grad_norms = []
         for (normalizer, micro, padding), old in zip(plans, old_per_minibatch, strict=True):
             self.optimizer.zero_grad(set_to_none=True)
@@ -374,6 +374,7 @@ class Learner:
                 totals[4] += tokens
                 totals[5] += len(rows)
                 totals[7] += float(out.dual_clip_fraction) * tokens
+                totals[8] += float((-old_BT * mask).sum())
             # A mini-batch of zero-advantage rows only (or parameters the loss never reached)
             # leaves gradients None, and AdamW would skip those parameters: no moment update, no
             # weight decay. verl steps with zero gradients there; so do we.
@@ -395,11 +396,16 @@ class Learner:
         lr = self.optimizer.param_groups[0]["lr"]  # the lr this step used (logged as verl does)
         self.scheduler.step()
         self.model.eval()
-        loss, clip, kl, ratio, tokens_trained, trained_rows, sampler_gap, dual_clip = (
+        loss, clip, kl, ratio, tokens_trained, trained_rows, sampler_gap, dual_clip, neg_logp = (
             self._sum_over_ranks(totals)
         )
         tokens = max(tokens_trained, 1.0)
-        return {
+        # the policy's per-token entropy (verl's name), estimated as the mean -log pi of the
+        # sampled tokens it trains on at the step's start (E[-log p(x)] = H for x ~ p; verl
+        # computes it exactly from the logits, which would cost a vocabulary-wide pass here);
+        # absent from a step that trained no token (every group without an advantage)
+        entropy = {"actor/entropy": neg_logp / tokens} if tokens_trained else {}
+        return entropy | {
             "loss/policy": loss / max(len(minibatches), 1),
             "loss/clip_fraction": clip / tokens,
             "loss/dual_clip_fraction": dual_clip / tokens,

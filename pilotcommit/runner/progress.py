@@ -18,6 +18,7 @@ tracker into events, so the loop itself knows nothing of progress reporting.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -135,6 +136,40 @@ def progress_sink(sink: Callable[[ProgressEvent], None]) -> Iterator[None]:
         yield
     finally:
         _SINK.reset(token)
+
+
+# --------------------------------------------------------------------------- stopping
+
+_STOP = threading.Event()
+
+
+class StopRequested(KeyboardInterrupt):
+    """SIGTERM or Ctrl-C arrived while long in-process work (a probe, an evaluation) was running;
+    raised between chunks of that work, so a worker thread stops too (the signal itself only
+    interrupts the main thread)."""
+
+
+def request_stop() -> None:
+    """Ask in-process work to stop at its next chunk (the CLI's SIGTERM/SIGINT handler calls it)."""
+    _STOP.set()
+
+
+def interrupt(signum=None, frame=None) -> None:
+    """The CLI's SIGTERM handler: unwind like Ctrl-C, and stop in-process work in other threads
+    (a probe running in a Prefect task) at its next chunk."""
+    request_stop()
+    raise KeyboardInterrupt
+
+
+def clear_stop() -> None:
+    """Forget a stop request (a process that goes on after handling one: tests, a notebook)."""
+    _STOP.clear()
+
+
+def check_stop(what: str) -> None:
+    """Raise :class:`StopRequested` if a stop was requested."""
+    if _STOP.is_set():
+        raise StopRequested(f"{what}: stopped on request (SIGTERM or Ctrl-C)")
 
 
 def emit(event: ProgressEvent) -> None:

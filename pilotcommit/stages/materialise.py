@@ -80,6 +80,18 @@ def write_attempt(run_dir: Path, task_run_id: str) -> None:
 # --------------------------------------------------------------------------- the shared stages
 
 
+def ensure_model_files(cfg) -> None:
+    """The model stage of a model given as a GGUF file: its conversion into a safetensors folder
+    in the model cache, once per file (keyed by its sha256; pilotcommit.models.gguf). Nothing
+    for other models. A missing file fails here, before any other stage, saying how to fetch it."""
+    from pilotcommit.config import PretrainedModelConfig
+
+    if isinstance(cfg.model, PretrainedModelConfig) and cfg.model.gguf is not None:
+        from pilotcommit.models.gguf import ensure_converted
+
+        ensure_converted(cfg.model)
+
+
 def materialise_data(cfg, out_dir: Path, rebuild: bool = False, log=None) -> dict:
     """The data stage: :func:`pilotcommit.pipeline.prepare_data` into ``out_dir`` (validated
     parquet files), whole or not at all; ``{"prepared": ...}``. Prompts dropped as longer than
@@ -88,6 +100,7 @@ def materialise_data(cfg, out_dir: Path, rebuild: bool = False, log=None) -> dic
     from pilotcommit.pipeline import prepare_data
     from pilotcommit.stages.table import prepared_valid
 
+    ensure_model_files(cfg)  # a GGUF model's tokenizer is read from its converted folder
     stage = materialise(Path(out_dir), lambda tmp: {"prepared": prepare_data(cfg, tmp).to_dict()},
                         prepared_valid, rebuild)
     dropped = PreparedData.from_dict(stage["prepared"]).dropped_prompts()
@@ -105,8 +118,9 @@ def materialise_policy(cfg, prepared: dict, out_dir: Path, rebuild: bool = False
     from pilotcommit.runner.progress import WarmStartProgress, emit
     from pilotcommit.stages.table import policy_valid
 
-    if not isinstance(cfg.model, TinyModelConfig):  # a hub model: nothing to build or cache on disk
-        return {"initial_policy": cfg.model.name_or_path, "local": False}
+    if not isinstance(cfg.model, TinyModelConfig):  # a hub model or a converted GGUF file
+        ensure_model_files(cfg)
+        return {"initial_policy": cfg.model.load_path, "local": cfg.model.gguf is not None}
 
     def build(tmp: Path) -> dict:
         emit(WarmStartProgress(cfg.model.label, done=False))

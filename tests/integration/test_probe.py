@@ -41,6 +41,46 @@ def test_probe_samples_the_training_prompts_reproducibly(smoke_config, smoke_pre
     assert 0 < everything.spread["at_0"] < 1 and 0 < everything.spread["at_1"] < 1
 
 
+def test_a_long_probe_reports_each_chunk_keeps_it_and_stops_between_chunks(smoke_config, smoke_prepared,
+                                                                         smoke_policy, tmp_path, caplog):
+    """Issue 25: a probe larger than rollout.max_rollouts_per_batch runs in chunks of prompts,
+    logs progress after each, keeps each finished chunk, and honours a stop request between
+    chunks; the rerun samples only what is missing and gives the uninterrupted result."""
+    import logging
+
+    from pilotcommit.probe import probe_pass_rates
+    from pilotcommit.runner.progress import StopRequested, clear_stop, request_stop
+
+    cfg = smoke_config.model_copy(update={"rollout": smoke_config.rollout.model_copy(
+        update={"max_rollouts_per_batch": 30})})  # 5 prompts x 6 samples per chunk
+    args = dict(prompts=20, samples=6, seed=0)
+    whole = probe_pass_rates(cfg, smoke_prepared.train_path, smoke_policy, **args)
+
+    class StopAfterFirstChunk(logging.Handler):
+        def emit(self, record):
+            if "chunk 0 sampled" in record.getMessage():
+                request_stop()
+
+    keep = tmp_path / "chunks"
+    stopper = StopAfterFirstChunk()
+    logging.getLogger("pilotcommit.probe").addHandler(stopper)
+    try:
+        with caplog.at_level(logging.INFO, logger="pilotcommit.probe"), pytest.raises(StopRequested, match="probe"):
+            probe_pass_rates(cfg, smoke_prepared.train_path, smoke_policy, keep_dir=keep, **args)
+    finally:
+        logging.getLogger("pilotcommit.probe").removeHandler(stopper)
+        clear_stop()
+    assert "probe: 5/20 prompts x 6 samples" in caplog.text and "10/20" not in caplog.text
+    assert len(list(keep.glob("chunk-*.json"))) == 1
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="pilotcommit.probe"):
+        resumed = probe_pass_rates(cfg, smoke_prepared.train_path, smoke_policy, keep_dir=keep, **args)
+    assert resumed == whole
+    assert "chunk 0 kept" in caplog.text and "chunk 3 sampled" in caplog.text
+    assert "probe: 20/20 prompts x 6 samples" in caplog.text
+    assert len(list(keep.glob("chunk-*.json"))) == 4
+
+
 def test_probe_cli_prints_the_prediction_and_logs_an_mlflow_run(prefect_server, fresh_runs, tmp_path):
     from pilotcommit import tracking
 
@@ -176,3 +216,36 @@ def test_probe_runs_on_math_data_with_a_qwen3_config(prefect_server, tmp_path):
     with open(client.download_artifacts(run.info.run_id, "probe/prompts.csv", str(tmp_path))) as f:
         table = list(csv.DictReader(f))
     assert len(table) == 12 and all(row["level"] for row in table)  # DeepMath's difficulty column
+
+
+def test_a_chunked_evaluation_reports_progress_and_stops_between_chunks(smoke_config, smoke_prepared,
+                                                                       smoke_policy, caplog):
+    """Issue 25: eval.chunk_prompts samples each held-out set in chunks, logging each, and a stop
+    request ends it between chunks; without it an evaluation is one call per set, as before."""
+    import logging
+
+    from pilotcommit.pipeline import evaluate_checkpoint
+    from pilotcommit.runner.progress import StopRequested, clear_stop, request_stop
+
+    cfg = smoke_config.model_copy(update={"eval": smoke_config.eval.model_copy(update={"chunk_prompts": 4})})
+    with caplog.at_level(logging.INFO, logger="pilotcommit.evaluation"):
+        metrics = evaluate_checkpoint(cfg, smoke_policy, smoke_prepared, seed=0)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("evaluation (")]
+    assert len(lines) >= 2 and "prompts" in lines[0]
+    assert 0 <= metrics["eval/average_accuracy"] <= 1
+
+    class StopAtFirstChunk(logging.Handler):
+        def emit(self, record):
+            request_stop()
+
+    stopper = StopAtFirstChunk()
+    logging.getLogger("pilotcommit.evaluation").addHandler(stopper)
+    try:
+        with caplog.at_level(logging.INFO, logger="pilotcommit.evaluation"), \
+                pytest.raises(StopRequested, match="evaluation"):
+            evaluate_checkpoint(cfg, smoke_policy, smoke_prepared, seed=0)
+    finally:
+        logging.getLogger("pilotcommit.evaluation").removeHandler(stopper)
+        clear_stop()
+    # unset, the config and its hash are what they were
+    assert "chunk_prompts" not in smoke_config.eval.model_dump()

@@ -52,8 +52,11 @@ def test_two_steps_and_accounting(method, smoke_config, smoke_prepared, smoke_po
             assert m["rollouts/sampled"] == rounds * per_round * method_cfg.n
         for key in ("loss/policy", "loss/clip_fraction", "loss/approx_kl", "grad/norm",
                     "time/generate_s", "time/learn_s", "throughput/generated_tokens_per_s",
-                    "reward/mean", "tokens/generated_cumulative"):
+                    "reward/mean", "tokens/generated_cumulative", "response_length/mean",
+                    "response_length/max", "response_length/clip_ratio"):
             assert key in m, key
+        assert 0 <= m["response_length/clip_ratio"] <= 1
+        assert 0 < m["response_length/mean"] <= m["response_length/max"] <= smoke_config.rollout.max_new_tokens
     if method == "grpo":
         assert all(m["alloc/rounds"] == 1 for _, m in tracker.metrics)
     if method in ("pilot_commit", "speed_rl"):

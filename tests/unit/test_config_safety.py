@@ -155,6 +155,8 @@ FREE_TEXT_FIELDS = {
     "model.name_or_path": "hub model id or directory, loaded with trust_remote_code=False",
     "model.label": "short model name for tags",
     "model.revision": "hub commit of the model",
+    "model.gguf.file": "GGUF file path or model-cache name, read as a file after its sha256 check",
+    "model.gguf.sha256": "64 hex digits (pattern), names the converted folder",
     "methods[key]": "run label of a method",
     "train_mix.level_shares[key]": "a level value, compared with the prepared table's `level` column",
     "target.metric": "metric name looked up in evaluation results",

@@ -4,7 +4,7 @@ Without the 98 MB SmolLM2 file: a tiny random tied-embedding ``LlamaForCausalLM`
 GGUF with the ``gguf`` package's ``GGUFWriter`` (F32 tensors, Q/K permuted as llama.cpp writes
 them, a byte-level BPE tokenizer with ChatML special tokens and a chat template in the metadata),
 so the GGUF load itself is checked against the model it came from. The real file has one test,
-marked ``real_model`` and skipped where the file is absent.
+marked ``real_model`` (the real-model tier, `.ci/real-model-tests`), fetches it into the model cache.
 """
 
 from __future__ import annotations
@@ -255,21 +255,20 @@ def test_the_plain_model_keeps_the_callers_random_stream(tiny_gguf):
     assert getattr(model.config, "quantization_config", None) is None
 
 
-REAL_GGUF = Path("/work/cache/smollm2") / SMOLLM2_135M_INSTRUCT_Q4_1.filename
-
-
 @pytest.mark.real_model
-@pytest.mark.skipif(not REAL_GGUF.is_file(), reason=f"{REAL_GGUF} is absent (fetch_smollm2 downloads it)")
-def test_smollm2_converts_to_a_folder_with_the_gguf_models_logits(tmp_path):
+def test_smollm2_converts_to_a_folder_with_the_gguf_models_logits(smollm2_folder, tmp_path):
     """SmolLM2-135M-Instruct Q4_1: 30 layers, tied head, dequantized to float32 (~520 MB)."""
     torch.set_num_threads(min(2, os.cpu_count() or 1))
-    target = convert_gguf(REAL_GGUF, SMOLLM2_135M_INSTRUCT_Q4_1.file_sha256, tmp_path / "smollm2-hf")
+    from pilotcommit.models.fetch import model_cache_dir
+
+    real_gguf = model_cache_dir() / SMOLLM2_135M_INSTRUCT_Q4_1.filename  # fetched by the fixture
+    target = convert_gguf(real_gguf, SMOLLM2_135M_INSTRUCT_Q4_1.file_sha256, tmp_path / "smollm2-hf")
     model = AutoModelForCausalLM.from_pretrained(str(target)).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(target))
     assert type(model) is LlamaForCausalLM and model.config.num_hidden_layers == 30
     assert model.lm_head.weight is model.model.embed_tokens.weight
     assert "<|im_start|>" in tokenizer.chat_template and tokenizer.eos_token == "<|im_end|>"
-    gguf_model, gguf_tokenizer = _gguf_loaded(REAL_GGUF)
+    gguf_model, gguf_tokenizer = _gguf_loaded(real_gguf)
     ids = _chat_ids(tokenizer)
     assert torch.equal(ids, _chat_ids(gguf_tokenizer))
     with torch.no_grad():

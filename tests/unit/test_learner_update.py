@@ -315,6 +315,10 @@ def test_learner_logprobs_at_temperature_0_7_equal_the_engines_sampler_logprobs(
         metrics = learner.update(batch, seed=0)
         assert metrics["learner/trained_sequences"] == 8
         gaps[learner_temperature] = metrics["loss/sampler_logp_gap"]
+        if learner_temperature == 0.7:  # actor/entropy: the mean -log pi of the sampled tokens
+            sampled = [-lp for r in batch.rollouts for lp in r.sampler_logprobs]
+            assert metrics["actor/entropy"] == pytest.approx(sum(sampled) / len(sampled), abs=1e-4)
+            assert metrics["actor/entropy"] > 0.1
     assert gaps[0.7] < 1e-5
     assert gaps[1.0] > 1e-2
 

@@ -298,18 +298,14 @@ def test_the_budget_is_checked_against_the_longest_sequence_at_load_time(tmp_pat
         LearnerConfig(max_tokens_per_micro_batch=0)
 
 
-SMOLLM2_FOLDER = Path("/work/cache/smollm2/SmolLM2-135M-Instruct-hf")
-
-
 @pytest.mark.real_model
-@pytest.mark.skipif(not (SMOLLM2_FOLDER / "model.safetensors").is_file(), reason=f"{SMOLLM2_FOLDER} is absent")
-def test_smollm2_packed_logprobs_equal_the_padded_ones():
+def test_smollm2_packed_logprobs_equal_the_padded_ones(smollm2_folder):
     """The real 30-layer Llama (SmolLM2-135M-Instruct, converted from its GGUF): packed and padded
     log-probs under the three attention paths, to 1e-4 (30 layers of float32 summation-order
     differences; /work/research/smollm2.md measured up to 1.4e-5)."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(SMOLLM2_FOLDER), dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(str(smollm2_folder), dtype=torch.float32).eval()
     generator = torch.Generator().manual_seed(0)
     lengths = [(5, 9), (12, 3), (4, 20), (7, 7)]
     width = max(p + c for p, c in lengths)

@@ -101,16 +101,12 @@ def test_arith_chat_refuses_anything_but_an_arithmetic_problem(problem) -> None:
         format_prompt(problem, None, template="arith_chat")
 
 
-SMOLLM2_FOLDER = Path("/work/cache/smollm2/SmolLM2-135M-Instruct-hf")
-
-
 @pytest.mark.real_model
-@pytest.mark.skipif(not (SMOLLM2_FOLDER / "tokenizer.json").is_file(), reason=f"{SMOLLM2_FOLDER} is absent")
-def test_arith_chat_through_smollm2s_chat_template() -> None:
+def test_arith_chat_through_smollm2s_chat_template(smollm2_folder) -> None:
     """SmolLM2-135M-Instruct's ChatML template adds its default system prompt."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(SMOLLM2_FOLDER))
+    tokenizer = AutoTokenizer.from_pretrained(str(smollm2_folder))
     prompt = format_prompt("3+4=", tokenizer, template="arith_chat")
     assert prompt == (
         "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
