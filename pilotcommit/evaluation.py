@@ -65,7 +65,7 @@ def _generate(engine: RolloutEngine, requests: list[RolloutRequest], token_ids, 
     """``engine.generate`` over ``requests``, in chunks of ``chunk_prompts`` prompts when set
     (progress logged after each, a stop request honoured before each; the first chunk keeps
     ``seed``, so a set that fits in one chunk samples as an unchunked one); (results, tokens)."""
-    from pilotcommit.runner.progress import check_stop  # (runner.progress imports this module)
+    from pilotcommit.runner.progress import GenerationProgress, check_stop, emit  # (it imports this module)
 
     size = chunk_prompts or len(requests) or 1
     results, tokens, started = [], 0, time.perf_counter()
@@ -77,6 +77,7 @@ def _generate(engine: RolloutEngine, requests: list[RolloutRequest], token_ids, 
         if chunk_prompts:
             logger.info("evaluation (%s): %d/%d prompts (%.0f s)", what, len(results), len(requests),
                         time.perf_counter() - started)
+            emit(GenerationProgress(f"evaluate {what}", len(results), len(requests)))
     return results, tokens
 
 

@@ -33,7 +33,7 @@ from pilotcommit.allocation.predict import (
 )
 from pilotcommit.allocation.steps import recommend_by_steps, step_predictions
 from pilotcommit.config import ExperimentConfig
-from pilotcommit.runner.progress import check_stop
+from pilotcommit.runner.progress import GenerationProgress, check_stop, emit
 from pilotcommit.types import RolloutKind, RolloutRequest
 
 logger = logging.getLogger(__name__)
@@ -154,6 +154,7 @@ def probe_pass_rates(cfg: ExperimentConfig, train_path, initial_policy: str, *, 
                 source = "sampled"
             logger.info("probe: %d/%d prompts x %d samples (%.0f s; chunk %d %s)", len(counts), len(ids),
                         samples, time.perf_counter() - started, index, source)
+            emit(GenerationProgress("probe", len(counts), len(ids)))
     finally:
         close = getattr(opened.get("engine"), "close", None)
         if close is not None:

@@ -31,11 +31,16 @@ class TrainingProgress:
 
     def __call__(self, event) -> None:
         from pilotcommit.probe import ProbeResult
-        from pilotcommit.runner.progress import ProbeProgress, StepProgress, WarmStartProgress
+        from pilotcommit.runner.progress import GenerationProgress, ProbeProgress, StepProgress, WarmStartProgress
 
         if isinstance(event, ProbeProgress):  # before any training: the prediction comes first
             console.print(f"[bold]prediction[/] for {event.cell}, before training (pilotcommit probe):")
             print_probe(ProbeResult.from_dict(event.probe))
+        elif isinstance(event, GenerationProgress):  # a long probe or evaluation, chunk by chunk
+            key = ("generate", event.what)
+            if key not in self.bars:
+                self.bars[key] = self.progress.add_task(f"{event.what} (prompts)", total=event.total)
+            self.progress.update(self.bars[key], completed=event.done)
         elif isinstance(event, WarmStartProgress):
             key = ("init", event.model)
             if key not in self.bars:

@@ -66,6 +66,15 @@ class ProbeProgress:
 
 
 @dataclass(frozen=True)
+class GenerationProgress:
+    """A chunk of a long generation (a probe, an evaluation) finished: ``done`` of ``total`` prompts."""
+
+    what: str
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
 class StepProgress:
     run: RunIdentity
     step: int
@@ -120,7 +129,7 @@ class EvaluationProgress:
     alloc: AllocationTally
 
 
-ProgressEvent = WarmStartProgress | ProbeProgress | StepProgress | EvaluationProgress
+ProgressEvent = WarmStartProgress | ProbeProgress | GenerationProgress | StepProgress | EvaluationProgress
 
 
 # --------------------------------------------------------------------------- where they go

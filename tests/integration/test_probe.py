@@ -73,8 +73,13 @@ def test_a_long_probe_reports_each_chunk_keeps_it_and_stops_between_chunks(smoke
     assert "probe: 5/20 prompts x 6 samples" in caplog.text and "10/20" not in caplog.text
     assert len(list(keep.glob("chunk-*.json"))) == 1
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="pilotcommit.probe"):
+    from pilotcommit.runner.progress import GenerationProgress, progress_sink
+
+    events = []
+    with caplog.at_level(logging.INFO, logger="pilotcommit.probe"), progress_sink(events.append):
         resumed = probe_pass_rates(cfg, smoke_prepared.train_path, smoke_policy, keep_dir=keep, **args)
+    # what the CLI's progress bar shows, chunk by chunk
+    assert events == [GenerationProgress("probe", done, 20) for done in (5, 10, 15, 20)]
     assert resumed == whole
     assert "chunk 0 kept" in caplog.text and "chunk 3 sampled" in caplog.text
     assert "probe: 20/20 prompts x 6 samples" in caplog.text
