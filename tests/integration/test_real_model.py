@@ -147,7 +147,7 @@ def test_two_training_steps_on_the_real_model(method, engine, smollm2_prepared, 
     final = load_file(tmp_path / FINAL_POLICY_DIR / "model.safetensors")
     trained = sum(m["learner/trained_sequences"] for m in steps.values())
     moved = [k for k in start if not torch.equal(start[k], final[k])]
-    assert bool(moved) == (trained > 0), (trained, moved[:3])
+    assert moved or not trained  # (AdamW's weight decay moves them even without a gradient)
 
 
 @needs_vllm
