@@ -224,21 +224,18 @@ STUDIES = {  # section of docs/regimes.md -> the sweep file whose cells it repor
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    from pilotcommit.allocation.predict import PassRateCounts, predict_methods
+def load_studies(doc: str | Path = "docs/regimes.md"):
+    """The studies' cells (``CellMeasurement``), their configs, every method's optimizer steps per
+    training step and measured informative share, from the report tables in ``doc``."""
     from pilotcommit.config import cell_configs, load_sweep_config
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--doc", default="docs/regimes.md")
-    parser.add_argument("--probes", default="docs/data/probes", help="<mix>.json probe results")
-    args = parser.parse_args(argv)
-    text = Path(args.doc).read_text()
+    text = Path(doc).read_text()
     cells, configs = {}, {}
     for heading, sweep_file in STUDIES.items():
         try:
             section = _section(text, heading)
         except ValueError:
-            print(f"(no section '## {heading}' in {args.doc}: its cells are left out)")
+            print(f"(no section '## {heading}' in {doc}: its cells are left out)")
             continue
         study_cells = read_study_tables(section)
         by_label = {c.cell_label: c for c in cell_configs(load_sweep_config(sweep_file))}
@@ -250,6 +247,17 @@ def main(argv: list[str] | None = None) -> int:
     optimizer_steps = {k: {m: cfg.optimizer_steps(m) for m in cfg.methods} for k, cfg in configs.items()}
     shares = {k: {m: (1.0 - cells[k].zero_variance) if configs[k].methods[m].name == "grpo" else 1.0
                   for m in configs[k].methods} for k in cells}
+    return cells, configs, optimizer_steps, shares
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pilotcommit.allocation.predict import PassRateCounts, predict_methods
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--doc", default="docs/regimes.md")
+    parser.add_argument("--probes", default="docs/data/probes", help="<mix>.json probe results")
+    args = parser.parse_args(argv)
+    cells, configs, optimizer_steps, shares = load_studies(args.doc)
 
     def predictions_of(key: str):
         mix = key.split("/")[1].split("-")[0]  # demo-n16 -> demo

@@ -97,3 +97,17 @@ def test_ordered_pairs_count_only_pairs_the_measurement_separates():
     costs = {"grpo": 1.0, "pc": 0.9, "dapo": 2.0, "greso": 1.5}
     # separated pairs: grpo<pc (wrong), grpo<dapo, grpo<greso, pc<dapo, pc<greso (right); dapo=greso skipped
     assert ordered_pairs(costs, measured) == (4, 5)
+
+
+def test_the_shipped_step_model_is_the_fit_of_the_committed_study_tables():
+    """STEP_MODEL is what `python -m pilotcommit.analysis.step_fit` fits on docs/regimes.md, not a
+    hand-set pair: refit here and compare (a changed table or constant fails)."""
+    from pilotcommit.allocation.steps import STEP_MODEL
+    from pilotcommit.analysis.step_fit import fit_points, fit_step_model, load_studies
+    from tests.conftest import REPO_ROOT
+
+    cells, _, steps, shares = load_studies(REPO_ROOT / "docs" / "regimes.md")
+    assert len(cells) == 8  # 6 regime cells + 2 optimizer-step cells
+    fitted = fit_step_model(fit_points(cells, steps, shares))
+    assert fitted.share_exponent == pytest.approx(STEP_MODEL.share_exponent, abs=5e-4)
+    assert fitted.steps_exponent == pytest.approx(STEP_MODEL.steps_exponent, abs=5e-4)
