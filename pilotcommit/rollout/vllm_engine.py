@@ -130,7 +130,8 @@ def retie_word_embeddings(model: Any) -> bool:
     text_config = getattr(config, "get_text_config", lambda: config)()
     if not getattr(text_config, "tie_word_embeddings", False):
         return False
-    from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
+    layers = require("vllm.model_executor.layers.vocab_parallel_embedding")
+    ParallelLMHead, VocabParallelEmbedding = layers.ParallelLMHead, layers.VocabParallelEmbedding
 
     heads = [(n, m) for n, m in model.named_modules() if isinstance(m, ParallelLMHead)]
     embeddings = [m for m in model.modules()
