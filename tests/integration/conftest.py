@@ -74,6 +74,22 @@ class PrefectServer:
         return env
 
 
+def read_log_records(path: Path, kind: str) -> list[dict]:
+    """The records of one kind in a training subprocess's JSON-lines metrics log
+    (tests/integration/_train_subprocess.py); a line cut by a kill is skipped."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by the kill
+            continue
+        if record["kind"] == kind:
+            records.append(record)
+    return records
+
+
 def run_cli(args: list[str], env: dict[str, str], timeout: float = 900, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pilotcommit.cli", *map(str, args)], check=False, cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)

@@ -38,6 +38,7 @@ from pilotcommit.config import load_experiment_config
 from pilotcommit.loop import FINAL_POLICY_DIR, RESULT_FILE, train_run
 from pilotcommit.tracking import MemoryTracker
 from tests.conftest import REPO_ROOT, SMOKE_CONFIG
+from tests.integration.conftest import read_log_records
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -82,20 +83,6 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _log_records(path: Path, kind: str) -> list[dict]:
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by the kill
-            continue
-        if record["kind"] == kind:
-            records.append(record)
-    return records
-
-
 def _checkpoint_written(run_dir: Path, metrics_log: Path) -> bool:
     return (checkpoint_root(run_dir) / LATEST).is_file()
 
@@ -105,7 +92,7 @@ def _mid_step(step: int):
     or may not have been written yet)."""
 
     def reached(run_dir: Path, metrics_log: Path) -> bool:
-        return any(r["step"] >= step for r in _log_records(metrics_log, "metrics"))
+        return any(r["step"] >= step for r in read_log_records(metrics_log, "metrics"))
 
     return reached
 
@@ -192,20 +179,20 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(
     command = _command(method, run_dir, metrics_log, prepared_file, smoke_policy, overrides)
     _, trigger = KILL_POINTS[method]
     resumed_from = _kill_when(command, run_dir, metrics_log, trigger)
-    logged_before_kill = len(_log_records(metrics_log, "metrics"))
+    logged_before_kill = len(read_log_records(metrics_log, "metrics"))
 
     rerun = subprocess.run(command, check=False, env=_env(), capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
 
     # the rerun resumed (it did not start over): it logged only the steps after the checkpoint
-    metric_records = _log_records(metrics_log, "metrics")
+    metric_records = read_log_records(metrics_log, "metrics")
     rerun_steps = [r["step"] for r in metric_records[logged_before_kill:]]
     assert rerun_steps == list(range(resumed_from + 1, MAX_STEPS + 1))
-    assert len(_log_records(metrics_log, "params")) == 1  # params are logged once, by the first start
+    assert len(read_log_records(metrics_log, "params")) == 1  # params are logged once, by the first start
     # every step logged, before or after the kill, has the reference's values
     for record in metric_records:
         assert _strip(record["metrics"]) == reference_metrics[record["step"]], f"step {record['step']}"
-    for record in _log_records(metrics_log, "evaluation"):
+    for record in read_log_records(metrics_log, "evaluation"):
         expected = next(e for e in reference.eval_history if e.step == record["step"])
         assert record["metrics"] == expected.metrics and record["cumulative_rollouts"] == expected.cumulative_rollouts
 

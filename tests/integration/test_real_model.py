@@ -29,6 +29,7 @@ from pilotcommit.config import load_experiment_config
 from pilotcommit.loop import FINAL_POLICY_DIR, RESULT_FILE, train_run
 from pilotcommit.tracking import MemoryTracker
 from tests.conftest import REPO_ROOT
+from tests.integration.conftest import read_log_records
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 pytestmark = [pytest.mark.real_model, pytest.mark.integration, pytest.mark.slow]
@@ -184,20 +185,6 @@ def test_after_a_weight_sync_vllm_logprobs_equal_the_learners_on_tied_embeddings
         engine.close()
 
 
-def _records(path, kind):
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by the kill
-            continue
-        if record["kind"] == kind:
-            out.append(record)
-    return out
-
-
 def test_killed_then_rerun_equals_the_uninterrupted_run(smollm2_prepared, smollm2_folder, tmp_path):
     """GRPO on the real model, packed learner: SIGKILL after the first step's checkpoint, rerun;
     every logged metric, the result and the final weights equal an uninterrupted run's (the
@@ -222,7 +209,7 @@ def test_killed_then_rerun_equals_the_uninterrupted_run(smollm2_prepared, smollm
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 600
     try:
-        while not _records(metrics_log, "metrics"):
+        while not read_log_records(metrics_log, "metrics"):
             if proc.poll() is not None:
                 pytest.fail(f"the run ended (exit {proc.returncode}) before the kill: {proc.stderr.read()[-3000:]}")
             assert time.monotonic() < deadline, "step 1 not reached in 600 s"
@@ -235,7 +222,7 @@ def test_killed_then_rerun_equals_the_uninterrupted_run(smollm2_prepared, smollm
     assert proc.returncode == -signal.SIGKILL and not (run_dir / RESULT_FILE).exists()
     rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=False)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    records = _records(metrics_log, "metrics")
+    records = read_log_records(metrics_log, "metrics")
     assert [r["step"] for r in records][-1] == 2
     for record in records:
         assert _strip(record["metrics"]) == expected[record["step"]], f"step {record['step']}"

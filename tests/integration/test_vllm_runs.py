@@ -33,6 +33,7 @@ from pilotcommit.config import load_experiment_config
 from pilotcommit.loop import FINAL_POLICY_DIR, RESULT_FILE, train_run
 from pilotcommit.tracking import MemoryTracker
 from tests.conftest import REPO_ROOT, SMOKE_CONFIG
+from tests.integration.conftest import read_log_records
 from tests.integration.test_vllm_engine_real import VLLM_CPU_OVERRIDES
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
@@ -116,20 +117,6 @@ def test_the_engine_is_closed_when_a_run_fails(smoke_prepared, smoke_policy, tmp
     assert len(closed_engines) == 1 and closed_engines[0].llm is None
 
 
-def _records(path: Path, kind: str) -> list[dict]:
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by the kill
-            continue
-        if record["kind"] == kind:
-            records.append(record)
-    return records
-
-
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
@@ -168,7 +155,7 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(smoke_prepared, smoke_polic
         proc = subprocess.Popen(command, env=_env(), stdout=output, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + START_TIMEOUT_S
     try:
-        while not any(r["step"] >= KILL_AFTER_STEP for r in _records(metrics_log, "metrics")):
+        while not any(r["step"] >= KILL_AFTER_STEP for r in read_log_records(metrics_log, "metrics")):
             if proc.poll() is not None:
                 pytest.fail(f"the run ended (exit {proc.returncode}) before the kill:\n{log.read_text()[-3000:]}")
             if time.monotonic() > deadline:
@@ -183,11 +170,11 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(smoke_prepared, smoke_polic
     assert not (run_dir / RESULT_FILE).exists()
     resumed_from = load_checkpoint(latest_checkpoint(run_dir))["loop"].steps
     assert 0 < resumed_from < 6
-    logged_before_kill = len(_records(metrics_log, "metrics"))
+    logged_before_kill = len(read_log_records(metrics_log, "metrics"))
 
     rerun = subprocess.run(command, check=False, env=_env(), capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    records = _records(metrics_log, "metrics")
+    records = read_log_records(metrics_log, "metrics")
     assert [r["step"] for r in records[logged_before_kill:]] == list(range(resumed_from + 1, 7))
     for record in records:
         assert _strip(record["metrics"]) == reference_metrics[record["step"]], f"step {record['step']}"
