@@ -4,7 +4,7 @@ Without the 98 MB SmolLM2 file: a tiny random tied-embedding ``LlamaForCausalLM`
 GGUF with the ``gguf`` package's ``GGUFWriter`` (F32 tensors, Q/K permuted as llama.cpp writes
 them, a byte-level BPE tokenizer with ChatML special tokens and a chat template in the metadata),
 so the GGUF load itself is checked against the model it came from. The real file has one test,
-marked ``real_model`` (the real-model tier, `.ci/real-model-tests`), fetches it into the model cache.
+marked ``real_model`` (the real-model tier, run by `.ci/vllm-tests`), on the model cache's conversion.
 """
 
 from __future__ import annotations
@@ -256,13 +256,21 @@ def test_the_plain_model_keeps_the_callers_random_stream(tiny_gguf):
 
 
 @pytest.mark.real_model
-def test_smollm2_converts_to_a_folder_with_the_gguf_models_logits(smollm2_folder, tmp_path):
-    """SmolLM2-135M-Instruct Q4_1: 30 layers, tied head, dequantized to float32 (~520 MB)."""
+def test_smollm2s_converted_folder_has_the_gguf_models_logits(smollm2_folder):
+    """SmolLM2-135M-Instruct Q4_1: 30 layers, tied head, dequantized to float32 (~520 MB).
+
+    The folder the pipeline loads: the model cache's conversion (``smollm2_folder``: converted by
+    ``convert_gguf`` on first use, kept between runs), checked against the GGUF model itself. A
+    second conversion into a temporary folder here would cost about 20 s of every CI run and test
+    nothing the tiny-GGUF tests above do not (the same ``convert_gguf``, with its Q/K permutation,
+    tied head, tokenizer and chat template, on every run)."""
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     from pilotcommit.models.fetch import model_cache_dir
 
     real_gguf = model_cache_dir() / SMOLLM2_135M_INSTRUCT_Q4_1.filename  # fetched by the fixture
-    target = convert_gguf(real_gguf, SMOLLM2_135M_INSTRUCT_Q4_1.file_sha256, tmp_path / "smollm2-hf")
+    target = smollm2_folder
+    assert is_converted(target, SMOLLM2_135M_INSTRUCT_Q4_1.file_sha256)  # of this very file
+    verify_converted(target)  # every file as the conversion wrote it
     model = AutoModelForCausalLM.from_pretrained(str(target)).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(target))
     assert type(model) is LlamaForCausalLM and model.config.num_hidden_layers == 30
